@@ -1,0 +1,226 @@
+//! Bounded bodies: buffering requests so they can be replayed, and looking into answers small
+//! enough to inspect while streaming larger ones through untouched.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Limited};
+use pin_project_lite::pin_project;
+
+use crate::error::BoxError;
+
+/// Why a request body could not be buffered.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// The body is larger than the limit.
+    #[error("body over the limit of {0} bytes")]
+    TooLarge(usize),
+    /// Reading the body failed.
+    #[error("reading the body failed")]
+    Read(#[source] BoxError),
+}
+
+/// Buffers a whole body of at most `limit` bytes. A declared `Content-Length` over the limit is
+/// refused before reading anything.
+pub async fn collect_limited<B>(
+    body: B,
+    limit: usize,
+    content_length: Option<u64>,
+) -> Result<Bytes, CollectError>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    if content_length.is_some_and(|len| len > limit as u64) {
+        return Err(CollectError::TooLarge(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(CollectError::TooLarge(limit)),
+        Err(e) => Err(CollectError::Read(e)),
+    }
+}
+
+/// The declared `Content-Length` of a message, if any and valid.
+pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// What [`read_bounded`] found.
+#[derive(Debug)]
+pub enum Inspected<B> {
+    /// The whole body, small enough to inspect.
+    Buffered(Bytes),
+    /// Too large to inspect: what was read so far followed by the rest, streamed.
+    Streaming(ResponseBody<B>),
+}
+
+/// Reads a body up to `limit` bytes. A body that ends within the limit comes back whole; a
+/// larger one (or one whose declared length is larger) comes back as a stream that yields
+/// exactly the original bytes.
+pub async fn read_bounded<B>(
+    mut body: B,
+    limit: usize,
+    content_length: Option<u64>,
+) -> Result<Inspected<B>, BoxError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    if content_length.is_some_and(|len| len > limit as u64) {
+        return Ok(Inspected::Streaming(ResponseBody::stream(None, body)));
+    }
+    let mut buf = BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return Ok(Inspected::Buffered(buf.freeze())),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(frame)) => {
+                // Trailers end the inspectable part; answers with trailers are rare and small.
+                let Ok(data) = frame.into_data() else {
+                    return Ok(Inspected::Buffered(buf.freeze()));
+                };
+                buf.extend_from_slice(&data);
+                if buf.len() > limit {
+                    return Ok(Inspected::Streaming(ResponseBody::stream(
+                        Some(buf.freeze()),
+                        body,
+                    )));
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The body of an answer passed to the app: either bytes payauth has in hand or the
+    /// gateway's own stream (after any bytes already read from it).
+    #[derive(Debug)]
+    pub struct ResponseBody<B> {
+        prefix: Option<Bytes>,
+        #[pin]
+        inner: Option<B>,
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// A body of bytes in hand.
+    pub fn full(bytes: Bytes) -> Self {
+        Self {
+            prefix: (!bytes.is_empty()).then_some(bytes),
+            inner: None,
+        }
+    }
+
+    /// `prefix` (if any) followed by the rest of `inner`.
+    pub fn stream(prefix: Option<Bytes>, inner: B) -> Self {
+        Self {
+            prefix: prefix.filter(|p| !p.is_empty()),
+            inner: Some(inner),
+        }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        match this.inner.as_pin_mut() {
+            None => Poll::Ready(None),
+            Some(inner) => inner.poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        match &self.inner {
+            None => SizeHint::with_exact(prefix),
+            Some(inner) => {
+                let hint = inner.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(hint.lower() + prefix);
+                if let Some(upper) = hint.upper() {
+                    out.set_upper(upper + prefix);
+                }
+                out
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    /// A body that yields the given chunks one frame at a time.
+    struct Chunks(std::collections::VecDeque<&'static [u8]>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(Bytes::from_static(c)))))
+        }
+    }
+
+    fn chunks(parts: &[&'static [u8]]) -> Chunks {
+        Chunks(parts.iter().copied().collect())
+    }
+
+    #[tokio::test]
+    async fn small_bodies_are_buffered_and_large_ones_stream_every_byte() {
+        match read_bounded(chunks(&[b"abc", b"def"]), 10, None).await.expect("read") {
+            Inspected::Buffered(b) => assert_eq!(&b[..], b"abcdef"),
+            Inspected::Streaming(_) => panic!("should buffer"),
+        }
+        match read_bounded(chunks(&[b"abcdef", b"ghijkl", b"mn"]), 8, None).await.expect("read") {
+            Inspected::Streaming(body) => {
+                let all = body.collect().await.expect("collect").to_bytes();
+                assert_eq!(&all[..], b"abcdefghijklmn");
+            }
+            Inspected::Buffered(_) => panic!("should stream"),
+        }
+        let declared = Full::new(Bytes::from_static(b"0123456789"));
+        assert!(matches!(
+            read_bounded(declared, 4, Some(10)).await.expect("read"),
+            Inspected::Streaming(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn collect_refuses_over_the_limit() {
+        let body = Full::new(Bytes::from_static(b"0123456789"));
+        assert!(matches!(collect_limited(body, 4, None).await, Err(CollectError::TooLarge(4))));
+        let body = Full::new(Bytes::from_static(b"0123"));
+        assert!(matches!(collect_limited(body, 4, Some(9)).await, Err(CollectError::TooLarge(4))));
+        let body = Full::new(Bytes::from_static(b"0123"));
+        assert_eq!(&collect_limited(body, 4, Some(4)).await.expect("fits")[..], b"0123");
+    }
+}

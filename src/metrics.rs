@@ -1,0 +1,398 @@
+//! The contract's Prometheus metrics: one struct of handles registered on a registry passed in.
+//!
+//! Metric names and labels are part of payauth's external contract (dashboards and alerts rely
+//! on them). Labels only ever carry a gateway's configured name and fixed enum values, never
+//! anything taken from a request.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+
+use crate::error::ErrorCode;
+
+/// How a request through payauth ended, the `outcome` label of `payauth_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forwarded and answered by the gateway (whatever the gateway's answer said).
+    Forwarded,
+    /// Answered by payauth itself (the app's own authentication call).
+    Local,
+    /// Ended with one of payauth's errors.
+    Error(ErrorCode),
+}
+
+impl Outcome {
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::Local => "local",
+            Outcome::Error(code) => code.as_str(),
+        }
+    }
+}
+
+/// Result of an authentication attempt, the `result` label of `payauth_auth_attempts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    /// The gateway issued a credential.
+    Success,
+    /// The gateway rejected the credentials.
+    Rejected,
+    /// Transport error or unusable answer.
+    Error,
+}
+
+impl AuthResult {
+    const fn as_str(self) -> &'static str {
+        match self {
+            AuthResult::Success => "success",
+            AuthResult::Rejected => "rejected",
+            AuthResult::Error => "error",
+        }
+    }
+}
+
+/// Why a credential was renewed, the `reason` label of `payauth_reauth_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReauthReason {
+    /// Number: expired session key.
+    Expired5030,
+    /// Number: session key used from another IP.
+    IpChanged5050,
+    /// CreditGuard: session timeout.
+    SessionTimeout456,
+}
+
+impl ReauthReason {
+    /// The label value (the gateway's code).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReauthReason::Expired5030 => "5030",
+            ReauthReason::IpChanged5050 => "5050",
+            ReauthReason::SessionTimeout456 => "456",
+        }
+    }
+}
+
+/// All of payauth's metric families.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    requests: IntCounterVec,
+    upstream_duration: HistogramVec,
+    auth_attempts: IntCounterVec,
+    reauth: IntCounterVec,
+    replays: IntCounterVec,
+    auth_locked: IntGaugeVec,
+    session_pool_size: IntGaugeVec,
+    sessions_wasted: IntCounterVec,
+    credential_age: GaugeVec,
+    token_expiry: GaugeVec,
+}
+
+impl Metrics {
+    /// Creates the metric families and registers them on `registry`.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let gw = &["gateway"];
+        let m = Self {
+            requests: IntCounterVec::new(
+                Opts::new("payauth_requests_total", "Requests handled, by outcome."),
+                &["gateway", "outcome"],
+            )?,
+            upstream_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "payauth_upstream_duration_seconds",
+                    "Time from sending a call to the gateway to its answer's headers.",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+                gw,
+            )?,
+            auth_attempts: IntCounterVec::new(
+                Opts::new(
+                    "payauth_auth_attempts_total",
+                    "Authentications sent to the gateway, by result.",
+                ),
+                &["gateway", "result"],
+            )?,
+            reauth: IntCounterVec::new(
+                Opts::new(
+                    "payauth_reauth_total",
+                    "Credential renewals caused by a gateway answer, by the gateway's code.",
+                ),
+                &["gateway", "reason"],
+            )?,
+            replays: IntCounterVec::new(
+                Opts::new(
+                    "payauth_replays_total",
+                    "Requests replayed once after the gateway refused them unprocessed.",
+                ),
+                gw,
+            )?,
+            auth_locked: IntGaugeVec::new(
+                Opts::new(
+                    "payauth_auth_locked",
+                    "1 while the gateway is locked after a rejected authentication.",
+                ),
+                gw,
+            )?,
+            session_pool_size: IntGaugeVec::new(
+                Opts::new(
+                    "payauth_session_pool_size",
+                    "CreditGuard sessions ready in the pool.",
+                ),
+                gw,
+            )?,
+            sessions_wasted: IntCounterVec::new(
+                Opts::new(
+                    "payauth_sessions_wasted_total",
+                    "CreditGuard sessions discarded unused before they expired.",
+                ),
+                gw,
+            )?,
+            credential_age: GaugeVec::new(
+                Opts::new(
+                    "payauth_credential_age_seconds",
+                    "Age of the credential currently in use.",
+                ),
+                gw,
+            )?,
+            token_expiry: GaugeVec::new(
+                Opts::new(
+                    "payauth_token_expiry_timestamp_seconds",
+                    "When the gateway token expires (Unix seconds), where known.",
+                ),
+                gw,
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.upstream_duration.clone()))?;
+        registry.register(Box::new(m.auth_attempts.clone()))?;
+        registry.register(Box::new(m.reauth.clone()))?;
+        registry.register(Box::new(m.replays.clone()))?;
+        registry.register(Box::new(m.auth_locked.clone()))?;
+        registry.register(Box::new(m.session_pool_size.clone()))?;
+        registry.register(Box::new(m.sessions_wasted.clone()))?;
+        registry.register(Box::new(m.credential_age.clone()))?;
+        registry.register(Box::new(m.token_expiry.clone()))?;
+        Ok(m)
+    }
+
+    /// The handles of one gateway, labelled once so the hot path does no label lookup.
+    pub fn gateway(&self, name: &str) -> GatewayMetrics {
+        let l = &[name];
+        let outcome = |o: Outcome| self.requests.with_label_values(&[name, o.as_str()]);
+        let attempt = |r: AuthResult| self.auth_attempts.with_label_values(&[name, r.as_str()]);
+        let reauth = |r: ReauthReason| self.reauth.with_label_values(&[name, r.as_str()]);
+        let handles = Handles {
+            forwarded: outcome(Outcome::Forwarded),
+            local: outcome(Outcome::Local),
+            errors: self.requests.clone(),
+            upstream_duration: self.upstream_duration.with_label_values(l),
+            auth_success: attempt(AuthResult::Success),
+            auth_rejected: attempt(AuthResult::Rejected),
+            auth_error: attempt(AuthResult::Error),
+            reauth_5030: reauth(ReauthReason::Expired5030),
+            reauth_5050: reauth(ReauthReason::IpChanged5050),
+            reauth_456: reauth(ReauthReason::SessionTimeout456),
+            replays: self.replays.with_label_values(l),
+            auth_locked: self.auth_locked.with_label_values(l),
+            session_pool_size: self.session_pool_size.with_label_values(l),
+            sessions_wasted: self.sessions_wasted.with_label_values(l),
+            credential_age: self.credential_age.with_label_values(l),
+            token_expiry: self.token_expiry.with_label_values(l),
+            credential_obtained_ms: AtomicU64::new(0),
+            name: name.to_owned(),
+        };
+        // Families with a dynamic label are initialised so that dashboards see zeros.
+        handles.auth_locked.set(0);
+        GatewayMetrics(Arc::new(handles))
+    }
+}
+
+#[derive(Debug)]
+struct Handles {
+    name: String,
+    forwarded: IntCounter,
+    local: IntCounter,
+    errors: IntCounterVec,
+    upstream_duration: Histogram,
+    auth_success: IntCounter,
+    auth_rejected: IntCounter,
+    auth_error: IntCounter,
+    reauth_5030: IntCounter,
+    reauth_5050: IntCounter,
+    reauth_456: IntCounter,
+    replays: IntCounter,
+    auth_locked: IntGauge,
+    session_pool_size: IntGauge,
+    sessions_wasted: IntCounter,
+    credential_age: Gauge,
+    token_expiry: Gauge,
+    /// Unix milliseconds when the current credential was obtained, 0 = none.
+    credential_obtained_ms: AtomicU64,
+}
+
+/// One gateway's metric handles. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct GatewayMetrics(Arc<Handles>);
+
+impl GatewayMetrics {
+    /// Handles registered on a private registry: for library users who do not export metrics,
+    /// and for tests.
+    pub fn unregistered(gateway: &str) -> Self {
+        // Registering fresh families on a new, empty registry cannot collide.
+        #[allow(clippy::expect_used)]
+        Metrics::new(&Registry::new())
+            .expect("fresh registry")
+            .gateway(gateway)
+    }
+
+    /// Counts a finished request.
+    pub fn request(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Forwarded => self.0.forwarded.inc(),
+            Outcome::Local => self.0.local.inc(),
+            Outcome::Error(code) => self
+                .0
+                .errors
+                .with_label_values(&[self.0.name.as_str(), code.as_str()])
+                .inc(),
+        }
+    }
+
+    /// Records the time a gateway took to answer.
+    pub fn upstream_duration(&self, seconds: f64) {
+        self.0.upstream_duration.observe(seconds);
+    }
+
+    /// Counts an authentication attempt.
+    pub fn auth_attempt(&self, result: AuthResult) {
+        match result {
+            AuthResult::Success => self.0.auth_success.inc(),
+            AuthResult::Rejected => self.0.auth_rejected.inc(),
+            AuthResult::Error => self.0.auth_error.inc(),
+        }
+    }
+
+    /// Counts a renewal caused by a gateway answer.
+    pub fn reauth(&self, reason: ReauthReason) {
+        match reason {
+            ReauthReason::Expired5030 => self.0.reauth_5030.inc(),
+            ReauthReason::IpChanged5050 => self.0.reauth_5050.inc(),
+            ReauthReason::SessionTimeout456 => self.0.reauth_456.inc(),
+        }
+    }
+
+    /// Counts a replay.
+    pub fn replay(&self) {
+        self.0.replays.inc();
+    }
+
+    /// Sets the locked gauge.
+    pub fn set_locked(&self, locked: bool) {
+        self.0.auth_locked.set(i64::from(locked));
+    }
+
+    /// Sets the number of pooled sessions.
+    pub fn set_pool_size(&self, size: usize) {
+        self.0
+            .session_pool_size
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
+    }
+
+    /// Counts sessions discarded unused.
+    pub fn sessions_wasted(&self, count: u64) {
+        self.0.sessions_wasted.inc_by(count);
+    }
+
+    /// Notes that a new credential was obtained now.
+    pub fn credential_obtained(&self) {
+        self.0
+            .credential_obtained_ms
+            .store(unix_millis(), Ordering::Relaxed);
+    }
+
+    /// Sets the token's expiry (Unix seconds).
+    pub fn set_token_expiry(&self, unix_seconds: f64) {
+        self.0.token_expiry.set(unix_seconds);
+    }
+
+    /// Updates gauges that depend on the current time; called before each scrape.
+    pub fn refresh(&self) {
+        let obtained = self.0.credential_obtained_ms.load(Ordering::Relaxed);
+        if obtained != 0 {
+            let age = unix_millis().saturating_sub(obtained) as f64 / 1000.0;
+            self.0.credential_age.set(age);
+        }
+    }
+
+    /// The gateway's name.
+    pub fn gateway(&self) -> &str {
+        &self.0.name
+    }
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Renders a registry in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    // Encoding into a Vec cannot fail for I/O reasons; a failure would be a bug in a metric.
+    if let Err(e) = prometheus::TextEncoder::new().encode(&registry.gather(), &mut buf) {
+        tracing::error!(error = %e, "encoding metrics");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_names_are_exported() {
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).expect("register");
+        let gw = metrics.gateway("number");
+        gw.request(Outcome::Forwarded);
+        gw.request(Outcome::Error(ErrorCode::AuthLocked));
+        gw.upstream_duration(0.01);
+        gw.auth_attempt(AuthResult::Success);
+        gw.reauth(ReauthReason::Expired5030);
+        gw.replay();
+        gw.set_locked(true);
+        gw.set_pool_size(3);
+        gw.sessions_wasted(1);
+        gw.credential_obtained();
+        gw.set_token_expiry(1.0);
+        gw.refresh();
+        let text = render(&registry);
+        for name in [
+            "payauth_requests_total{gateway=\"number\",outcome=\"forwarded\"} 1",
+            "payauth_requests_total{gateway=\"number\",outcome=\"auth_locked\"} 1",
+            "payauth_upstream_duration_seconds_bucket",
+            "payauth_auth_attempts_total{gateway=\"number\",result=\"success\"} 1",
+            "payauth_reauth_total{gateway=\"number\",reason=\"5030\"} 1",
+            "payauth_replays_total{gateway=\"number\"} 1",
+            "payauth_auth_locked{gateway=\"number\"} 1",
+            "payauth_session_pool_size{gateway=\"number\"} 3",
+            "payauth_sessions_wasted_total{gateway=\"number\"} 1",
+            "payauth_credential_age_seconds{gateway=\"number\"}",
+            "payauth_token_expiry_timestamp_seconds{gateway=\"number\"} 1",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}
