@@ -560,6 +560,11 @@ pub struct Attempt {
 }
 
 impl Attempt {
+    /// The fingerprint of the credentials this attempt is for.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
     /// The gateway issued a credential.
     pub fn success(mut self) {
         self.finish(AttemptOutcome::Success);

@@ -7,7 +7,10 @@ pub mod error;
 pub mod forward;
 pub mod guard;
 pub mod metrics;
+pub mod number;
+pub mod proxy;
 pub mod secret;
+pub mod simulate;
 
 pub use error::{Error, ErrorCode};
 pub use secret::Secret;

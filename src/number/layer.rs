@@ -1,0 +1,629 @@
+//! [`NumberAuthLayer`] and [`NumberAuth`]: the Number middleware.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use tokio::sync::watch;
+use tower::{Layer, Service};
+
+use super::keys::{KeyInfo, KeyState};
+use super::signer::Signer;
+use super::wire::{self, AuthAnswer, SoapNames, SoapRequest};
+use super::NumberCredentials;
+use crate::body::{collect_limited, content_length, read_bounded, CollectError, Inspected, ResponseBody};
+use crate::error::{BoxError, Error, ErrorCode};
+use crate::forward::{self, Failure};
+use crate::guard::{AuthGuard, GuardStore, MemoryGuardStore};
+use crate::metrics::{GatewayMetrics, Outcome};
+
+/// Which of Number's APIs the gateway speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// JSON over HTTP; the key goes in the `SessKey` header.
+    #[default]
+    Rest,
+    /// SOAP 1.1 (WCF); the key is the first argument of every operation.
+    Soap,
+}
+
+/// Settings of one Number gateway.
+#[derive(Debug, Clone)]
+pub struct NumberConfig {
+    /// The gateway's name in metrics, logs and errors.
+    pub name: String,
+    /// The gateway's base URL (scheme and authority).
+    pub upstream: Uri,
+    /// REST or SOAP.
+    pub protocol: Protocol,
+    /// REST: the Authenticate path. SOAP: the service path.
+    pub auth_path: String,
+    /// SOAP names (namespace, Authenticate action, session-key element).
+    pub soap: SoapNames,
+    /// Rejected authentications in a row that lock the gateway (1..=5).
+    pub auth_failure_budget: u32,
+    /// Largest request body accepted (it is buffered so it can be replayed); larger gets 413.
+    pub max_request_bytes: usize,
+    /// Answers up to this size are inspected for 5030/5050; larger ones stream through.
+    pub inspect_limit_bytes: usize,
+    /// How long to wait for an answer's head.
+    pub request_timeout: Duration,
+}
+
+impl NumberConfig {
+    /// REST defaults: `/APIcardProcREST/v1.0.0/Authenticate`, budget 1, 1 MiB requests,
+    /// 64 KiB inspected, 30 s timeout.
+    pub fn rest(name: impl Into<String>, upstream: Uri) -> Self {
+        Self {
+            name: name.into(),
+            upstream,
+            protocol: Protocol::Rest,
+            auth_path: "/APIcardProcREST/v1.0.0/Authenticate".into(),
+            soap: SoapNames::default(),
+            auth_failure_budget: 1,
+            max_request_bytes: 1 << 20,
+            inspect_limit_bytes: 64 << 10,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// SOAP defaults, with the service path (for example `/APIcardProcR119/CardProcAPI.svc`).
+    pub fn soap(name: impl Into<String>, upstream: Uri, service_path: impl Into<String>) -> Self {
+        Self {
+            protocol: Protocol::Soap,
+            auth_path: service_path.into(),
+            ..Self::rest(name, upstream)
+        }
+    }
+
+    fn auth_uri(&self) -> Result<Uri, http::Error> {
+        let mut parts = self.upstream.clone().into_parts();
+        parts.path_and_query = Some(self.auth_path.parse()?);
+        Ok(Uri::from_parts(parts)?)
+    }
+}
+
+struct CredState {
+    credentials: NumberCredentials,
+    signer: Option<Signer>,
+}
+
+type Flight = watch::Receiver<Option<Result<Arc<KeyState>, Error>>>;
+
+struct Shared {
+    config: NumberConfig,
+    auth_uri: Uri,
+    credentials: ArcSwap<CredState>,
+    key: ArcSwapOption<KeyState>,
+    flight: Mutex<Option<Flight>>,
+    generations: AtomicU64,
+    guard: Arc<AuthGuard>,
+    metrics: GatewayMetrics,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("generation", &self.generations.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Adds Number's session key to every request and renews it transparently.
+///
+/// Requests must carry absolute URIs on the gateway (as a hyper client expects). The wrapped
+/// client is also used to authenticate.
+#[derive(Clone, Debug)]
+pub struct NumberAuthLayer {
+    shared: Arc<Shared>,
+}
+
+/// Control of a running Number gateway: credentials, unlock, status.
+#[derive(Clone, Debug)]
+pub struct NumberHandle {
+    shared: Arc<Shared>,
+}
+
+impl NumberAuthLayer {
+    /// A layer whose lockout guard lives in memory and whose metrics are not exported.
+    pub fn new(config: NumberConfig, credentials: NumberCredentials) -> std::io::Result<Self> {
+        let metrics = GatewayMetrics::unregistered(&config.name);
+        Self::with_state(
+            config,
+            credentials,
+            Arc::new(MemoryGuardStore::default()),
+            metrics,
+        )
+    }
+
+    /// A layer with a persistent guard store and exported metrics.
+    pub fn with_state(
+        config: NumberConfig,
+        credentials: NumberCredentials,
+        store: Arc<dyn GuardStore>,
+        metrics: GatewayMetrics,
+    ) -> std::io::Result<Self> {
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let auth_uri = config
+            .auth_uri()
+            .map_err(|e| invalid(format!("auth path: {e}")))?;
+        let guard = AuthGuard::open(
+            &config.name,
+            config.auth_failure_budget,
+            credentials.fingerprint(),
+            store,
+            metrics.clone(),
+        )?;
+        let cred_state = cred_state(credentials).map_err(|e| invalid(e.to_string()))?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                auth_uri,
+                credentials: ArcSwap::from_pointee(cred_state),
+                key: ArcSwapOption::empty(),
+                flight: Mutex::new(None),
+                generations: AtomicU64::new(0),
+                guard,
+                metrics,
+            }),
+        })
+    }
+
+    /// A handle to control the gateway while it runs.
+    pub fn handle(&self) -> NumberHandle {
+        NumberHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+fn cred_state(credentials: NumberCredentials) -> Result<CredState, super::SignError> {
+    let signer = credentials
+        .signing
+        .as_ref()
+        .map(|s| Signer::new(&s.secret, s.user_id))
+        .transpose()?;
+    Ok(CredState {
+        credentials,
+        signer,
+    })
+}
+
+impl NumberHandle {
+    /// Swaps in new credentials (a changed token or HMAC secret file). A new token gets its own
+    /// guard record, so a gateway locked by a rejected token is unlocked by a different one. The
+    /// current session key stays in use until the gateway refuses it.
+    pub fn update_credentials(&self, credentials: NumberCredentials) -> Result<(), super::SignError> {
+        let fingerprint = credentials.fingerprint();
+        let signing_changed = {
+            let current = self.shared.credentials.load();
+            current.credentials.signing != credentials.signing
+        };
+        let state = cred_state(credentials)?;
+        self.shared.credentials.store(Arc::new(state));
+        self.shared.guard.change_credentials(fingerprint);
+        if signing_changed {
+            // The key's signer is part of the key state: re-derive it with the new secret.
+            if let Some(current) = self.shared.key.load_full() {
+                let signer = self.shared.credentials.load().signer.clone();
+                if let Ok(next) = KeyState::new(current.key_clone(), current.generation, signer) {
+                    self.shared.key.store(Some(Arc::new(next)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The gateway's lockout guard (unlock, status).
+    pub fn guard(&self) -> &Arc<AuthGuard> {
+        &self.shared.guard
+    }
+
+    /// The current key, if any.
+    pub fn key(&self) -> Option<KeyInfo> {
+        self.shared.key.load().as_ref().map(|k| KeyInfo {
+            generation: k.generation,
+        })
+    }
+
+    /// The gateway's name.
+    pub fn name(&self) -> &str {
+        &self.shared.config.name
+    }
+}
+
+impl<S> Layer<S> for NumberAuthLayer {
+    type Service = NumberAuth<S>;
+
+    fn layer(&self, inner: S) -> NumberAuth<S> {
+        NumberAuth {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The Number middleware; see [`NumberAuthLayer`].
+#[derive(Clone, Debug)]
+pub struct NumberAuth<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, B, ResB> Service<Request<B>> for NumberAuth<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    ResB: Body<Data = Bytes> + Send + Unpin + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = Error;
+    // One allocation per request; measured against the network round trip it is noise, and a
+    // hand-written state machine for this flow would be far harder to keep correct.
+    type Future = BoxFuture<Result<Self::Response, Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        // The client's readiness is awaited per call (it is cloned for replays anyway).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        let client = self.inner.clone();
+        Box::pin(async move {
+            let result = shared.handle(client, request).await;
+            let outcome = match &result {
+                Ok((_, outcome)) => *outcome,
+                Err(e) => Outcome::Error(e.code()),
+            };
+            shared.metrics.request(outcome);
+            result.map(|(response, _)| response)
+        })
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Shared {
+    fn error(&self, code: ErrorCode, message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+        Error::new(code, self.config.name.clone(), message)
+    }
+
+    async fn handle<S, B, ResB>(
+        self: &Arc<Self>,
+        client: S,
+        request: Request<B>,
+    ) -> Result<(Response<ResponseBody<ResB>>, Outcome), Error>
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Error: Into<BoxError>,
+        ResB: Body<Data = Bytes> + Send + Unpin + 'static,
+        ResB::Error: Into<BoxError>,
+    {
+        let (parts, body) = request.into_parts();
+        let is_auth_path = parts
+            .uri
+            .path()
+            .eq_ignore_ascii_case(self.auth_uri.path());
+        if is_auth_path && self.config.protocol == Protocol::Rest {
+            tracing::debug!(gateway = %self.config.name, "answering the app's own Authenticate locally");
+            return Ok((self.local_answer(wire::local_rest_auth_answer(self.user_id()), "application/json"), Outcome::Local));
+        }
+        let limit = self.config.max_request_bytes;
+        let body = collect_limited(body, limit, content_length(&parts.headers))
+            .await
+            .map_err(|e| match e {
+                CollectError::TooLarge(limit) => self.error(
+                    ErrorCode::BodyTooLarge,
+                    format!("request body over the limit of {limit} bytes; nothing was forwarded"),
+                ),
+                CollectError::Read(_) => self.error(
+                    ErrorCode::BadRequest,
+                    "the request body could not be read; nothing was forwarded",
+                ),
+            })?;
+
+        let soap = match self.config.protocol {
+            Protocol::Rest => None,
+            Protocol::Soap => {
+                let request = wire::parse_soap_request(&body, &self.config.soap.session_element)
+                    .map_err(|e| {
+                        self.error(ErrorCode::BadRequest, format!("{e}; nothing was forwarded"))
+                    })?;
+                if is_auth_path && self.is_soap_auth(&parts.headers, &request) {
+                    tracing::debug!(gateway = %self.config.name, "answering the app's own Authenticate locally");
+                    return Ok((
+                        self.local_answer(wire::local_soap_auth_answer(&self.config.soap), "text/xml; charset=utf-8"),
+                        Outcome::Local,
+                    ));
+                }
+                Some(request)
+            }
+        };
+
+        let mut key = self.current_key(&client).await?;
+        let mut replayed = false;
+        loop {
+            let value = key.value(unix_now()).map_err(|_| {
+                self.error(ErrorCode::AuthUnavailable, "the session key cannot be signed")
+            })?;
+            let outgoing = self.outgoing(&parts, &body, soap.as_ref(), value)?;
+            let started = tokio::time::Instant::now();
+            let response = forward::send(client.clone(), outgoing, self.config.request_timeout)
+                .await
+                .map_err(|failure| self.failed(failure, &parts))?;
+            self.metrics
+                .upstream_duration(started.elapsed().as_secs_f64());
+            let (head, body) = response.into_parts();
+            let inspected = read_bounded(body, self.config.inspect_limit_bytes, content_length(&head.headers))
+                .await
+                .map_err(|_| self.failed(Failure::Unknown, &parts))?;
+            let bytes = match inspected {
+                Inspected::Streaming(body) => {
+                    return Ok((Response::from_parts(head, body), Outcome::Forwarded))
+                }
+                Inspected::Buffered(bytes) => bytes,
+            };
+            let renewal = match self.config.protocol {
+                Protocol::Rest => wire::rest_renewal(&bytes),
+                Protocol::Soap => wire::soap_renewal(&bytes),
+            };
+            match renewal {
+                // A second refusal goes to the app as the gateway sent it: never loop.
+                Some(reason) if !replayed => {
+                    tracing::info!(gateway = %self.config.name, reason = reason.as_str(), generation = key.generation,
+                        "gateway refused the session key; renewing and replaying once");
+                    self.metrics.reauth(reason);
+                    key = self.renew(Some(key.generation), &client).await?;
+                    self.metrics.replay();
+                    replayed = true;
+                }
+                Some(reason) => {
+                    tracing::warn!(gateway = %self.config.name, reason = reason.as_str(),
+                        "gateway refused a freshly renewed key; passing its answer to the app");
+                    return Ok((Response::from_parts(head, ResponseBody::full(bytes)), Outcome::Forwarded));
+                }
+                None => return Ok((Response::from_parts(head, ResponseBody::full(bytes)), Outcome::Forwarded)),
+            }
+        }
+    }
+
+    fn failed(&self, failure: Failure, parts: &http::request::Parts) -> Error {
+        tracing::warn!(gateway = %self.config.name, method = %parts.method, path = parts.uri.path(),
+            failure = ?failure, "call to the gateway failed; not replayed");
+        failure.into_error(&self.config.name)
+    }
+
+    fn is_soap_auth(&self, headers: &http::HeaderMap, request: &SoapRequest) -> bool {
+        let action = headers
+            .get("soapaction")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().trim_matches('"'));
+        action == Some(self.config.soap.auth_action.as_str()) || request.operation == "Authenticate"
+    }
+
+    fn user_id(&self) -> Option<u64> {
+        self.credentials
+            .load()
+            .credentials
+            .signing
+            .as_ref()
+            .map(|s| s.user_id)
+    }
+
+    fn local_answer<ResB>(&self, body: Bytes, content_type: &'static str) -> Response<ResponseBody<ResB>> {
+        let mut response = Response::new(ResponseBody::full(body));
+        *response.status_mut() = StatusCode::OK;
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
+    }
+
+    fn outgoing(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        soap: Option<&SoapRequest>,
+        key: HeaderValue,
+    ) -> Result<Request<Full<Bytes>>, Error> {
+        let mut headers = parts.headers.clone();
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::TRANSFER_ENCODING);
+        let body = match soap {
+            None => {
+                headers.insert("SessKey", key);
+                body.clone()
+            }
+            Some(soap) => {
+                headers.remove("SessKey");
+                let value = key.to_str().map_err(|_| {
+                    self.error(ErrorCode::AuthUnavailable, "the session key is not text")
+                })?;
+                soap.fill(body, value)
+            }
+        };
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
+
+    async fn current_key<S, ResB>(self: &Arc<Self>, client: &S) -> Result<Arc<KeyState>, Error>
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        ResB: Body<Data = Bytes> + Send + Unpin + 'static,
+        ResB::Error: Into<BoxError>,
+    {
+        if let Some(key) = self.key.load_full() {
+            return Ok(key);
+        }
+        self.renew(None, client).await
+    }
+
+    /// Gets a key newer than `stale` (any key when `None`): joins the authentication in flight
+    /// or starts one. However many callers arrive, one authentication is sent per stale key, and
+    /// all of them share its result, failure included.
+    async fn renew<S, ResB>(self: &Arc<Self>, stale: Option<u64>, client: &S) -> Result<Arc<KeyState>, Error>
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        ResB: Body<Data = Bytes> + Send + Unpin + 'static,
+        ResB::Error: Into<BoxError>,
+    {
+        let mut flight = {
+            let mut slot = self.flight.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(key) = self.key.load_full() {
+                if stale.is_none_or(|g| key.generation > g) {
+                    return Ok(key);
+                }
+            }
+            match slot.as_ref() {
+                Some(flight) => flight.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    *slot = Some(rx.clone());
+                    let shared = Arc::clone(self);
+                    let client = client.clone();
+                    // Spawned so that a caller going away cannot abandon an attempt halfway.
+                    tokio::spawn(async move {
+                        let result = shared.authenticate(client).await;
+                        let mut slot = shared.flight.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Ok(key) = &result {
+                            shared.key.store(Some(Arc::clone(key)));
+                        }
+                        *slot = None;
+                        drop(slot);
+                        let _ = tx.send(Some(result));
+                    });
+                    rx
+                }
+            }
+        };
+        let outcome = flight.wait_for(Option::is_some).await;
+        match outcome.as_deref() {
+            Ok(Some(result)) => result.clone(),
+            _ => Err(self.error(ErrorCode::AuthUnavailable, "the authentication task failed")),
+        }
+    }
+
+    async fn authenticate<S, ResB>(self: &Arc<Self>, client: S) -> Result<Arc<KeyState>, Error>
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        ResB: Body<Data = Bytes> + Send + Unpin + 'static,
+        ResB::Error: Into<BoxError>,
+    {
+        let name = self.config.name.clone();
+        let attempt = self.guard.begin().await.map_err(|r| r.into_error(&name))?;
+        let creds = self.credentials.load_full();
+        if attempt.fingerprint() != creds.credentials.fingerprint() {
+            // The credentials changed between the two loads; nothing was sent.
+            attempt.not_sent();
+            return Err(self.error(ErrorCode::AuthUnavailable, "credentials changed during authentication; retry"));
+        }
+        let (body, content_type) = match self.config.protocol {
+            Protocol::Rest => (
+                wire::rest_auth_body(&creds.credentials.account_code, &creds.credentials.token),
+                "application/json",
+            ),
+            Protocol::Soap => (
+                wire::soap_auth_body(&self.config.soap, &creds.credentials.account_code, &creds.credentials.token),
+                "text/xml; charset=utf-8",
+            ),
+        };
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.auth_uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(header::ACCEPT, HeaderValue::from_static(if content_type == "application/json" { "application/json" } else { "text/xml" }));
+        if self.config.protocol == Protocol::Soap {
+            if let Ok(action) = HeaderValue::from_str(&format!("\"{}\"", self.config.soap.auth_action)) {
+                headers.insert("SOAPAction", action);
+            }
+        }
+        tracing::info!(gateway = %name, "authenticating");
+        let response = match forward::send(client, request, self.config.request_timeout).await {
+            Ok(response) => response,
+            Err(Failure::NotSent) => {
+                attempt.not_sent();
+                return Err(self.error(ErrorCode::AuthUnavailable, "could not connect to the gateway to authenticate"));
+            }
+            Err(_) => {
+                attempt.unknown();
+                return Err(self.error(ErrorCode::AuthUnavailable, "authentication got no answer in time"));
+            }
+        };
+        let Ok(collected) = response.into_body().collect().await else {
+            attempt.unknown();
+            return Err(self.error(ErrorCode::AuthUnavailable, "authentication answer was cut off"));
+        };
+        let bytes = collected.to_bytes();
+        let answer = match self.config.protocol {
+            Protocol::Rest => wire::parse_rest_auth(&bytes),
+            Protocol::Soap => wire::parse_soap_auth(&bytes),
+        };
+        match answer {
+            AuthAnswer::Success { key, .. } => {
+                let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+                match KeyState::new(key, generation, creds.signer.clone()) {
+                    Ok(state) => {
+                        attempt.success();
+                        self.metrics.credential_obtained();
+                        tracing::info!(gateway = %name, generation, "authenticated");
+                        Ok(Arc::new(state))
+                    }
+                    Err(_) => {
+                        // Authenticated, but the key is not usable: not a rejection, not retried blindly.
+                        attempt.success();
+                        Err(self.error(ErrorCode::AuthUnavailable, "the gateway issued a session key payauth cannot use"))
+                    }
+                }
+            }
+            AuthAnswer::Rejected { err_code } => {
+                attempt.rejected();
+                tracing::error!(gateway = %name, err_code, "the gateway rejected the credentials; not retrying");
+                if self.guard.is_locked() {
+                    Err(self.error(ErrorCode::AuthLocked, "the gateway rejected the credentials; authentication is locked until the token changes or an operator unlocks it"))
+                } else {
+                    Err(self.error(ErrorCode::AuthUnavailable, "the gateway rejected the credentials"))
+                }
+            }
+            AuthAnswer::Unreadable => {
+                attempt.unknown();
+                tracing::error!(gateway = %name, status = %"unreadable", "the Authenticate answer could not be read");
+                Err(self.error(ErrorCode::AuthUnavailable, "the gateway's Authenticate answer could not be read"))
+            }
+        }
+    }
+}

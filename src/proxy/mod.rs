@@ -1,0 +1,232 @@
+//! The sidecar's listeners: one per gateway, in front of the gateway's layer stack.
+//!
+//! For each request: refuse it with 503 `overloaded` when the gateway's concurrency limit is
+//! reached (no unbounded queue), drop hop-by-hop headers and `Host`, point the URI at the
+//! upstream (the path and query are kept as the app sent them), hand it to the layer, and turn
+//! payauth's errors into the contract's responses. One access line per request.
+
+pub mod client;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tower::util::BoxCloneSyncService;
+use tower::ServiceExt;
+
+use crate::body::ResponseBody;
+use crate::error::{Error, ErrorCode};
+use crate::metrics::{GatewayMetrics, Outcome};
+
+/// The body of every response the sidecar sends.
+pub type ProxyBody = ResponseBody<Incoming>;
+
+/// A gateway's layer stack around its upstream client, as the listener calls it.
+pub type GatewayService = BoxCloneSyncService<Request<Incoming>, Response<ProxyBody>, Error>;
+
+/// What a response was, for the access log: set by the layers as a response extension.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replayed(pub bool);
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// One gateway's front.
+#[derive(Clone)]
+pub struct Front {
+    name: Arc<str>,
+    upstream: Uri,
+    service: GatewayService,
+    limit: Arc<Semaphore>,
+    metrics: GatewayMetrics,
+    ids: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Front").field("name", &self.name).field("upstream", &self.upstream).finish()
+    }
+}
+
+impl Front {
+    /// A front for `service`, allowing `max_concurrency` calls at once.
+    pub fn new(name: &str, upstream: Uri, service: GatewayService, max_concurrency: usize, metrics: GatewayMetrics) -> Self {
+        Self {
+            name: name.into(),
+            upstream,
+            service,
+            limit: Arc::new(Semaphore::new(max_concurrency)),
+            metrics,
+            ids: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Handles one request from the app.
+    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+        let started = tokio::time::Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let request_id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("pa-{:x}", self.ids.fetch_add(1, Ordering::Relaxed)));
+
+        let Ok(_permit) = Arc::clone(&self.limit).try_acquire_owned() else {
+            let error = Error::new(ErrorCode::Overloaded, self.name.to_string(),
+                "too many calls in flight to this gateway; nothing was forwarded, retry shortly");
+            self.metrics.request(Outcome::Error(ErrorCode::Overloaded));
+            return self.finish(Err(error), &method, &path, &request_id, started);
+        };
+        for name in HOP_BY_HOP {
+            request.headers_mut().remove(name);
+        }
+        request.headers_mut().remove(header::HOST);
+        match self.upstream_uri(request.uri()) {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(()) => {
+                let error = Error::new(ErrorCode::BadRequest, self.name.to_string(), "the request target is not a path");
+                self.metrics.request(Outcome::Error(ErrorCode::BadRequest));
+                return self.finish(Err(error), &method, &path, &request_id, started);
+            }
+        }
+        let result = self.service.clone().oneshot(request).await;
+        self.finish(result, &method, &path, &request_id, started)
+    }
+
+    fn finish(
+        &self,
+        result: Result<Response<ProxyBody>, Error>,
+        method: &http::Method,
+        path: &str,
+        request_id: &str,
+        started: tokio::time::Instant,
+    ) -> Response<ProxyBody> {
+        let (mut response, outcome) = match result {
+            Ok(mut response) => {
+                for name in HOP_BY_HOP {
+                    response.headers_mut().remove(name);
+                }
+                (response, "forwarded")
+            }
+            Err(error) => {
+                let (parts, body) = error.to_response().into_parts();
+                let bytes = body_bytes(body);
+                (Response::from_parts(parts, ResponseBody::full(bytes)), error.code().as_str())
+            }
+        };
+        let replayed = response.extensions().get::<Replayed>().copied().unwrap_or_default().0;
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            response.headers_mut().insert("x-request-id", id);
+        }
+        tracing::info!(
+            target: "payauth::access",
+            gateway = %self.name,
+            method = %method,
+            path,
+            status = response.status().as_u16(),
+            outcome,
+            replayed,
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            request_id,
+        );
+        response
+    }
+
+    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, ()> {
+        let path_and_query = uri.path_and_query().cloned().ok_or(())?;
+        if !path_and_query.as_str().starts_with('/') {
+            return Err(());
+        }
+        let mut parts = self.upstream.clone().into_parts();
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).map_err(|_| ())
+    }
+}
+
+fn body_bytes(body: http_body_util::Full<Bytes>) -> Bytes {
+    use http_body::Body;
+    // A Full body yields its one frame immediately.
+    let mut body = std::pin::pin!(body);
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match body.as_mut().poll_frame(&mut cx) {
+        std::task::Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    }
+}
+
+/// Serves `front` on `listener` until `shutdown` turns true, then lets in-flight calls finish
+/// for at most `grace`.
+pub async fn serve(listener: TcpListener, front: Front, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let front = front.clone();
+                let service = hyper::service::service_fn(move |request| {
+                    let front = front.clone();
+                    async move { Ok::<_, Infallible>(front.handle(request).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
+    }
+}
+
+/// Binds a listener, with a clear error.
+pub async fn bind(what: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{what}: cannot listen on {addr}: {e}")))
+}
+
+/// Turns a boxed executor-agnostic builder into one for tokio (re-exported for the admin server).
+pub fn executor() -> TokioExecutor {
+    TokioExecutor::new()
+}
