@@ -14,6 +14,11 @@ use tower::{Service, ServiceExt};
 
 use crate::error::{BoxError, Error, ErrorCode};
 
+/// Response extension set by the layers when the call was replayed once after the gateway
+/// refused it unprocessed (for the access log).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replayed(pub bool);
+
 /// How a failed call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {

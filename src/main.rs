@@ -1,1 +1,5 @@
-fn main() {}
+//! The `payauth` binary: parse the command line and hand over.
+
+fn main() -> std::process::ExitCode {
+    payauth::cli::main()
+}

@@ -22,9 +22,9 @@ use super::wire::{self, AuthAnswer, SoapNames, SoapRequest};
 use super::NumberCredentials;
 use crate::body::{collect_limited, content_length, read_bounded, CollectError, Inspected, ResponseBody};
 use crate::error::{BoxError, Error, ErrorCode};
-use crate::forward::{self, Failure};
+use crate::forward::{self, Failure, Replayed};
 use crate::guard::{AuthGuard, GuardStore, MemoryGuardStore};
-use crate::metrics::{GatewayMetrics, Outcome};
+use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 
 /// Which of Number's APIs the gateway speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -384,7 +384,9 @@ impl Shared {
                 .map_err(|_| self.failed(Failure::Unknown, &parts))?;
             let bytes = match inspected {
                 Inspected::Streaming(body) => {
-                    return Ok((Response::from_parts(head, body), Outcome::Forwarded))
+                    let mut response = Response::from_parts(head, body);
+                    response.extensions_mut().insert(Replayed(replayed));
+                    return Ok((response, Outcome::Forwarded));
                 }
                 Inspected::Buffered(bytes) => bytes,
             };
@@ -395,19 +397,24 @@ impl Shared {
             match renewal {
                 // A second refusal goes to the app as the gateway sent it: never loop.
                 Some(reason) if !replayed => {
-                    tracing::info!(gateway = %self.config.name, reason = reason.as_str(), generation = key.generation,
+                    tracing::debug!(gateway = %self.config.name, reason = reason.as_str(), generation = key.generation,
                         "gateway refused the session key; renewing and replaying once");
-                    self.metrics.reauth(reason);
-                    key = self.renew(Some(key.generation), &client).await?;
+                    key = self.renew(Some((key.generation, reason)), &client).await?;
                     self.metrics.replay();
                     replayed = true;
                 }
                 Some(reason) => {
                     tracing::warn!(gateway = %self.config.name, reason = reason.as_str(),
                         "gateway refused a freshly renewed key; passing its answer to the app");
-                    return Ok((Response::from_parts(head, ResponseBody::full(bytes)), Outcome::Forwarded));
+                    let mut response = Response::from_parts(head, ResponseBody::full(bytes));
+                    response.extensions_mut().insert(Replayed(true));
+                    return Ok((response, Outcome::Forwarded));
                 }
-                None => return Ok((Response::from_parts(head, ResponseBody::full(bytes)), Outcome::Forwarded)),
+                None => {
+                    let mut response = Response::from_parts(head, ResponseBody::full(bytes));
+                    response.extensions_mut().insert(Replayed(replayed));
+                    return Ok((response, Outcome::Forwarded));
+                }
             }
         }
     }
@@ -490,8 +497,9 @@ impl Shared {
 
     /// Gets a key newer than `stale` (any key when `None`): joins the authentication in flight
     /// or starts one. However many callers arrive, one authentication is sent per stale key, and
-    /// all of them share its result, failure included.
-    async fn renew<S, ResB>(self: &Arc<Self>, stale: Option<u64>, client: &S) -> Result<Arc<KeyState>, Error>
+    /// all of them share its result, failure included. The caller that starts a renewal counts
+    /// it under the gateway's reason.
+    async fn renew<S, ResB>(self: &Arc<Self>, stale: Option<(u64, ReauthReason)>, client: &S) -> Result<Arc<KeyState>, Error>
     where
         S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
         S::Future: Send,
@@ -502,13 +510,18 @@ impl Shared {
         let mut flight = {
             let mut slot = self.flight.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(key) = self.key.load_full() {
-                if stale.is_none_or(|g| key.generation > g) {
+                if stale.is_none_or(|(g, _)| key.generation > g) {
                     return Ok(key);
                 }
             }
             match slot.as_ref() {
                 Some(flight) => flight.clone(),
                 None => {
+                    if let Some((generation, reason)) = stale {
+                        tracing::info!(gateway = %self.config.name, reason = reason.as_str(), generation,
+                            "gateway refused the session key; renewing");
+                        self.metrics.reauth(reason);
+                    }
                     let (tx, rx) = watch::channel(None);
                     *slot = Some(rx.clone());
                     let shared = Arc::clone(self);

@@ -35,9 +35,7 @@ pub type ProxyBody = ResponseBody<Incoming>;
 /// A gateway's layer stack around its upstream client, as the listener calls it.
 pub type GatewayService = BoxCloneSyncService<Request<Incoming>, Response<ProxyBody>, Error>;
 
-/// What a response was, for the access log: set by the layers as a response extension.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Replayed(pub bool);
+pub use crate::forward::Replayed;
 
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -209,7 +207,7 @@ pub async fn serve(listener: TcpListener, front: Front, mut shutdown: watch::Rec
                     }
                 });
             }
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            () = stopped(&mut shutdown) => break,
         }
     }
     drop(listener);
@@ -217,6 +215,12 @@ pub async fn serve(listener: TcpListener, front: Front, mut shutdown: watch::Rec
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
     }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The borrow guard is dropped at once: it must not live across an await.
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
 /// Binds a listener, with a clear error.

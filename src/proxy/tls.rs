@@ -31,7 +31,7 @@ pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, String> {
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots);
-    let mut config = match (&files.client_cert_file, &files.client_key_file) {
+    let config = match (&files.client_cert_file, &files.client_key_file) {
         (Some(cert_path), Some(key_path)) => {
             let (chain, key) = client_identity(cert_path, key_path)?;
             let certified = rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider)
@@ -45,7 +45,6 @@ pub fn client_config(files: &TlsFiles) -> Result<ClientConfig, String> {
         }
         _ => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 

@@ -1,0 +1,128 @@
+//! The admin listener: `/live`, `/ready`, `/metrics`, and the bearer-protected `POST /admin/*`.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::config::read_secret;
+use crate::sidecar::{Gateway, Shared};
+
+/// The admin router.
+pub fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/live", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/admin/{gateway}/unlock", post(unlock))
+        .with_state(shared)
+}
+
+/// Serves the admin API until the task is aborted.
+pub async fn serve(listener: TcpListener, shared: Shared) {
+    if let Err(e) = axum::serve(listener, router(shared)).await {
+        tracing::error!(error = %e, "admin listener failed");
+    }
+}
+
+async fn ready(State(shared): State<Shared>) -> Response {
+    let mut problems = Vec::new();
+    if shared.draining.load(Ordering::SeqCst) {
+        problems.push("draining: shutting down".to_owned());
+    }
+    for gateway in shared.gateways.iter() {
+        if gateway.control.guard().is_locked() {
+            problems.push(format!("gateway {}: authentication locked", gateway.config.name));
+        }
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, Json(json!({"ready": true}))).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "problems": problems}))).into_response()
+    }
+}
+
+async fn metrics(State(shared): State<Shared>) -> Response {
+    for gateway in shared.gateways.iter() {
+        gateway.metrics.refresh();
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(&shared.registry),
+    )
+        .into_response()
+}
+
+/// Checks the bearer token in constant time; `Err` is the response to send.
+pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(path) = &shared.admin_token_file else {
+        return Err(admin_error(StatusCode::NOT_FOUND, "the admin API is off: no admin.token_file configured"));
+    };
+    let expected = read_secret(path).map_err(|_| {
+        admin_error(StatusCode::SERVICE_UNAVAILABLE, "the admin token file cannot be read")
+    })?;
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(presented.trim().as_bytes(), expected.expose().as_bytes()) {
+        Ok(())
+    } else {
+        tracing::warn!("admin request with a wrong or missing bearer token");
+        Err(admin_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub(crate) fn admin_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": {"message": message}}))).into_response()
+}
+
+pub(crate) fn find<'a>(shared: &'a Shared, name: &str) -> Result<&'a Gateway, Response> {
+    shared
+        .gateways
+        .iter()
+        .find(|g| g.config.name == name)
+        .ok_or_else(|| admin_error(StatusCode::NOT_FOUND, "no such gateway"))
+}
+
+async fn unlock(State(shared): State<Shared>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(response) = authorize(&shared, &headers) {
+        return response;
+    }
+    let gateway = match find(&shared, &name) {
+        Ok(g) => g,
+        Err(response) => return response,
+    };
+    match gateway.control.guard().unlock() {
+        Ok(()) => (StatusCode::OK, Json(json!({"gateway": name, "locked": false}))).into_response(),
+        Err(e) => {
+            tracing::error!(gateway = %name, error = %e, "unlock could not be persisted");
+            admin_error(StatusCode::INTERNAL_SERVER_ERROR, "the unlock could not be persisted under the state dir")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

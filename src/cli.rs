@@ -1,0 +1,170 @@
+//! The command line: `run`, `check`, `simulate`, `demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, CONFIG_ENV};
+
+/// Exit code for configuration problems (EX_USAGE).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// payauth keeps payment-gateway credentials out of applications.
+#[derive(Debug, Parser)]
+#[command(name = "payauth", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PAYAUTH_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar.
+    Run {
+        /// The TOML config file.
+        #[arg(long, env = CONFIG_ENV)]
+        config: PathBuf,
+    },
+    /// Validate a config and the secret files it names; exit 64 on problems.
+    Check {
+        /// The TOML config file.
+        #[arg(long, env = CONFIG_ENV)]
+        config: PathBuf,
+    },
+    /// Run local gateway simulators (for development, demos and tests).
+    Simulate(SimulateArgs),
+    /// Start simulators and the sidecar on loopback and run a short scenario.
+    Demo,
+}
+
+/// `payauth simulate` options.
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// Address of the Number simulator (REST + SOAP).
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    pub number: SocketAddr,
+    /// Number account code.
+    #[arg(long, default_value = "EP9116875")]
+    pub account_code: String,
+    /// Number token the simulator accepts (a test value, not a real credential).
+    #[arg(long, default_value = "2148B239CF6846BDA5D141BF4A4CFBE8")]
+    pub token: String,
+    /// Require signed SessKey headers with this HMAC secret.
+    #[arg(long)]
+    pub hmac_secret: Option<String>,
+    /// User id of the signature.
+    #[arg(long, default_value_t = 2547)]
+    pub user_id: u64,
+    /// Session key lifetime in seconds (Number's is 25 h).
+    #[arg(long, default_value_t = 90_000)]
+    pub key_lifetime_secs: u64,
+    /// Latency added to every answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo prints its own story; its logs stay at warnings unless RUST_LOG says otherwise.
+    let default_level = if matches!(cli.command, Command::Demo) { "warn" } else { "info" };
+    crate::telemetry::init(cli.log_format, default_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("payauth: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(dispatch(cli.command))
+}
+
+async fn dispatch(command: Command) -> ExitCode {
+    match command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match crate::sidecar::run(config).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("payauth: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
+        Command::Simulate(args) => simulate(args).await,
+        Command::Demo => crate::demo::run().await,
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        eprintln!("payauth: {} has problems:\n{errors}", path.display());
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let checked = Config::load(path).and_then(|config| config.check_secrets().map(|()| config));
+    match checked {
+        Ok(config) => {
+            println!("{} is valid.\n{}", path.display(), config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            eprintln!("{} has problems:\n{problems}", path.display());
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+async fn simulate(args: SimulateArgs) -> ExitCode {
+    use crate::simulate::number::{NumberSim, NumberSimConfig};
+    let config = NumberSimConfig {
+        account_code: args.account_code,
+        token: args.token,
+        hmac_secret: args.hmac_secret,
+        user_id: args.user_id,
+        key_lifetime: Duration::from_secs(args.key_lifetime_secs),
+        latency: Duration::from_millis(args.latency_ms),
+        ..NumberSimConfig::default()
+    };
+    let number = match NumberSim::start(args.number, config).await {
+        Ok(sim) => sim,
+        Err(e) => {
+            eprintln!("payauth simulate: Number simulator on {}: {e}", args.number);
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "Number simulator on {} (REST {}/APIcardProcREST/v1.0.0, SOAP {}/APIcardProcR119/CardProcAPI.svc)\n\
+         control: POST /_sim/expire, /_sim/change-ip, /_sim/unlock-ip, /_sim/latency?ms=N, /_sim/drop?n=N, /_sim/token; GET /_sim/stats\n\
+         Ctrl-C to stop.",
+        number.url(),
+        number.url(),
+        number.url()
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    number.shutdown().await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,246 @@
+//! `payauth demo`: the simulators and the sidecar on loopback with an embedded config, a short
+//! scenario, and a summary of what happened. No setup, no network beyond 127.0.0.1.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::Config;
+use crate::sidecar::Sidecar;
+use crate::simulate::number::{NumberSim, NumberSimConfig};
+
+/// The demo's test credentials: the simulator's defaults, public test values from the vendor's
+/// documentation, not real secrets.
+const TOKEN: &str = "2148B239CF6846BDA5D141BF4A4CFBE8";
+const HMAC_SECRET: &str = "7D55DBB3D691C9E0FDF341E4AB38C3C9";
+const REST: &str = "/APIcardProcREST/v1.0.0";
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+struct Demo {
+    client: HttpClient,
+    base: String,
+    calls: u64,
+    approved: u64,
+    failures: Vec<String>,
+}
+
+impl Demo {
+    async fn sale(&mut self, amount: u32) -> Result<serde_json::Value, String> {
+        self.calls += 1;
+        let body = format!(r#"{{"Amount": {amount}.00, "CardNum": "4111111111111111", "ExpMonth": "12", "ExpYear": "30", "CVV": "123"}}"#);
+        let request = Request::post(format!("{}{REST}/CreditCardSale_Manual", self.base))
+            .header("content-type", "application/json")
+            .header("SessKey", "whatever-the-app-had")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let response = self.client.request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| format!("HTTP {status}, not JSON"))?;
+        let ok = status == StatusCode::OK
+            && value["CreditCardSale_ManualResult"]["FunctionOk"].as_bool() == Some(true);
+        if ok {
+            self.approved += 1;
+            Ok(value)
+        } else {
+            Err(format!("HTTP {status}: {value}"))
+        }
+    }
+
+    fn expect(&mut self, what: &str, ok: bool) {
+        if !ok {
+            self.failures.push(what.to_owned());
+        }
+        println!("   {} {what}", if ok { "ok  " } else { "FAIL" });
+    }
+}
+
+/// Runs the demo; exit 0 when every step behaved as payauth promises.
+pub async fn run() -> ExitCode {
+    match scenario().await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("payauth demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn scenario() -> Result<bool, String> {
+    let dir = tempdir()?;
+    let sim = NumberSim::start(
+        ([127, 0, 0, 1], 0).into(),
+        NumberSimConfig {
+            hmac_secret: Some(HMAC_SECRET.into()),
+            latency: Duration::from_millis(5),
+            ..NumberSimConfig::default()
+        },
+    )
+    .await
+    .map_err(|e| format!("starting the Number simulator: {e}"))?;
+    std::fs::write(dir.join("token"), format!("{TOKEN}\n")).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("hmac"), HMAC_SECRET).map_err(|e| e.to_string())?;
+    let config_text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[state]
+dir = "{state}"
+[proxy]
+shutdown_grace_secs = 5
+[[gateway]]
+name = "number"
+kind = "number"
+listen = "127.0.0.1:0"
+upstream = "{upstream}"
+account_code = "EP9116875"
+token_file = "{token}"
+hmac_secret_file = "{hmac}"
+user_id = 2547
+"#,
+        state = dir.join("state").display(),
+        upstream = sim.url(),
+        token = dir.join("token").display(),
+        hmac = dir.join("hmac").display(),
+    );
+    let config = Config::parse(&config_text).map_err(|e| format!("embedded config: {e}"))?;
+    let sidecar = Sidecar::start(config).await.map_err(|e| e.to_string())?;
+    let payauth = sidecar.gateway_addr("number").ok_or("no number listener")?;
+    println!("payauth demo");
+    println!("   Number simulator (REST, PCI signing on)  {}", sim.url());
+    println!("   payauth listener for the app             http://{payauth}");
+    println!("   payauth admin (/metrics, /ready)         http://{}\n", sidecar.admin_addr());
+
+    let mut demo = Demo {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        base: format!("http://{payauth}"),
+        calls: 0,
+        approved: 0,
+        failures: Vec::new(),
+    };
+
+    println!("1. The app still logs in itself, with stale credentials:");
+    let request = Request::post(format!("{}{REST}/Authenticate", demo.base))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"AcctCode": "EP9116875", "Token": "stale"}"#)))
+        .map_err(|e| e.to_string())?;
+    let answer = demo.client.request(request).await.map_err(|e| e.to_string())?;
+    let status = answer.status();
+    let before = sim.stats().auth_attempts;
+    demo.expect(
+        &format!("answered by payauth (HTTP {status}); the gateway saw {before} authentications"),
+        status == StatusCode::OK && before == 0,
+    );
+
+    println!("2. Three sales; payauth authenticates once and signs every call:");
+    for amount in 1..=3 {
+        if let Err(e) = demo.sale(amount).await {
+            demo.failures.push(format!("sale: {e}"));
+        }
+    }
+    let stats = sim.stats();
+    demo.expect(
+        &format!("{} approved, {} authentication, {} bad signatures", stats.calls_ok, stats.auth_attempts, stats.bad_signatures),
+        stats.calls_ok == 3 && stats.auth_attempts == 1 && stats.bad_signatures == 0,
+    );
+
+    println!("3. The session key expires (the gateway answers 5030):");
+    sim.expire_keys();
+    let renewed = demo.sale(4).await.is_ok();
+    let stats = sim.stats();
+    demo.expect(
+        &format!("the app's sale was approved; behind it: one 5030, a renewal, one replay ({} authentications so far)", stats.auth_attempts),
+        renewed && stats.calls_5030 == 1 && stats.auth_attempts == 2,
+    );
+
+    println!("4. The egress IP changes (the gateway answers 5050):");
+    sim.change_ip();
+    let renewed = demo.sale(5).await.is_ok();
+    let stats = sim.stats();
+    demo.expect(
+        &format!("approved after one 5050 and one renewal ({} authentications so far)", stats.auth_attempts),
+        renewed && stats.calls_5050 == 1 && stats.auth_attempts == 3,
+    );
+
+    println!("5. 32 concurrent sales right across an expiry:");
+    sim.expire_keys();
+    let before = sim.stats().auth_attempts;
+    let mut tasks = tokio::task::JoinSet::new();
+    for amount in 0..32u32 {
+        let client = demo.client.clone();
+        let base = demo.base.clone();
+        tasks.spawn(async move {
+            let mut one = Demo { client, base, calls: 0, approved: 0, failures: Vec::new() };
+            one.sale(100 + amount).await.is_ok()
+        });
+    }
+    let mut ok = 0u64;
+    while let Some(result) = tasks.join_next().await {
+        demo.calls += 1;
+        if matches!(result, Ok(true)) {
+            ok += 1;
+        }
+    }
+    demo.approved += ok;
+    let stats = sim.stats();
+    demo.expect(
+        &format!("{ok}/32 approved with {} authentication (single flight)", stats.auth_attempts - before),
+        ok == 32 && stats.auth_attempts - before == 1,
+    );
+
+    let metrics = fetch_metrics(&demo.client, sidecar.admin_addr()).await.unwrap_or_default();
+    let pick = |needle: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let stats = sim.stats();
+    println!("\nSummary");
+    println!("   calls from the app             {}", demo.calls);
+    println!("   approved                       {}", demo.approved);
+    println!("   authentications sent           {} (all accepted, {} rejected)", stats.auth_attempts, stats.auth_rejected);
+    println!("   renewals                       {} (5030: {}, 5050: {})",
+        pick("payauth_reauth_total"), pick("payauth_reauth_total{gateway=\"number\",reason=\"5030\"}"),
+        pick("payauth_reauth_total{gateway=\"number\",reason=\"5050\"}"));
+    println!("   replays                        {}", pick("payauth_replays_total"));
+    println!("   calls the gateway received     {} ({} refused with 5030/5050)", stats.calls, stats.calls_5030 + stats.calls_5050);
+    println!("   secrets the app held           none: token, HMAC secret and session keys stayed in payauth");
+
+    sidecar.shutdown().await;
+    sim.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    if demo.failures.is_empty() {
+        println!("\nAll steps behaved as expected.");
+        Ok(true)
+    } else {
+        println!("\n{} step(s) did not behave as expected:", demo.failures.len());
+        for f in &demo.failures {
+            println!("   - {f}");
+        }
+        Ok(false)
+    }
+}
+
+async fn fetch_metrics(client: &HttpClient, admin: std::net::SocketAddr) -> Result<String, String> {
+    let request = Request::get(format!("http://{admin}/metrics"))
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let response = client.request(request).await.map_err(|e| e.to_string())?;
+    let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn tempdir() -> Result<std::path::PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("payauth-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}

@@ -1,0 +1,309 @@
+//! The sidecar: config → gateways (layers around upstream clients) → listeners, plus the admin
+//! listener, the secret-file watcher and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::Registry;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceExt};
+
+use crate::config::{read_secret, Config, GatewayConfig, GatewayKind, NumberSettings};
+use crate::guard::{AuthGuard, FileGuardStore, GuardStore};
+use crate::metrics::{GatewayMetrics, Metrics};
+use crate::number::{NumberAuthLayer, NumberConfig, NumberCredentials, NumberHandle};
+use crate::proxy::client::UpstreamClient;
+use crate::proxy::{self, Front, GatewayService};
+
+/// Control of one running gateway, for the admin API and the secret watcher.
+#[derive(Clone, Debug)]
+pub enum Control {
+    /// A Number gateway.
+    Number(NumberHandle),
+}
+
+impl Control {
+    /// The gateway's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Control::Number(h) => h.name(),
+        }
+    }
+
+    /// The gateway's lockout guard.
+    pub fn guard(&self) -> &Arc<AuthGuard> {
+        match self {
+            Control::Number(h) => h.guard(),
+        }
+    }
+}
+
+/// One gateway as the sidecar runs it.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    /// Its config.
+    pub config: GatewayConfig,
+    /// Its controls.
+    pub control: Control,
+    /// Its metrics.
+    pub metrics: GatewayMetrics,
+    /// Its upstream client (reloaded when certificate files change).
+    pub client: UpstreamClient,
+}
+
+/// State shared by the admin API.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    /// The metrics registry.
+    pub registry: Registry,
+    /// The gateways.
+    pub gateways: Arc<Vec<Gateway>>,
+    /// File holding the admin bearer token.
+    pub admin_token_file: Option<PathBuf>,
+    /// True once shutdown began: `/ready` answers 503.
+    pub draining: Arc<AtomicBool>,
+    /// The state directory.
+    pub state_dir: PathBuf,
+}
+
+/// A running sidecar.
+#[derive(Debug)]
+pub struct Sidecar {
+    admin_addr: SocketAddr,
+    gateway_addrs: Vec<(String, SocketAddr)>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    admin_task: tokio::task::JoinHandle<()>,
+    shared: Shared,
+}
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+impl Sidecar {
+    /// Starts everything the config describes (listen addresses with port 0 get a free port).
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        config.check_secrets().map_err(|e| StartError(format!("configuration problems:\n{e}")))?;
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+            StartError(format!("state dir {}: {e}", config.state_dir.display()))
+        })?;
+        let store: Arc<dyn GuardStore> = Arc::new(
+            FileGuardStore::new(&config.state_dir)
+                .map_err(|e| StartError(format!("state dir {}: {e}", config.state_dir.display())))?,
+        );
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).map_err(|e| StartError(format!("metrics: {e}")))?;
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut gateways = Vec::new();
+        let mut gateway_addrs = Vec::new();
+        for gateway in &config.gateways {
+            let gw_metrics = metrics.gateway(&gateway.name);
+            let client = UpstreamClient::new(&gateway.tls, gateway.connect_timeout)
+                .map_err(|e| StartError(format!("gateway {:?}: {e}", gateway.name)))?;
+            let (service, control) = build_gateway(gateway, client.clone(), Arc::clone(&store), gw_metrics.clone())
+                .map_err(|e| StartError(format!("gateway {:?}: {e}", gateway.name)))?;
+            let listener = proxy::bind(&format!("gateway {:?}", gateway.name), gateway.listen)
+                .await
+                .map_err(|e| StartError(e.to_string()))?;
+            let addr = listener.local_addr().map_err(|e| StartError(e.to_string()))?;
+            let front = Front::new(&gateway.name, gateway.upstream.clone(), service, gateway.max_concurrency, gw_metrics.clone());
+            tasks.spawn(proxy::serve(listener, front, stop_rx.clone(), config.proxy.shutdown_grace));
+            tracing::info!(gateway = %gateway.name, %addr, upstream = %gateway.upstream, "listening");
+            gateway_addrs.push((gateway.name.clone(), addr));
+            gateways.push(Gateway {
+                config: gateway.clone(),
+                control,
+                metrics: gw_metrics,
+                client,
+            });
+        }
+        let shared = Shared {
+            registry,
+            gateways: Arc::new(gateways),
+            admin_token_file: config.admin.token_file.clone(),
+            draining: Arc::new(AtomicBool::new(false)),
+            state_dir: config.state_dir.clone(),
+        };
+        let admin_listener = proxy::bind("admin", config.admin.listen)
+            .await
+            .map_err(|e| StartError(e.to_string()))?;
+        let admin_addr = admin_listener.local_addr().map_err(|e| StartError(e.to_string()))?;
+        tracing::info!(%admin_addr, "admin listening");
+        let admin_task = tokio::spawn(crate::admin::serve(admin_listener, shared.clone()));
+        tasks.spawn(watch_secrets(shared.clone(), config.proxy.secret_poll_interval, stop_rx));
+        Ok(Self {
+            admin_addr,
+            gateway_addrs,
+            stop,
+            tasks,
+            admin_task,
+            shared,
+        })
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// A gateway listener's address.
+    pub fn gateway_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.gateway_addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// The running gateways.
+    pub fn gateways(&self) -> &[Gateway] {
+        &self.shared.gateways
+    }
+
+    /// The metrics registry.
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// Begins shutdown: `/ready` turns 503, listeners stop accepting, in-flight calls go on.
+    pub fn begin_shutdown(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+    }
+
+    /// Shuts down gracefully and waits until in-flight calls are done (or the grace is over).
+    pub async fn shutdown(mut self) {
+        self.begin_shutdown();
+        while self.tasks.join_next().await.is_some() {}
+        self.admin_task.abort();
+        let _ = self.admin_task.await;
+        tracing::info!("stopped");
+    }
+}
+
+fn build_gateway(
+    gateway: &GatewayConfig,
+    client: UpstreamClient,
+    store: Arc<dyn GuardStore>,
+    metrics: GatewayMetrics,
+) -> Result<(GatewayService, Control), String> {
+    match &gateway.kind {
+        GatewayKind::Number(settings) => {
+            let credentials = number_credentials(settings).map_err(|e| e.to_string())?;
+            let config = number_config(gateway, settings);
+            if let Some(at) = settings.token_expires_at {
+                metrics.set_token_expiry(at as f64);
+            }
+            let layer = NumberAuthLayer::with_state(config, credentials, store, metrics)
+                .map_err(|e| e.to_string())?;
+            let control = Control::Number(layer.handle());
+            let service = layer.layer(client).map_request(|r: http::Request<hyper::body::Incoming>| r);
+            Ok((BoxCloneSyncService::new(service), control))
+        }
+        GatewayKind::CreditGuard(_) => Err("creditguard gateways are not supported by this build yet".into()),
+    }
+}
+
+fn number_config(gateway: &GatewayConfig, settings: &NumberSettings) -> NumberConfig {
+    NumberConfig {
+        name: gateway.name.clone(),
+        upstream: gateway.upstream.clone(),
+        protocol: settings.protocol,
+        auth_path: settings.auth_path.clone(),
+        soap: settings.soap.clone(),
+        auth_failure_budget: gateway.auth_failure_budget,
+        max_request_bytes: gateway.max_request_bytes,
+        inspect_limit_bytes: gateway.inspect_limit_bytes,
+        request_timeout: gateway.request_timeout,
+    }
+}
+
+fn number_credentials(settings: &NumberSettings) -> std::io::Result<NumberCredentials> {
+    let token = read_secret(&settings.token_file)?;
+    let mut credentials = NumberCredentials {
+        account_code: settings.account_code.clone(),
+        token,
+        signing: None,
+    };
+    if let (Some(path), Some(user_id)) = (&settings.hmac_secret_file, settings.user_id) {
+        credentials.signing = Some(crate::number::Signing {
+            secret: read_secret(path)?,
+            user_id,
+        });
+    }
+    Ok(credentials)
+}
+
+/// Re-reads every gateway's secret files and swaps in what changed. Kubernetes updates mounted
+/// Secrets by swapping a symlink, which file-change notifications report unreliably; polling a
+/// few small files every couple of seconds is both simpler and dependable.
+async fn watch_secrets(shared: Shared, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut last: Vec<Option<NumberCredentials>> = shared
+        .gateways
+        .iter()
+        .map(|g| match &g.config.kind {
+            GatewayKind::Number(s) => number_credentials(s).ok(),
+            GatewayKind::CreditGuard(_) => None,
+        })
+        .collect();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = proxy::stopped(&mut stop) => return,
+        }
+        for (gateway, last) in shared.gateways.iter().zip(last.iter_mut()) {
+            match (&gateway.config.kind, &gateway.control) {
+                (GatewayKind::Number(settings), Control::Number(handle)) => match number_credentials(settings) {
+                    Ok(current) if last.as_ref() != Some(&current) => {
+                        tracing::info!(gateway = %gateway.config.name, "secret files changed; new credentials in use");
+                        if let Err(e) = handle.update_credentials(current.clone()) {
+                            tracing::error!(gateway = %gateway.config.name, error = %e, "new credentials unusable; keeping the old ones");
+                        } else {
+                            *last = Some(current);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(gateway = %gateway.config.name, error = %e, "secret file unreadable; keeping the current credentials"),
+                },
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs the sidecar until SIGTERM or SIGINT, then drains.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let sidecar = Sidecar::start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutdown signal received; draining");
+    sidecar.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
