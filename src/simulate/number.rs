@@ -1120,11 +1120,9 @@ fn parse_soap(body: &[u8]) -> Result<SoapRequest, String> {
                     return Err("unexpected text in the envelope".to_owned());
                 }
             }
-            Event::CData(c) => {
-                if depth == 4 {
-                    if let Some((_, value)) = param.as_mut() {
-                        value.push_str(&String::from_utf8_lossy(&c));
-                    }
+            Event::CData(c) if depth == 4 => {
+                if let Some((_, value)) = param.as_mut() {
+                    value.push_str(&String::from_utf8_lossy(&c));
                 }
             }
             Event::DocType(_) => return Err("DOCTYPE is not allowed".to_owned()),
@@ -1396,6 +1394,7 @@ async fn control(shared: &Shared, cmd: &str, req: Request<Incoming>) -> Resp {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -1,0 +1,67 @@
+//! The binary's command line: `check` reports every problem with exit 64, redacts secrets.
+
+use std::process::Command;
+
+fn payauth() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_payauth"))
+}
+
+#[test]
+fn check_accepts_a_valid_config_and_redacts_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "2148B239CF6846BDA5D141BF4A4CFBE8\n").expect("token");
+    let config = dir.path().join("payauth.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[state]\ndir = \"{}\"\n[[gateway]]\nname = \"number\"\nkind = \"number\"\nlisten = \"127.0.0.1:8081\"\n\
+             upstream = \"https://easypay5.com\"\naccount_code = \"EP9116875\"\ntoken_file = \"{}\"\n",
+            dir.path().join("state").display(),
+            token.display()
+        ),
+    )
+    .expect("config");
+    let out = payauth().args(["check", "--config"]).arg(&config).output().expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("gateway number"), "{stdout}");
+    assert!(!stdout.contains("2148B239"), "the token is redacted");
+    // The environment variable works too.
+    let out = payauth().arg("check").env("PAYAUTH_CONFIG", &config).output().expect("run");
+    assert!(out.status.success());
+}
+
+#[test]
+fn check_reports_every_problem_and_exits_64() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("payauth.toml");
+    std::fs::write(
+        &config,
+        "[[gateway]]\nname = \"number\"\nkind = \"number\"\nlisten = \"127.0.0.1:8081\"\n\
+         upstream = \"https://easypay5.com\"\naccount_code = \"EP9116875\"\ntoken_file = \"/nonexistent/token\"\n\
+         [[gateway]]\nname = \"cg\"\nkind = \"creditguard\"\nlisten = \"127.0.0.1:8082\"\nupstream = \"https://cg\"\n\
+         user = \"u\"\npassword_file = \"/nonexistent/password\"\nterminals = [\"0882819014\"]\n",
+    )
+    .expect("config");
+    let out = payauth().args(["check", "--config"]).arg(&config).output().expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("token_file"), "{stderr}");
+    assert!(stderr.contains("password_file"), "{stderr}");
+
+    std::fs::write(&config, "[[gateway]]\nname = \"x\"\nkind = \"nope\"\nauth_failure_budget = 9\n").expect("config");
+    let out = payauth().args(["check", "--config"]).arg(&config).output().expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in ["kind \"nope\"", "listen is missing", "upstream is missing", "auth_failure_budget 9"] {
+        assert!(stderr.contains(expected), "missing {expected:?} in {stderr}");
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_a_clear_error() {
+    let out = payauth().args(["check", "--config", "/nonexistent/payauth.toml"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
+}
