@@ -11,7 +11,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::config::read_secret;
-use crate::sidecar::{Gateway, Shared};
+use crate::config::GatewayKind;
+use crate::sidecar::{Control, Gateway, Shared};
 
 /// The admin router.
 pub fn router(shared: Shared) -> Router {
@@ -20,6 +21,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/admin/{gateway}/unlock", post(unlock))
+        .route("/admin/number/{gateway}/tokens", post(number_tokens))
         .with_state(shared)
 }
 
@@ -59,6 +61,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
 }
 
 /// Checks the bearer token in constant time; `Err` is the response to send.
+#[allow(clippy::result_large_err)] // the error is the response itself, built once per refusal
 pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     let Some(path) = &shared.admin_token_file else {
         return Err(admin_error(StatusCode::NOT_FOUND, "the admin API is off: no admin.token_file configured"));
@@ -90,6 +93,7 @@ pub(crate) fn admin_error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"error": {"message": message}}))).into_response()
 }
 
+#[allow(clippy::result_large_err)] // as above
 pub(crate) fn find<'a>(shared: &'a Shared, name: &str) -> Result<&'a Gateway, Response> {
     shared
         .gateways
@@ -113,6 +117,61 @@ async fn unlock(State(shared): State<Shared>, Path(name): Path<String>, headers:
             admin_error(StatusCode::INTERNAL_SERVER_ERROR, "the unlock could not be persisted under the state dir")
         }
     }
+}
+
+/// The Client Admin Portal's token POST: pick this gateway's token, persist it, swap it in and
+/// unlock. Nothing changes unless every step before the swap succeeded.
+async fn number_tokens(
+    State(shared): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(response) = authorize(&shared, &headers) {
+        return response;
+    }
+    let gateway = match find(&shared, &name) {
+        Ok(g) => g,
+        Err(response) => return response,
+    };
+    let (GatewayKind::Number(settings), Control::Number(handle)) = (&gateway.config.kind, &gateway.control) else {
+        return admin_error(StatusCode::NOT_FOUND, "not a number gateway");
+    };
+    let portal = match crate::tokens::parse_portal(&body, &settings.account_code) {
+        Ok(token) => token,
+        Err(message) => return admin_error(StatusCode::BAD_REQUEST, &message),
+    };
+    let Ok(mut credentials) = crate::sidecar::number_credentials(settings) else {
+        return admin_error(StatusCode::SERVICE_UNAVAILABLE, "the gateway's secret files cannot be read");
+    };
+    if let Err(e) = crate::tokens::save(&shared.state_dir, &name, &settings.account_code, &portal, &credentials.token) {
+        tracing::error!(gateway = %name, error = %e, "cannot persist the renewed token; nothing changed");
+        return admin_error(StatusCode::INTERNAL_SERVER_ERROR, "the token could not be persisted under the state dir; nothing changed");
+    }
+    credentials.token = portal.token.clone();
+    let was_locked = handle.guard().is_locked();
+    if handle.update_credentials(credentials).is_err() {
+        return admin_error(StatusCode::BAD_REQUEST, "the gateway's signing settings are unusable");
+    }
+    if let Err(e) = handle.guard().unlock() {
+        tracing::error!(gateway = %name, error = %e, "token swapped but the unlock could not be persisted");
+    }
+    if let Some(at) = portal.expires_at {
+        gateway.metrics.set_token_expiry(at as f64);
+        crate::sidecar::warn_if_expiring(&name, at);
+    }
+    tracing::info!(gateway = %name, token_id = portal.token_id.as_deref().unwrap_or(""), was_locked,
+        "gateway token renewed through the admin API");
+    (
+        StatusCode::OK,
+        Json(json!({
+            "gateway": name,
+            "token_id": portal.token_id,
+            "expires_at": portal.expires_at,
+            "unlocked": was_locked,
+        })),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

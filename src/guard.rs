@@ -713,9 +713,8 @@ mod tests {
                         Step::Burst(outcomes) => {
                             let mut attempts = Vec::new();
                             for o in outcomes {
-                                match g.try_begin() {
-                                    Ok(Some(a)) => attempts.push((a, o)),
-                                    Ok(None) | Err(_) => {}
+                                if let Ok(Some(a)) = g.try_begin() {
+                                    attempts.push((a, o));
                                 }
                             }
                             for (a, o) in attempts {

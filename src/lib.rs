@@ -16,6 +16,7 @@ pub mod secret;
 pub mod sidecar;
 pub mod simulate;
 pub mod telemetry;
+pub mod tokens;
 
 pub use error::{Error, ErrorCode};
 pub use secret::Secret;

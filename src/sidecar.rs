@@ -108,7 +108,7 @@ impl Sidecar {
             let gw_metrics = metrics.gateway(&gateway.name);
             let client = UpstreamClient::new(&gateway.tls, gateway.connect_timeout)
                 .map_err(|e| StartError(format!("gateway {:?}: {e}", gateway.name)))?;
-            let (service, control) = build_gateway(gateway, client.clone(), Arc::clone(&store), gw_metrics.clone())
+            let (service, control) = build_gateway(gateway, &config.state_dir, client.clone(), Arc::clone(&store), gw_metrics.clone())
                 .map_err(|e| StartError(format!("gateway {:?}: {e}", gateway.name)))?;
             let listener = proxy::bind(&format!("gateway {:?}", gateway.name), gateway.listen)
                 .await
@@ -187,16 +187,25 @@ impl Sidecar {
 
 fn build_gateway(
     gateway: &GatewayConfig,
+    state_dir: &std::path::Path,
     client: UpstreamClient,
     store: Arc<dyn GuardStore>,
     metrics: GatewayMetrics,
 ) -> Result<(GatewayService, Control), String> {
     match &gateway.kind {
         GatewayKind::Number(settings) => {
-            let credentials = number_credentials(settings).map_err(|e| e.to_string())?;
+            let mut credentials = number_credentials(settings).map_err(|e| e.to_string())?;
+            let mut expires_at = settings.token_expires_at;
+            if let Some(portal) = crate::tokens::load(state_dir, &gateway.name, &settings.account_code, &credentials.token) {
+                tracing::info!(gateway = %gateway.name, token_id = portal.token_id.as_deref().unwrap_or(""),
+                    "using the token renewed through the admin API (token_file unchanged since)");
+                credentials.token = portal.token;
+                expires_at = portal.expires_at.or(expires_at);
+            }
             let config = number_config(gateway, settings);
-            if let Some(at) = settings.token_expires_at {
+            if let Some(at) = expires_at {
                 metrics.set_token_expiry(at as f64);
+                warn_if_expiring(&gateway.name, at);
             }
             let layer = NumberAuthLayer::with_state(config, credentials, store, metrics)
                 .map_err(|e| e.to_string())?;
@@ -222,7 +231,20 @@ fn number_config(gateway: &GatewayConfig, settings: &NumberSettings) -> NumberCo
     }
 }
 
-fn number_credentials(settings: &NumberSettings) -> std::io::Result<NumberCredentials> {
+/// Logs a warning when a token expires within 14 days.
+pub(crate) fn warn_if_expiring(gateway: &str, expires_at: i64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let days = (expires_at - now) / 86_400;
+    if expires_at <= now {
+        tracing::error!(gateway, "the gateway token has expired: renew it in the vendor's portal");
+    } else if days < 14 {
+        tracing::warn!(gateway, days, "the gateway token expires soon: renew it in the vendor's portal");
+    }
+}
+
+pub(crate) fn number_credentials(settings: &NumberSettings) -> std::io::Result<NumberCredentials> {
     let token = read_secret(&settings.token_file)?;
     let mut credentials = NumberCredentials {
         account_code: settings.account_code.clone(),
@@ -258,20 +280,28 @@ async fn watch_secrets(shared: Shared, interval: Duration, mut stop: watch::Rece
             () = proxy::stopped(&mut stop) => return,
         }
         for (gateway, last) in shared.gateways.iter().zip(last.iter_mut()) {
-            match (&gateway.config.kind, &gateway.control) {
-                (GatewayKind::Number(settings), Control::Number(handle)) => match number_credentials(settings) {
-                    Ok(current) if last.as_ref() != Some(&current) => {
-                        tracing::info!(gateway = %gateway.config.name, "secret files changed; new credentials in use");
-                        if let Err(e) = handle.update_credentials(current.clone()) {
-                            tracing::error!(gateway = %gateway.config.name, error = %e, "new credentials unusable; keeping the old ones");
-                        } else {
-                            *last = Some(current);
-                        }
+            let (GatewayKind::Number(settings), Control::Number(handle)) =
+                (&gateway.config.kind, &gateway.control)
+            else {
+                continue;
+            };
+            match number_credentials(settings) {
+                Ok(current) if last.as_ref() != Some(&current) => {
+                    tracing::info!(gateway = %gateway.config.name, "secret files changed; new credentials in use");
+                    // A token renewed through the admin API stays in force while token_file
+                    // still holds what it held then (only the HMAC secret file changed).
+                    let mut effective = current.clone();
+                    if let Some(portal) = crate::tokens::load(&shared.state_dir, &gateway.config.name, &settings.account_code, &current.token) {
+                        effective.token = portal.token;
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(gateway = %gateway.config.name, error = %e, "secret file unreadable; keeping the current credentials"),
-                },
-                _ => {}
+                    if let Err(e) = handle.update_credentials(effective) {
+                        tracing::error!(gateway = %gateway.config.name, error = %e, "new credentials unusable; keeping the old ones");
+                    } else {
+                        *last = Some(current);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(gateway = %gateway.config.name, error = %e, "secret file unreadable; keeping the current credentials"),
             }
         }
     }

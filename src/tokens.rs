@@ -1,0 +1,222 @@
+//! Number token renewal: the Client Admin Portal's "POST JSON" of new tokens, persisted in the
+//! state dir so a restart keeps them.
+//!
+//! The portal posts `{"Tokens": [{"TokenID", "AccountCode", "Token", "AccountName",
+//! "ExpirationDate"}]}`. payauth takes the token of the gateway's account code (the latest
+//! expiring one if there are several), swaps it in, and writes it (mode 0600) to
+//! `{state.dir}/token-{gateway}.json` with a fingerprint of the `token_file` contents at that
+//! moment. On start, the persisted token is used as long as `token_file` still holds what it held
+//! then; once the file changes (a rotated Kubernetes Secret), the file wins again: the most
+//! recent change is the one in force.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::guard::Fingerprint;
+use crate::secret::Secret;
+
+/// A token received from the portal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortalToken {
+    /// The token.
+    pub token: Secret<String>,
+    /// The portal's `TokenID`, as text.
+    pub token_id: Option<String>,
+    /// `ExpirationDate` in Unix seconds, if it could be read.
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Posted {
+    #[serde(rename = "Tokens")]
+    tokens: Vec<PostedToken>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PostedToken {
+    #[serde(rename = "TokenID", default)]
+    token_id: Option<serde_json::Value>,
+    #[serde(rename = "AccountCode")]
+    account_code: String,
+    #[serde(rename = "Token")]
+    token: String,
+    #[serde(rename = "ExpirationDate", default)]
+    expiration_date: Option<serde_json::Value>,
+}
+
+/// Reads the portal's JSON and picks the token of `account_code`. The error text never quotes
+/// the body.
+pub fn parse_portal(body: &[u8], account_code: &str) -> Result<PortalToken, String> {
+    let posted: Posted = serde_json::from_slice(body)
+        .map_err(|e| format!("not the portal's token JSON (line {}, column {})", e.line(), e.column()))?;
+    let chosen = posted
+        .tokens
+        .into_iter()
+        .filter(|t| t.account_code.trim().eq_ignore_ascii_case(account_code))
+        .map(|t| {
+            let expires_at = t.expiration_date.as_ref().and_then(parse_expiration);
+            (t, expires_at)
+        })
+        .max_by_key(|(_, expires_at)| expires_at.unwrap_or(i64::MIN))
+        .ok_or_else(|| format!("no token for account {account_code} in the post"))?;
+    let (token, expires_at) = chosen;
+    let value = token.token.trim();
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the token for this account is empty or not printable ASCII".into());
+    }
+    Ok(PortalToken {
+        token: Secret::new(value.to_owned()),
+        token_id: token.token_id.map(|v| match v {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        }),
+        expires_at,
+    })
+}
+
+/// Reads an `ExpirationDate`: ISO 8601 (`2027-05-01T00:00:00`), WCF's `/Date(ms)/`, US
+/// `M/D/YYYY [h:mm:ss AM]`, or Unix seconds.
+pub fn parse_expiration(value: &serde_json::Value) -> Option<i64> {
+    if let Some(n) = value.as_i64() {
+        return Some(n);
+    }
+    let s = value.as_str()?.trim();
+    if let Some(ms) = s.strip_prefix("/Date(").and_then(|r| r.strip_suffix(")/")) {
+        let digits: String = ms.chars().take_while(|c| c.is_ascii_digit() || *c == '-').collect();
+        return digits.parse::<i64>().ok().map(|ms| ms / 1000);
+    }
+    if let Some(t) = crate::config::parse_rfc3339(s) {
+        return Some(t);
+    }
+    // M/D/YYYY with an optional time.
+    let (date, time) = s.split_once(' ').map_or((s, ""), |(d, t)| (d, t));
+    let mut parts = date.split('/');
+    let (m, d, y) = (parts.next()?, parts.next()?, parts.next()?);
+    let day = crate::config::parse_rfc3339(&format!("{y}-{m:0>2}-{d:0>2}"))?;
+    let mut secs = 0;
+    if !time.is_empty() {
+        let (clock, meridiem) = time.split_once(' ').unwrap_or((time, ""));
+        let mut c = clock.split(':');
+        let mut h: i64 = c.next()?.parse().ok()?;
+        let mi: i64 = c.next().unwrap_or("0").parse().ok()?;
+        let se: i64 = c.next().unwrap_or("0").parse().ok()?;
+        match meridiem.to_ascii_uppercase().as_str() {
+            "PM" if h < 12 => h += 12,
+            "AM" if h == 12 => h = 0,
+            _ => {}
+        }
+        secs = h * 3600 + mi * 60 + se;
+    }
+    Some(day + secs)
+}
+
+#[derive(Serialize, Deserialize)]
+struct Persisted {
+    account_code: String,
+    token: String,
+    token_id: Option<String>,
+    expires_at: Option<i64>,
+    /// Fingerprint of the `token_file` contents when this token arrived.
+    file_fingerprint: String,
+}
+
+/// Where the persisted token of `gateway` lives.
+pub fn path(state_dir: &Path, gateway: &str) -> PathBuf {
+    state_dir.join(format!("token-{gateway}.json"))
+}
+
+fn file_fingerprint(file_token: &Secret<String>) -> String {
+    Fingerprint::of(&[b"token-file", file_token.expose().as_bytes()]).to_hex()
+}
+
+/// Persists `token` (mode 0600), noting what `token_file` held at the time.
+pub fn save(
+    state_dir: &Path,
+    gateway: &str,
+    account_code: &str,
+    token: &PortalToken,
+    file_token: &Secret<String>,
+) -> std::io::Result<()> {
+    let record = Persisted {
+        account_code: account_code.to_owned(),
+        token: token.token.expose().clone(),
+        token_id: token.token_id.clone(),
+        expires_at: token.expires_at,
+        file_fingerprint: file_fingerprint(file_token),
+    };
+    let bytes = serde_json::to_vec_pretty(&record)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    crate::config::write_atomically(&path(state_dir, gateway), &bytes)
+}
+
+/// The persisted token of `gateway`, if there is one for `account_code` and `token_file` has not
+/// changed since it arrived.
+pub fn load(
+    state_dir: &Path,
+    gateway: &str,
+    account_code: &str,
+    file_token: &Secret<String>,
+) -> Option<PortalToken> {
+    let bytes = std::fs::read(path(state_dir, gateway)).ok()?;
+    let record: Persisted = serde_json::from_slice(&bytes).ok()?;
+    if !record.account_code.eq_ignore_ascii_case(account_code)
+        || record.file_fingerprint != file_fingerprint(file_token)
+    {
+        return None;
+    }
+    Some(PortalToken {
+        token: Secret::new(record.token),
+        token_id: record.token_id,
+        expires_at: record.expires_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_accounts_latest_token() {
+        let body = br#"{"Tokens": [
+            {"TokenID": 1, "AccountCode": "OTHER", "Token": "AAAA", "AccountName": "x", "ExpirationDate": "2030-01-01T00:00:00"},
+            {"TokenID": 2, "AccountCode": "EP9116875", "Token": "OLDER", "AccountName": "x", "ExpirationDate": "2027-01-01T00:00:00"},
+            {"TokenID": 3, "AccountCode": "ep9116875", "Token": "NEWER", "AccountName": "x", "ExpirationDate": "/Date(1830297600000)/"}
+        ]}"#;
+        let token = parse_portal(body, "EP9116875").expect("token");
+        assert_eq!(token.token.expose(), "NEWER");
+        assert_eq!(token.token_id.as_deref(), Some("3"));
+        assert_eq!(token.expires_at, Some(1_830_297_600));
+        assert!(parse_portal(body, "NOPE").is_err());
+        assert!(parse_portal(b"{\"Tokens\": 5}", "EP9116875").is_err());
+        let err = parse_portal(b"not json SECRETTOKEN", "EP9116875").expect_err("bad");
+        assert!(!err.contains("SECRETTOKEN"));
+    }
+
+    #[test]
+    fn expiration_formats() {
+        let v = |s: &str| parse_expiration(&serde_json::Value::String(s.into()));
+        assert_eq!(v("2023-12-14T14:56:29Z"), Some(1_702_565_789));
+        assert_eq!(v("12/14/2023 2:56:29 PM"), Some(1_702_565_789));
+        assert_eq!(v("12/14/2023"), Some(1_702_512_000));
+        assert_eq!(v("/Date(1702565789000)/"), Some(1_702_565_789));
+        assert_eq!(v("soon"), None);
+    }
+
+    #[test]
+    fn persisted_token_yields_to_a_changed_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = PortalToken { token: Secret::from("NEW"), token_id: None, expires_at: Some(1) };
+        let file = Secret::from("FROM-FILE");
+        save(dir.path(), "number", "EP1", &token, &file).expect("save");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path(dir.path(), "number")).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(load(dir.path(), "number", "EP1", &file), Some(token));
+        assert_eq!(load(dir.path(), "number", "EP1", &Secret::from("ROTATED")), None);
+        assert_eq!(load(dir.path(), "number", "OTHER", &file), None);
+    }
+}
