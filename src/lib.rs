@@ -1,5 +1,53 @@
 //! payauth keeps payment-gateway credentials out of applications.
-#![cfg_attr(docsrs, feature(doc_cfg))]
+//!
+//! An application sends its gateway calls, unauthenticated, through payauth; payauth adds the
+//! gateway's session credential, notices when the gateway says it expired, renews it once (one
+//! authentication however many calls noticed) and replays the refused call once. It never retries
+//! a rejected authentication (the gateways lock the caller out) and never replays a call that may
+//! have been executed.
+//!
+//! It ships as a sidecar binary (`payauth run`) and as tower layers, which the sidecar itself uses:
+//!
+//! * [`number::NumberAuthLayer`]: Number (REST and SOAP), session keys and PCI-mode signatures.
+//!
+//! # Embedding in axum
+//!
+//! Wrap the HTTP client your service already uses; handlers call it like any client.
+//!
+//! ```no_run
+//! use axum::{extract::State, routing::post, Router};
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+//! use payauth::number::{NumberAuthLayer, NumberConfig, NumberCredentials};
+//! use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
+//!
+//! type Number = BoxCloneSyncService<
+//!     http::Request<Full<Bytes>>,
+//!     http::Response<payauth::body::ResponseBody<hyper::body::Incoming>>,
+//!     payauth::Error,
+//! >;
+//!
+//! async fn refund(State(number): State<Number>) -> Result<String, axum::http::StatusCode> {
+//!     let call = http::Request::post("https://easypay5.com/APIcardProcREST/v1.0.0/CreditCardRefund")
+//!         .header("content-type", "application/json")
+//!         .body(Full::new(Bytes::from_static(b"{\"TxID\": 42}")))
+//!         .map_err(|_| axum::http::StatusCode::BAD_REQUEST)?;
+//!     let answer = number.oneshot(call).await.map_err(|e| e.code().status())?;
+//!     Ok(answer.status().to_string())
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+//! let token = std::fs::read_to_string("/run/secrets/number/token")?;
+//! let layer = NumberAuthLayer::new(
+//!     NumberConfig::rest("number", "https://easypay5.com".parse()?),
+//!     NumberCredentials::new("EP9116875", token.trim()),
+//! )?;
+//! let number: Number = BoxCloneSyncService::new(ServiceBuilder::new().layer(layer).service(client));
+//! let app: Router = Router::new().route("/refund", post(refund)).with_state(number);
+//! # let _ = app; Ok(()) }
+//! ```
 
 pub mod admin;
 pub mod body;
