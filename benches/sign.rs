@@ -5,6 +5,8 @@
 //! - `signer_cold`: payauth's signature with nothing cached (precomputed keyed state, stack buffer);
 //! - `signer_cached`: the header value for a second already signed (what most requests get).
 
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
+
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -78,6 +78,20 @@ pub struct SimulateArgs {
     /// Latency added to every answer, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// Serve HTTPS. A throwaway CA and a server certificate for localhost, 127.0.0.1, ::1 and
+    /// the listen address are made at startup; the CA certificate is written to
+    /// `<tls-dir>/ca.pem` (printed): point the gateway's `ca_file` at it.
+    #[arg(long)]
+    pub tls: bool,
+    /// Serve HTTPS and require a client certificate (mTLS; implies --tls). A client certificate
+    /// and key from the same CA are written to `<tls-dir>/client.pem` and
+    /// `<tls-dir>/client-key.pem`, for `client_cert_file` and `client_key_file`.
+    #[arg(long)]
+    pub mtls: bool,
+    /// Where --tls/--mtls write their files [default: a new payauth-simulate-<pid> directory in
+    /// the system's temp dir].
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// Parses the command line and runs it.
@@ -140,7 +154,12 @@ fn check(path: &std::path::Path) -> ExitCode {
 
 async fn simulate(args: SimulateArgs) -> ExitCode {
     use crate::simulate::number::{NumberSim, NumberSimConfig};
+    let pki = match simulate_tls(&args) {
+        Ok(pki) => pki,
+        Err(code) => return code,
+    };
     let config = NumberSimConfig {
+        tls: pki.as_ref().map(|p| p.tls.clone()),
         account_code: args.account_code,
         token: args.token,
         hmac_secret: args.hmac_secret,
@@ -156,6 +175,16 @@ async fn simulate(args: SimulateArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(pki) = &pki {
+        println!("TLS: ca_file = {:?}", pki.ca_file.display().to_string());
+        if let Some((cert, key)) = &pki.client_files {
+            println!(
+                "mTLS required: client_cert_file = {:?}, client_key_file = {:?}",
+                cert.display().to_string(),
+                key.display().to_string()
+            );
+        }
+    }
     println!(
         "Number simulator on {} (REST {}/APIcardProcREST/v1.0.0, SOAP {}/APIcardProcR119/CardProcAPI.svc)\n\
          control: POST /_sim/expire, /_sim/change-ip, /_sim/unlock-ip, /_sim/latency?ms=N, /_sim/drop?n=N, /_sim/token; GET /_sim/stats\n\
@@ -167,4 +196,21 @@ async fn simulate(args: SimulateArgs) -> ExitCode {
     let _ = tokio::signal::ctrl_c().await;
     number.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// `--tls`/`--mtls`: makes the simulator's certificates and writes what a config points at.
+fn simulate_tls(args: &SimulateArgs) -> Result<Option<crate::simulate::tls::DevPki>, ExitCode> {
+    if !(args.tls || args.mtls) {
+        return Ok(None);
+    }
+    let dir = args
+        .tls_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("payauth-simulate-{}", std::process::id())));
+    crate::simulate::tls::dev_pki(&dir, args.number.ip(), args.mtls)
+        .map(Some)
+        .map_err(|e| {
+            eprintln!("payauth simulate: {e}");
+            ExitCode::FAILURE
+        })
 }

@@ -57,7 +57,8 @@ impl Failure {
     }
 }
 
-/// Classifies a client error: only a connect error proves nothing was sent.
+/// Classifies a client error: only a connect error, or the gateway refusing the TLS handshake,
+/// proves nothing was sent.
 pub fn classify(error: &(dyn std::error::Error + 'static)) -> Failure {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = current {
@@ -73,10 +74,37 @@ pub fn classify(error: &(dyn std::error::Error + 'static)) -> Failure {
             ) {
                 return Failure::NotSent;
             }
+            if io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).is_some_and(handshake_refused) {
+                return Failure::NotSent;
+            }
         }
         current = e.source();
     }
     Failure::Unknown
+}
+
+/// With TLS 1.3 the client's handshake is over before the gateway has checked the client
+/// certificate, so a refused certificate (mTLS) arrives as an alert after the request was
+/// written, not as a connect error. The gateway sends these alerts only while negotiating, before
+/// it reads any application data: the request was not processed. (`decrypt_error` is what
+/// rustls sends for a client certificate whose signature does not verify.)
+fn handshake_refused(error: &rustls::Error) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        error,
+        rustls::Error::AlertReceived(
+            A::HandshakeFailure
+                | A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::AccessDenied
+                | A::CertificateRequired
+                | A::DecryptError
+        )
+    )
 }
 
 /// Sends `request` through `client`, waiting at most `timeout` for the answer's head.
@@ -93,9 +121,35 @@ where
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => {
             let e: BoxError = e.into();
-            Err(classify(e.as_ref()))
+            let failure = classify(e.as_ref());
+            // The cause (connection refused, a certificate from an unknown issuer, ...) is what an
+            // operator needs. Client errors carry no request data.
+            tracing::warn!(error = %Causes(e.as_ref()), ?failure, "upstream call failed");
+            Err(failure)
         }
         Err(_elapsed) => Err(Failure::TimedOut),
+    }
+}
+
+/// An error and its sources, joined with ": " (repeated texts once).
+struct Causes<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut last = String::new();
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(self.0);
+        while let Some(e) = current {
+            let text = e.to_string();
+            if !last.contains(&text) {
+                if !last.is_empty() {
+                    f.write_str(": ")?;
+                }
+                f.write_str(&text)?;
+                last = text;
+            }
+            current = e.source();
+        }
+        Ok(())
     }
 }
 
@@ -109,5 +163,16 @@ mod tests {
         assert_eq!(classify(&refused), Failure::NotSent);
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         assert_eq!(classify(&reset), Failure::Unknown);
+    }
+
+    #[test]
+    fn a_refused_client_certificate_was_not_sent() {
+        let alert = |a| std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::AlertReceived(a));
+        assert_eq!(classify(&alert(rustls::AlertDescription::CertificateRequired)), Failure::NotSent);
+        assert_eq!(classify(&alert(rustls::AlertDescription::UnknownCA)), Failure::NotSent);
+        assert_eq!(classify(&alert(rustls::AlertDescription::DecryptError)), Failure::NotSent);
+        // Other alerts can come after the request was read.
+        assert_eq!(classify(&alert(rustls::AlertDescription::CloseNotify)), Failure::Unknown);
+        assert_eq!(classify(&alert(rustls::AlertDescription::InternalError)), Failure::Unknown);
     }
 }

@@ -423,6 +423,16 @@ impl AuthGuard {
         Ok(())
     }
 
+    /// Forgets the transport backoff (after a change that may have fixed the transport, such as
+    /// new certificate files). Rejections and unknown outcomes stay counted.
+    pub fn clear_backoff(&self) {
+        let mut inner = lock(&self.inner);
+        inner.transport_failures = 0;
+        inner.not_before = None;
+        drop(inner);
+        self.settled.notify_waiters();
+    }
+
     /// Whether no authentication may be sent.
     pub fn is_locked(&self) -> bool {
         lock(&self.inner).record.locked
@@ -664,6 +674,15 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
         g.begin().await.expect("after backoff").success();
         assert_eq!(g.status().record, GuardRecord::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clearing_the_backoff_allows_an_attempt_at_once() {
+        let g = guard(1, Arc::new(MemoryGuardStore::default()));
+        g.begin().await.expect("attempt").not_sent();
+        assert!(matches!(g.try_begin(), Err(Refusal::Backoff(_))));
+        g.clear_backoff();
+        assert!(matches!(g.try_begin(), Ok(Some(_))));
     }
 
     #[tokio::test(start_paused = true)]

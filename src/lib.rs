@@ -53,6 +53,7 @@ pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod creditguard;
 pub mod demo;
 pub mod error;
 pub mod forward;

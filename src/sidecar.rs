@@ -13,7 +13,8 @@ use tokio::task::JoinSet;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 
-use crate::config::{read_secret, Config, GatewayConfig, GatewayKind, NumberSettings};
+use crate::config::{read_secret, Config, CreditGuardSettings, GatewayConfig, GatewayKind, NumberSettings};
+use crate::creditguard::{CreditGuardConfig, CreditGuardCredentials, CreditGuardHandle, CreditGuardSessionLayer, PoolConfig};
 use crate::guard::{AuthGuard, FileGuardStore, GuardStore};
 use crate::metrics::{GatewayMetrics, Metrics};
 use crate::number::{NumberAuthLayer, NumberConfig, NumberCredentials, NumberHandle};
@@ -25,6 +26,8 @@ use crate::proxy::{self, Front, GatewayService};
 pub enum Control {
     /// A Number gateway.
     Number(NumberHandle),
+    /// A CreditGuard gateway.
+    CreditGuard(CreditGuardHandle),
 }
 
 impl Control {
@@ -32,6 +35,7 @@ impl Control {
     pub fn name(&self) -> &str {
         match self {
             Control::Number(h) => h.name(),
+            Control::CreditGuard(h) => h.name(),
         }
     }
 
@@ -39,6 +43,7 @@ impl Control {
     pub fn guard(&self) -> &Arc<AuthGuard> {
         match self {
             Control::Number(h) => h.guard(),
+            Control::CreditGuard(h) => h.guard(),
         }
     }
 }
@@ -138,6 +143,11 @@ impl Sidecar {
         let admin_addr = admin_listener.local_addr().map_err(|e| StartError(e.to_string()))?;
         tracing::info!(%admin_addr, "admin listening");
         let admin_task = tokio::spawn(crate::admin::serve(admin_listener, shared.clone()));
+        let tls_files = shared
+            .gateways
+            .iter()
+            .map(|g| (g.config.name.as_str(), &g.config.tls, &g.client, g.control.guard()));
+        tasks.spawn(proxy::reload::watch_tls(tls_files, config.proxy.secret_poll_interval, stop_rx.clone()));
         tasks.spawn(watch_secrets(shared.clone(), config.proxy.secret_poll_interval, stop_rx));
         Ok(Self {
             admin_addr,
@@ -213,8 +223,54 @@ fn build_gateway(
             let service = layer.layer(client).map_request(|r: http::Request<hyper::body::Incoming>| r);
             Ok((BoxCloneSyncService::new(service), control))
         }
-        GatewayKind::CreditGuard(_) => Err("creditguard gateways are not supported by this build yet".into()),
+        GatewayKind::CreditGuard(settings) => {
+            let credentials = creditguard_credentials(settings).map_err(|e| e.to_string())?;
+            let config = CreditGuardConfig {
+                name: gateway.name.clone(),
+                upstream: gateway.upstream.clone(),
+                relay_path: settings.relay_path.clone(),
+                terminals: settings.terminals.clone(),
+                scope: settings.scope.parse().map_err(|e| format!("scope: {e}"))?,
+                auth_failure_budget: gateway.auth_failure_budget,
+                max_request_bytes: gateway.max_request_bytes,
+                inspect_limit_bytes: gateway.inspect_limit_bytes,
+                request_timeout: gateway.request_timeout,
+                pool: PoolConfig {
+                    min: settings.pool_min,
+                    max: settings.pool_max,
+                    expiry_margin: settings.session_expiry_margin,
+                },
+            };
+            let layer = CreditGuardSessionLayer::with_state(config, credentials, store, metrics)
+                .map_err(|e| e.to_string())?;
+            let control = Control::CreditGuard(layer.handle());
+            let service = layer.layer(client);
+            // Sessions are fetched ahead of the first call, off the request path.
+            service.warm_up();
+            Ok((BoxCloneSyncService::new(service), control))
+        }
     }
+}
+
+pub(crate) fn creditguard_credentials(settings: &CreditGuardSettings) -> std::io::Result<CreditGuardCredentials> {
+    Ok(CreditGuardCredentials {
+        user: settings.user.clone(),
+        password: read_secret(&settings.password_file)?,
+    })
+}
+
+/// The credentials a gateway's secret files hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FileCredentials {
+    Number(NumberCredentials),
+    CreditGuard(CreditGuardCredentials),
+}
+
+fn file_credentials(kind: &GatewayKind) -> std::io::Result<FileCredentials> {
+    Ok(match kind {
+        GatewayKind::Number(s) => FileCredentials::Number(number_credentials(s)?),
+        GatewayKind::CreditGuard(s) => FileCredentials::CreditGuard(creditguard_credentials(s)?),
+    })
 }
 
 fn number_config(gateway: &GatewayConfig, settings: &NumberSettings) -> NumberConfig {
@@ -264,13 +320,10 @@ pub(crate) fn number_credentials(settings: &NumberSettings) -> std::io::Result<N
 /// Secrets by swapping a symlink, which file-change notifications report unreliably; polling a
 /// few small files every couple of seconds is both simpler and dependable.
 async fn watch_secrets(shared: Shared, interval: Duration, mut stop: watch::Receiver<bool>) {
-    let mut last: Vec<Option<NumberCredentials>> = shared
+    let mut last: Vec<Option<FileCredentials>> = shared
         .gateways
         .iter()
-        .map(|g| match &g.config.kind {
-            GatewayKind::Number(s) => number_credentials(s).ok(),
-            GatewayKind::CreditGuard(_) => None,
-        })
+        .map(|g| file_credentials(&g.config.kind).ok())
         .collect();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -280,28 +333,37 @@ async fn watch_secrets(shared: Shared, interval: Duration, mut stop: watch::Rece
             () = proxy::stopped(&mut stop) => return,
         }
         for (gateway, last) in shared.gateways.iter().zip(last.iter_mut()) {
-            let (GatewayKind::Number(settings), Control::Number(handle)) =
-                (&gateway.config.kind, &gateway.control)
-            else {
-                continue;
+            let name = &gateway.config.name;
+            let current = match file_credentials(&gateway.config.kind) {
+                Ok(current) => current,
+                Err(e) => {
+                    tracing::debug!(gateway = %name, error = %e, "secret file unreadable; keeping the current credentials");
+                    continue;
+                }
             };
-            match number_credentials(settings) {
-                Ok(current) if last.as_ref() != Some(&current) => {
-                    tracing::info!(gateway = %gateway.config.name, "secret files changed; new credentials in use");
+            if last.as_ref() == Some(&current) {
+                continue;
+            }
+            tracing::info!(gateway = %name, "secret files changed; new credentials in use");
+            let applied = match (&current, &gateway.control, &gateway.config.kind) {
+                (FileCredentials::Number(creds), Control::Number(handle), GatewayKind::Number(settings)) => {
                     // A token renewed through the admin API stays in force while token_file
                     // still holds what it held then (only the HMAC secret file changed).
-                    let mut effective = current.clone();
-                    if let Some(portal) = crate::tokens::load(&shared.state_dir, &gateway.config.name, &settings.account_code, &current.token) {
+                    let mut effective = creds.clone();
+                    if let Some(portal) = crate::tokens::load(&shared.state_dir, name, &settings.account_code, &creds.token) {
                         effective.token = portal.token;
                     }
-                    if let Err(e) = handle.update_credentials(effective) {
-                        tracing::error!(gateway = %gateway.config.name, error = %e, "new credentials unusable; keeping the old ones");
-                    } else {
-                        *last = Some(current);
-                    }
+                    handle.update_credentials(effective).map_err(|e| e.to_string())
                 }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(gateway = %gateway.config.name, error = %e, "secret file unreadable; keeping the current credentials"),
+                (FileCredentials::CreditGuard(creds), Control::CreditGuard(handle), _) => {
+                    handle.update_credentials(creds.clone());
+                    Ok(())
+                }
+                _ => Err("the gateway's kind changed".to_owned()),
+            };
+            match applied {
+                Ok(()) => *last = Some(current),
+                Err(e) => tracing::error!(gateway = %name, error = %e, "new credentials unusable; keeping the old ones"),
             }
         }
     }

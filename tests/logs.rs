@@ -1,6 +1,8 @@
 //! A whole Number run at TRACE level: no token, HMAC secret, session key or card number may
 //! appear anywhere in the log output. Its own test binary, because it installs a global subscriber.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::Write;

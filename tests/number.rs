@@ -1,5 +1,7 @@
 //! Black-box tests of the Number sidecar: simulator and payauth on 127.0.0.1:0, HTTP in between.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! Token renewal through the admin API: the Client Admin Portal's JSON POST.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -320,19 +320,9 @@ impl Config {
                     check(&mut problems, format!("gateway {:?}: password_file", g.name), &c.password_file);
                 }
             }
-            for (what, path) in [
-                ("ca_file", &g.tls.ca_file),
-                ("client_cert_file", &g.tls.client_cert_file),
-                ("client_key_file", &g.tls.client_key_file),
-            ] {
-                if let Some(path) = path {
-                    if let Err(e) = std::fs::metadata(path) {
-                        problems.push(format!("gateway {:?}: {what} {}: {e}", g.name, path.display()));
-                    }
-                }
-            }
-            if let Err(e) = crate::proxy::tls::check_files(&g.tls) {
-                problems.push(format!("gateway {:?}: {e}", g.name));
+            // Every certificate file: readable, PEM, and the client pair belonging together.
+            if let Err(tls_problems) = crate::proxy::tls::check_files(&g.tls) {
+                problems.extend(tls_problems.into_iter().map(|p| format!("gateway {:?}: {p}", g.name)));
             }
         }
         if problems.is_empty() {

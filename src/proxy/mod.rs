@@ -6,6 +6,7 @@
 //! payauth's errors into the contract's responses. One access line per request.
 
 pub mod client;
+pub mod reload;
 pub mod tls;
 
 use std::convert::Infallible;

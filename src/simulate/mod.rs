@@ -4,4 +4,6 @@
 //! They are strict on purpose: a test passes only when payauth speaks to them the way the
 //! real gateway expects.
 
+pub mod creditguard;
 pub mod number;
+pub mod tls;

@@ -50,7 +50,7 @@ use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
 use sha2::Sha256;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -101,6 +101,9 @@ pub struct NumberSimConfig {
     pub soap_session_element: String,
     /// Largest accepted distance between a signature's `Epoch` and now (default 300 s).
     pub signature_skew: Duration,
+    /// When set, serve HTTPS (optionally requiring client certificates) instead of plain HTTP;
+    /// see [`crate::simulate::tls`]. Default: plain HTTP.
+    pub tls: Option<crate::simulate::tls::SimTls>,
 }
 
 impl Default for NumberSimConfig {
@@ -117,6 +120,7 @@ impl Default for NumberSimConfig {
             soap_namespace: "http://tempuri.org/".to_owned(),
             soap_session_element: "sessKey".to_owned(),
             signature_skew: Duration::from_secs(300),
+            tls: None,
         }
     }
 }
@@ -139,6 +143,7 @@ impl fmt::Debug for NumberSimConfig {
             .field("soap_namespace", &self.soap_namespace)
             .field("soap_session_element", &self.soap_session_element)
             .field("signature_skew", &self.signature_skew)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -174,6 +179,8 @@ pub struct NumberSimStats {
     pub dropped: u64,
     /// Session keys issued.
     pub keys_issued: u64,
+    /// TLS handshakes that failed (TLS mode only): no request was read on those connections.
+    pub tls_handshake_failures: u64,
 }
 
 /// One API call the simulator received.
@@ -228,11 +235,15 @@ impl fmt::Debug for NumberSim {
 impl NumberSim {
     /// Binds `addr` (`127.0.0.1:0` picks a free port) and serves on the current tokio runtime.
     pub async fn start(addr: SocketAddr, config: NumberSimConfig) -> std::io::Result<NumberSim> {
+        let tls = match &config.tls {
+            Some(tls) => Some(tls.acceptor().map_err(std::io::Error::other)?),
+            None => None,
+        };
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(config));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), shutdown_rx));
+        let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), shutdown_rx, tls));
         Ok(NumberSim {
             addr,
             shared,
@@ -246,9 +257,11 @@ impl NumberSim {
         self.addr
     }
 
-    /// Its base URL, e.g. `http://127.0.0.1:40123`.
+    /// Its base URL, e.g. `http://127.0.0.1:40123`, or `https://127.0.0.1:40123` with TLS (the
+    /// certificate must then name that IP address).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.shared.config.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// A snapshot of the counters.
@@ -713,13 +726,32 @@ async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    conns.spawn(serve_connection(stream, Arc::clone(&shared), shutdown.clone()));
+                    let _ = stream.set_nodelay(true);
+                    let (shared, shutdown) = (Arc::clone(&shared), shutdown.clone());
+                    match tls.clone() {
+                        None => {
+                            conns.spawn(serve_connection(stream, shared, shutdown));
+                        }
+                        // The handshake runs in the connection's task so a slow client holds up no one.
+                        Some(acceptor) => {
+                            conns.spawn(async move {
+                                match crate::simulate::tls::accept(&acceptor, stream).await {
+                                    Ok(stream) => serve_connection(stream, shared, shutdown).await,
+                                    Err(err) => {
+                                        shared.lock().stats.tls_handshake_failures += 1;
+                                        tracing::debug!(%err, "number simulator: tls handshake failed");
+                                    }
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -742,12 +774,10 @@ async fn accept_loop(
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
+async fn serve_connection<S>(stream: S, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |req| handle(Arc::clone(&shared), req));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

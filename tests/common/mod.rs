@@ -1,5 +1,5 @@
 //! Test harness: the Number simulator and payauth's sidecar on 127.0.0.1:0, spoken to over HTTP.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -54,8 +54,17 @@ pub async fn send(client: &HttpClient, request: Request<Full<Bytes>>) -> Reply {
     let response = client.request(request).await.expect("payauth answered");
     let status = response.status();
     let headers = response.headers().clone();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
-    Reply { status, headers, body }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 pub async fn post(client: &HttpClient, addr: SocketAddr, path: &str, body: &str) -> Reply {
@@ -129,7 +138,10 @@ impl Harness {
         std::fs::write(root.join("hmac"), HMAC_SECRET).expect("hmac");
         std::fs::write(root.join("admin-token"), ADMIN_TOKEN).expect("admin token");
         let signing = if options.signing {
-            format!("hmac_secret_file = \"{}\"\nuser_id = 2547\n", root.join("hmac").display())
+            format!(
+                "hmac_secret_file = \"{}\"\nuser_id = 2547\n",
+                root.join("hmac").display()
+            )
         } else {
             String::new()
         };
@@ -249,7 +261,9 @@ pub fn write_atomically(path: &Path, text: &str) {
 }
 
 pub async fn number_sim(config: NumberSimConfig) -> NumberSim {
-    NumberSim::start(([127, 0, 0, 1], 0).into(), config).await.expect("simulator starts")
+    NumberSim::start(([127, 0, 0, 1], 0).into(), config)
+        .await
+        .expect("simulator starts")
 }
 
 /// Polls `check` until it holds or `timeout` passes.
