@@ -60,6 +60,24 @@ pub struct SimulateArgs {
     /// Address of the Number simulator (REST + SOAP).
     #[arg(long, default_value = "127.0.0.1:9001")]
     pub number: SocketAddr,
+    /// Address of the CreditGuard relay simulator (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:9002")]
+    pub creditguard: SocketAddr,
+    /// CreditGuard API user the simulator accepts.
+    #[arg(long, default_value = "merchant-user")]
+    pub cg_user: String,
+    /// CreditGuard password the simulator accepts (a test value, not a real credential).
+    #[arg(long, default_value = "s3cret-Passw0rd")]
+    pub cg_password: String,
+    /// Terminals the CreditGuard simulator knows (comma-separated).
+    #[arg(long, default_value = "0882819014", value_delimiter = ',')]
+    pub cg_terminals: Vec<String>,
+    /// CreditGuard sessions may be reused (`sessionReUse` 1) instead of single-use.
+    #[arg(long)]
+    pub cg_session_reuse: bool,
+    /// CreditGuard session lifetime in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub cg_session_lifetime_secs: u64,
     /// Number account code.
     #[arg(long, default_value = "EP9116875")]
     pub account_code: String,
@@ -153,6 +171,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 async fn simulate(args: SimulateArgs) -> ExitCode {
+    use crate::simulate::creditguard::{CreditGuardSim, CreditGuardSimConfig};
     use crate::simulate::number::{NumberSim, NumberSimConfig};
     let pki = match simulate_tls(&args) {
         Ok(pki) => pki,
@@ -193,8 +212,36 @@ async fn simulate(args: SimulateArgs) -> ExitCode {
         number.url(),
         number.url()
     );
+    let creditguard = match CreditGuardSim::start(
+        args.creditguard,
+        CreditGuardSimConfig {
+            user: args.cg_user,
+            password: args.cg_password,
+            terminals: args.cg_terminals,
+            session_reuse: args.cg_session_reuse,
+            session_lifetime: Duration::from_secs(args.cg_session_lifetime_secs),
+            get_session_latency: Duration::from_millis(args.latency_ms),
+            deal_latency: Duration::from_millis(args.latency_ms),
+            ..CreditGuardSimConfig::default()
+        },
+    )
+    .await
+    {
+        Ok(sim) => sim,
+        Err(e) => {
+            eprintln!("payauth simulate: CreditGuard simulator on {}: {e}", args.creditguard);
+            number.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "CreditGuard relay simulator on {}/xpo/Relay\n\
+         control: POST /_sim/expire, /_sim/fail-next?code=CODE&n=N, /_sim/latency?get_session_ms=N&deal_ms=N, /_sim/password, /_sim/unlock; GET /_sim/stats",
+        creditguard.url()
+    );
     let _ = tokio::signal::ctrl_c().await;
     number.shutdown().await;
+    creditguard.shutdown().await;
     ExitCode::SUCCESS
 }
 

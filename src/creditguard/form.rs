@@ -7,9 +7,10 @@
 //!
 //! payauth's `sessionId` goes right before `int_in` (`...&sessionId=<id>&int_in=...`, the order of
 //! the vendor's examples). There it always starts a field of its own, so a rewritten form splits
-//! into the same fields again, whatever came before. One exception: a raw `int_in` followed by
-//! kept fields (`int_in=<xml>&user=..&mid=1`) would run into them once the credential between is
-//! gone, so there `sessionId` goes right after `int_in`, where it ends the XML instead.
+//! into the same fields again, whatever came before. One exception: a raw `int_in` that is not
+//! the last field was ended by a relay field (`int_in=<xml>&user=..&mid=1`); with that credential
+//! gone the XML would run into what follows (or its own trailing `&` would end the body), so
+//! there `sessionId` goes right after `int_in` and ends the XML the same way.
 //!
 //! # The splitting rule
 //!
@@ -230,16 +231,14 @@ impl RelayForm {
 
     /// The form to send: every non-credential segment as sent, in order, joined by `&`, with
     /// `session_field` (a whole `sessionId=...` field, see [`session_field`]) right before
-    /// `int_in` (right after a raw `int_in` that kept fields follow; see the module docs).
+    /// `int_in` (right after a raw `int_in` that is not the last field; see the module docs).
     pub fn rewrite(&self, session_field: &[u8]) -> Bytes {
         let kept = self
             .segments
             .iter()
             .filter(|s| s.kind != FieldKind::Credential);
-        let session_after = self.encoding == IntInEncoding::Raw
-            && self.segments[self.int_in + 1..]
-                .iter()
-                .any(|s| s.kind != FieldKind::Credential);
+        let session_after =
+            self.encoding == IntInEncoding::Raw && self.int_in + 1 < self.segments.len();
         let len = session_field.len() + kept.clone().map(|s| 1 + s.end - s.start).sum::<usize>();
         let mut out = BytesMut::with_capacity(len);
         for (i, segment) in kept.enumerate() {
@@ -467,6 +466,16 @@ mod tests {
     }
 
     #[test]
+    fn a_raw_int_in_ending_in_an_ampersand_keeps_it() {
+        // Found by the fuzzer: the XML's own last `&` must not become the end of the body.
+        let form = parse("int_in=<a/>&&user=u");
+        assert_eq!(form.int_in(), b"<a/>&");
+        let out = form.rewrite(b"sessionId=S");
+        assert_eq!(&out[..], b"int_in=<a/>&&sessionId=S");
+        assert_eq!(RelayForm::parse(out).expect("parses").int_in(), b"<a/>&");
+    }
+
+    #[test]
     fn encoded_form_is_decoded_only_for_reading() {
         let mut encoded = Vec::new();
         form_encode(XML.as_bytes(), &mut encoded);
@@ -497,7 +506,7 @@ mod tests {
         let form = parse("junk&x=1&password=p&int_in=<a/>&user=u");
         assert_eq!(
             &form.rewrite(b"sessionId=S")[..],
-            b"junk&x=1&sessionId=S&int_in=<a/>"
+            b"junk&x=1&int_in=<a/>&sessionId=S"
         );
     }
 
@@ -621,7 +630,7 @@ mod tests {
             let mut kept: Vec<String> = lead.iter().cloned().collect();
             kept.extend(before.iter().filter(|g| !matches!(g, Gen::Credential(..))).map(render));
             let kept_after: Vec<String> = after.iter().filter(|g| !matches!(g, Gen::Credential(..))).map(render).collect();
-            if encode || kept_after.is_empty() {
+            if encode || after.is_empty() {
                 kept.push("sessionId=S".to_owned());
                 kept.push(format!("int_in={int_in}"));
             } else {

@@ -57,8 +57,10 @@ pub struct Front {
     service: GatewayService,
     limit: Arc<Semaphore>,
     metrics: GatewayMetrics,
-    ids: Arc<AtomicU64>,
 }
+
+/// Request ids are unique across the process's gateways.
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
 
 impl std::fmt::Debug for Front {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,7 +77,6 @@ impl Front {
             service,
             limit: Arc::new(Semaphore::new(max_concurrency)),
             metrics,
-            ids: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -90,7 +91,7 @@ impl Front {
             .and_then(|v| v.to_str().ok())
             .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
             .map(str::to_owned)
-            .unwrap_or_else(|| format!("pa-{:x}", self.ids.fetch_add(1, Ordering::Relaxed)));
+            .unwrap_or_else(|| format!("pa-{:x}", REQUEST_IDS.fetch_add(1, Ordering::Relaxed)));
 
         let Ok(_permit) = Arc::clone(&self.limit).try_acquire_owned() else {
             let error = Error::new(ErrorCode::Overloaded, self.name.to_string(),
