@@ -25,9 +25,15 @@ fn bench(c: &mut Criterion) {
     group.bench_function("hmac_from_scratch", |b| {
         b.iter(|| {
             let message = format!("{}_{}_{}", black_box(KEY), black_box(EPOCH), 123);
-            let mut mac = Hmac::<Sha256>::new_from_slice(black_box(SECRET).as_bytes()).expect("any key length");
+            let mut mac = Hmac::<Sha256>::new_from_slice(black_box(SECRET).as_bytes())
+                .expect("any key length");
             mac.update(message.as_bytes());
-            let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02X}")).collect();
+            let hex: String = mac
+                .finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02X}"))
+                .collect();
             black_box(format!("{message}_{hex}"))
         })
     });
@@ -35,7 +41,16 @@ fn bench(c: &mut Criterion) {
     let blocks = [sha2::digest::generic_array::GenericArray::from([0x5au8; 64]); 3];
     group.bench_function("sha256_3_blocks", |b| {
         b.iter(|| {
-            let mut state = black_box([0x6a09e667u32, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]);
+            let mut state = black_box([
+                0x6a09e667u32,
+                0xbb67ae85,
+                0x3c6ef372,
+                0xa54ff53a,
+                0x510e527f,
+                0x9b05688c,
+                0x1f83d9ab,
+                0x5be0cd19,
+            ]);
             sha2::compress256(&mut state, black_box(&blocks));
             black_box(state)
         })
@@ -45,7 +60,9 @@ fn bench(c: &mut Criterion) {
     group.bench_function("signer_cold", |b| {
         let mut buf = SignatureBuf::new();
         b.iter(|| {
-            let signed = signer.sign(black_box(KEY), black_box(EPOCH), &mut buf).expect("sign");
+            let signed = signer
+                .sign(black_box(KEY), black_box(EPOCH), &mut buf)
+                .expect("sign");
             black_box(signed.len())
         })
     });
@@ -53,16 +70,30 @@ fn bench(c: &mut Criterion) {
     let cache = SignatureCache::default();
     cache.header(&signer, KEY, EPOCH).expect("warm");
     group.bench_function("signer_cached", |b| {
-        b.iter(|| black_box(cache.header(&signer, black_box(KEY), black_box(EPOCH)).expect("cached")))
+        b.iter(|| {
+            black_box(
+                cache
+                    .header(&signer, black_box(KEY), black_box(EPOCH))
+                    .expect("cached"),
+            )
+        })
     });
     group.bench_function("signer_cached_borrowed", |b| {
-        b.iter(|| black_box(cache.with_value(&signer, black_box(KEY), black_box(EPOCH), |v| v.len()).expect("cached")))
+        b.iter(|| {
+            black_box(
+                cache
+                    .with_value(&signer, black_box(KEY), black_box(EPOCH), |v| v.len())
+                    .expect("cached"),
+            )
+        })
     });
 
     // The floor of handing out an owned header value at all: one reference-count increment and,
     // when the request is done with it, one decrement.
     let value = cache.header(&signer, KEY, EPOCH).expect("warm");
-    group.bench_function("header_value_clone_floor", |b| b.iter(|| black_box(black_box(&value).clone())));
+    group.bench_function("header_value_clone_floor", |b| {
+        b.iter(|| black_box(black_box(&value).clone()))
+    });
     group.finish();
 }
 

@@ -46,10 +46,13 @@ async fn charge(
     Json(charge): Json<Charge>,
 ) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
     let body = serde_json::json!({ "Amount": charge.amount, "CardNum": "4111111111111111", "ExpMonth": "12", "ExpYear": "30" });
-    let request = http::Request::post(format!("{}/APIcardProcREST/v1.0.0/CreditCardSale_Manual", state.base))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let request = http::Request::post(format!(
+        "{}/APIcardProcREST/v1.0.0/CreditCardSale_Manual",
+        state.base
+    ))
+    .header("content-type", "application/json")
+    .body(Full::new(Bytes::from(body.to_string())))
+    .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     // payauth's errors carry a contract code and a message without secrets.
     let response = state
         .number
@@ -62,14 +65,16 @@ async fn charge(
         .await
         .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?
         .to_bytes();
-    let value = serde_json::from_slice(&bytes).map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+    let value =
+        serde_json::from_slice(&bytes).map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
     Ok(Json(value))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let base = std::env::var("NUMBER_URL").unwrap_or_else(|_| "http://127.0.0.1:9001".into());
-    let token = std::env::var("NUMBER_TOKEN").map_err(|_| "set NUMBER_TOKEN (the simulator's default is in the doc above)")?;
+    let token = std::env::var("NUMBER_TOKEN")
+        .map_err(|_| "set NUMBER_TOKEN (the simulator's default is in the doc above)")?;
 
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let layer = NumberAuthLayer::new(
@@ -80,7 +85,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let app = Router::new()
         .route("/charge", post(charge))
-        .with_state(AppState { number: BoxCloneSyncService::new(number), base });
+        .with_state(AppState {
+            number: BoxCloneSyncService::new(number),
+            base,
+        });
     let addr: SocketAddr = ([127, 0, 0, 1], 3000).into();
     println!("listening on http://{addr}");
     axum::serve(tokio::net::TcpListener::bind(addr).await?, app).await?;

@@ -39,13 +39,20 @@ async fn ready(State(shared): State<Shared>) -> Response {
     }
     for gateway in shared.gateways.iter() {
         if gateway.control.guard().is_locked() {
-            problems.push(format!("gateway {}: authentication locked", gateway.config.name));
+            problems.push(format!(
+                "gateway {}: authentication locked",
+                gateway.config.name
+            ));
         }
     }
     if problems.is_empty() {
         (StatusCode::OK, Json(json!({"ready": true}))).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "problems": problems}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "problems": problems})),
+        )
+            .into_response()
     }
 }
 
@@ -54,7 +61,10 @@ async fn metrics(State(shared): State<Shared>) -> Response {
         gateway.metrics.refresh();
     }
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         crate::metrics::render(&shared.registry),
     )
         .into_response()
@@ -64,10 +74,16 @@ async fn metrics(State(shared): State<Shared>) -> Response {
 #[allow(clippy::result_large_err)] // the error is the response itself, built once per refusal
 pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     let Some(path) = &shared.admin_token_file else {
-        return Err(admin_error(StatusCode::NOT_FOUND, "the admin API is off: no admin.token_file configured"));
+        return Err(admin_error(
+            StatusCode::NOT_FOUND,
+            "the admin API is off: no admin.token_file configured",
+        ));
     };
     let expected = read_secret(path).map_err(|_| {
-        admin_error(StatusCode::SERVICE_UNAVAILABLE, "the admin token file cannot be read")
+        admin_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the admin token file cannot be read",
+        )
     })?;
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -78,7 +94,10 @@ pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Resp
         Ok(())
     } else {
         tracing::warn!("admin request with a wrong or missing bearer token");
-        Err(admin_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
+        Err(admin_error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ))
     }
 }
 
@@ -102,7 +121,11 @@ pub(crate) fn find<'a>(shared: &'a Shared, name: &str) -> Result<&'a Gateway, Re
         .ok_or_else(|| admin_error(StatusCode::NOT_FOUND, "no such gateway"))
 }
 
-async fn unlock(State(shared): State<Shared>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+async fn unlock(
+    State(shared): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(response) = authorize(&shared, &headers) {
         return response;
     }
@@ -111,10 +134,17 @@ async fn unlock(State(shared): State<Shared>, Path(name): Path<String>, headers:
         Err(response) => return response,
     };
     match gateway.control.guard().unlock() {
-        Ok(()) => (StatusCode::OK, Json(json!({"gateway": name, "locked": false}))).into_response(),
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({"gateway": name, "locked": false})),
+        )
+            .into_response(),
         Err(e) => {
             tracing::error!(gateway = %name, error = %e, "unlock could not be persisted");
-            admin_error(StatusCode::INTERNAL_SERVER_ERROR, "the unlock could not be persisted under the state dir")
+            admin_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the unlock could not be persisted under the state dir",
+            )
         }
     }
 }
@@ -134,7 +164,9 @@ async fn number_tokens(
         Ok(g) => g,
         Err(response) => return response,
     };
-    let (GatewayKind::Number(settings), Control::Number(handle)) = (&gateway.config.kind, &gateway.control) else {
+    let (GatewayKind::Number(settings), Control::Number(handle)) =
+        (&gateway.config.kind, &gateway.control)
+    else {
         return admin_error(StatusCode::NOT_FOUND, "not a number gateway");
     };
     let portal = match crate::tokens::parse_portal(&body, &settings.account_code) {
@@ -142,16 +174,31 @@ async fn number_tokens(
         Err(message) => return admin_error(StatusCode::BAD_REQUEST, &message),
     };
     let Ok(mut credentials) = crate::sidecar::number_credentials(settings) else {
-        return admin_error(StatusCode::SERVICE_UNAVAILABLE, "the gateway's secret files cannot be read");
+        return admin_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway's secret files cannot be read",
+        );
     };
-    if let Err(e) = crate::tokens::save(&shared.state_dir, &name, &settings.account_code, &portal, &credentials.token) {
+    if let Err(e) = crate::tokens::save(
+        &shared.state_dir,
+        &name,
+        &settings.account_code,
+        &portal,
+        &credentials.token,
+    ) {
         tracing::error!(gateway = %name, error = %e, "cannot persist the renewed token; nothing changed");
-        return admin_error(StatusCode::INTERNAL_SERVER_ERROR, "the token could not be persisted under the state dir; nothing changed");
+        return admin_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the token could not be persisted under the state dir; nothing changed",
+        );
     }
     credentials.token = portal.token.clone();
     let was_locked = handle.guard().is_locked();
     if handle.update_credentials(credentials).is_err() {
-        return admin_error(StatusCode::BAD_REQUEST, "the gateway's signing settings are unusable");
+        return admin_error(
+            StatusCode::BAD_REQUEST,
+            "the gateway's signing settings are unusable",
+        );
     }
     if let Err(e) = handle.guard().unlock() {
         tracing::error!(gateway = %name, error = %e, "token swapped but the unlock could not be persisted");

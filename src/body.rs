@@ -186,7 +186,11 @@ mod tests {
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(Bytes::from_static(c)))))
+            Poll::Ready(
+                self.0
+                    .pop_front()
+                    .map(|c| Ok(Frame::data(Bytes::from_static(c)))),
+            )
         }
     }
 
@@ -196,11 +200,17 @@ mod tests {
 
     #[tokio::test]
     async fn small_bodies_are_buffered_and_large_ones_stream_every_byte() {
-        match read_bounded(chunks(&[b"abc", b"def"]), 10, None).await.expect("read") {
+        match read_bounded(chunks(&[b"abc", b"def"]), 10, None)
+            .await
+            .expect("read")
+        {
             Inspected::Buffered(b) => assert_eq!(&b[..], b"abcdef"),
             Inspected::Streaming(_) => panic!("should buffer"),
         }
-        match read_bounded(chunks(&[b"abcdef", b"ghijkl", b"mn"]), 8, None).await.expect("read") {
+        match read_bounded(chunks(&[b"abcdef", b"ghijkl", b"mn"]), 8, None)
+            .await
+            .expect("read")
+        {
             Inspected::Streaming(body) => {
                 let all = body.collect().await.expect("collect").to_bytes();
                 assert_eq!(&all[..], b"abcdefghijklmn");
@@ -217,10 +227,19 @@ mod tests {
     #[tokio::test]
     async fn collect_refuses_over_the_limit() {
         let body = Full::new(Bytes::from_static(b"0123456789"));
-        assert!(matches!(collect_limited(body, 4, None).await, Err(CollectError::TooLarge(4))));
+        assert!(matches!(
+            collect_limited(body, 4, None).await,
+            Err(CollectError::TooLarge(4))
+        ));
         let body = Full::new(Bytes::from_static(b"0123"));
-        assert!(matches!(collect_limited(body, 4, Some(9)).await, Err(CollectError::TooLarge(4))));
+        assert!(matches!(
+            collect_limited(body, 4, Some(9)).await,
+            Err(CollectError::TooLarge(4))
+        ));
         let body = Full::new(Bytes::from_static(b"0123"));
-        assert_eq!(&collect_limited(body, 4, Some(4)).await.expect("fits")[..], b"0123");
+        assert_eq!(
+            &collect_limited(body, 4, Some(4)).await.expect("fits")[..],
+            b"0123"
+        );
     }
 }

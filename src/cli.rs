@@ -116,9 +116,16 @@ pub struct SimulateArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story; its logs stay at warnings unless RUST_LOG says otherwise.
-    let default_level = if matches!(cli.command, Command::Demo) { "warn" } else { "info" };
+    let default_level = if matches!(cli.command, Command::Demo) {
+        "warn"
+    } else {
+        "info"
+    };
     crate::telemetry::init(cli.log_format, default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("payauth: cannot start the runtime: {e}");
@@ -229,7 +236,10 @@ async fn simulate(args: SimulateArgs) -> ExitCode {
     {
         Ok(sim) => sim,
         Err(e) => {
-            eprintln!("payauth simulate: CreditGuard simulator on {}: {e}", args.creditguard);
+            eprintln!(
+                "payauth simulate: CreditGuard simulator on {}: {e}",
+                args.creditguard
+            );
             number.shutdown().await;
             return ExitCode::FAILURE;
         }
@@ -250,10 +260,9 @@ fn simulate_tls(args: &SimulateArgs) -> Result<Option<crate::simulate::tls::DevP
     if !(args.tls || args.mtls) {
         return Ok(None);
     }
-    let dir = args
-        .tls_dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("payauth-simulate-{}", std::process::id())));
+    let dir = args.tls_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("payauth-simulate-{}", std::process::id()))
+    });
     crate::simulate::tls::dev_pki(&dir, args.number.ip(), args.mtls)
         .map(Some)
         .map_err(|e| {

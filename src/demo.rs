@@ -43,7 +43,12 @@ async fn deal(client: &HttpClient, base: &str, total: u32) -> Result<String, Str
         .map_err(|e| e.to_string())?;
     let response = client.request(request).await.map_err(|e| e.to_string())?;
     let status = response.status();
-    let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     let text = String::from_utf8_lossy(&bytes).into_owned();
     if status == StatusCode::OK && text.contains("<result>000</result>") {
         Ok(text)
@@ -65,16 +70,28 @@ struct Demo {
 impl Demo {
     async fn sale(&mut self, amount: u32) -> Result<serde_json::Value, String> {
         self.calls += 1;
-        let body = format!(r#"{{"Amount": {amount}.00, "CardNum": "4111111111111111", "ExpMonth": "12", "ExpYear": "30", "CVV": "123"}}"#);
+        let body = format!(
+            r#"{{"Amount": {amount}.00, "CardNum": "4111111111111111", "ExpMonth": "12", "ExpYear": "30", "CVV": "123"}}"#
+        );
         let request = Request::post(format!("{}{REST}/CreditCardSale_Manual", self.base))
             .header("content-type", "application/json")
             .header("SessKey", "whatever-the-app-had")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
-        let response = self.client.request(request).await.map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
         let status = response.status();
-        let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| format!("HTTP {status}, not JSON"))?;
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|_| format!("HTTP {status}, not JSON"))?;
         let ok = status == StatusCode::OK
             && value["CreditCardSale_ManualResult"]["FunctionOk"].as_bool() == Some(true);
         if ok {
@@ -168,13 +185,18 @@ pool_min = 4
     let config = Config::parse(&config_text).map_err(|e| format!("embedded config: {e}"))?;
     let sidecar = Sidecar::start(config).await.map_err(|e| e.to_string())?;
     let payauth = sidecar.gateway_addr("number").ok_or("no number listener")?;
-    let payauth_cg = sidecar.gateway_addr("creditguard").ok_or("no creditguard listener")?;
+    let payauth_cg = sidecar
+        .gateway_addr("creditguard")
+        .ok_or("no creditguard listener")?;
     println!("payauth demo");
     println!("   Number simulator (REST, PCI signing on)  {}", sim.url());
     println!("   payauth listener for the app             http://{payauth}");
     println!("   CreditGuard relay simulator              {}", cg.url());
     println!("   payauth listener for the app             http://{payauth_cg}/xpo/Relay");
-    println!("   payauth admin (/metrics, /ready)         http://{}\n", sidecar.admin_addr());
+    println!(
+        "   payauth admin (/metrics, /ready)         http://{}\n",
+        sidecar.admin_addr()
+    );
 
     let mut demo = Demo {
         client: Client::builder(TokioExecutor::new()).build_http(),
@@ -187,9 +209,15 @@ pool_min = 4
     println!("1. The app still logs in itself, with stale credentials:");
     let request = Request::post(format!("{}{REST}/Authenticate", demo.base))
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(br#"{"AcctCode": "EP9116875", "Token": "stale"}"#)))
+        .body(Full::new(Bytes::from_static(
+            br#"{"AcctCode": "EP9116875", "Token": "stale"}"#,
+        )))
         .map_err(|e| e.to_string())?;
-    let answer = demo.client.request(request).await.map_err(|e| e.to_string())?;
+    let answer = demo
+        .client
+        .request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     let status = answer.status();
     let before = sim.stats().auth_attempts;
     demo.expect(
@@ -205,7 +233,10 @@ pool_min = 4
     }
     let stats = sim.stats();
     demo.expect(
-        &format!("{} approved, {} authentication, {} bad signatures", stats.calls_ok, stats.auth_attempts, stats.bad_signatures),
+        &format!(
+            "{} approved, {} authentication, {} bad signatures",
+            stats.calls_ok, stats.auth_attempts, stats.bad_signatures
+        ),
         stats.calls_ok == 3 && stats.auth_attempts == 1 && stats.bad_signatures == 0,
     );
 
@@ -223,7 +254,10 @@ pool_min = 4
     let renewed = demo.sale(5).await.is_ok();
     let stats = sim.stats();
     demo.expect(
-        &format!("approved after one 5050 and one renewal ({} authentications so far)", stats.auth_attempts),
+        &format!(
+            "approved after one 5050 and one renewal ({} authentications so far)",
+            stats.auth_attempts
+        ),
         renewed && stats.calls_5050 == 1 && stats.auth_attempts == 3,
     );
 
@@ -235,7 +269,13 @@ pool_min = 4
         let client = demo.client.clone();
         let base = demo.base.clone();
         tasks.spawn(async move {
-            let mut one = Demo { client, base, calls: 0, approved: 0, failures: Vec::new() };
+            let mut one = Demo {
+                client,
+                base,
+                calls: 0,
+                approved: 0,
+                failures: Vec::new(),
+            };
             one.sale(100 + amount).await.is_ok()
         });
     }
@@ -249,12 +289,17 @@ pool_min = 4
     demo.approved += ok;
     let stats = sim.stats();
     demo.expect(
-        &format!("{ok}/32 approved with {} authentication (single flight)", stats.auth_attempts - before),
+        &format!(
+            "{ok}/32 approved with {} authentication (single flight)",
+            stats.auth_attempts - before
+        ),
         ok == 32 && stats.auth_attempts - before == 1,
     );
 
     let cg_base = format!("http://{payauth_cg}");
-    println!("\nCreditGuard: the app keeps posting user/password forms; payauth swaps in sessions.");
+    println!(
+        "\nCreditGuard: the app keeps posting user/password forms; payauth swaps in sessions."
+    );
     println!("6. The app asks for a session itself:");
     let request = Request::post(format!("{cg_base}/xpo/Relay"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -262,10 +307,24 @@ pool_min = 4
             "user=app&password=dummy&int_in=<ashrait><request><command>getSessionId</command><getSessionId><terminalNumber>{TERMINAL}</terminalNumber></getSessionId></request></ashrait>"
         ))))
         .map_err(|e| e.to_string())?;
-    let answer = demo.client.request(request).await.map_err(|e| e.to_string())?;
-    let bytes = answer.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    let local = String::from_utf8_lossy(&bytes).contains(crate::creditguard::wire::PLACEHOLDER_SESSION_ID);
-    let from_app = cg.received().iter().filter(|c| c.body.windows(9).any(|w| w == b"user=app&")).count();
+    let answer = demo
+        .client
+        .request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let bytes = answer
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let local =
+        String::from_utf8_lossy(&bytes).contains(crate::creditguard::wire::PLACEHOLDER_SESSION_ID);
+    let from_app = cg
+        .received()
+        .iter()
+        .filter(|c| c.body.windows(9).any(|w| w == b"user=app&"))
+        .count();
     demo.expect(&format!("answered by payauth with a placeholder; the gateway saw {from_app} requests with the app's credentials"), local && from_app == 0);
 
     println!("7. Three deals, posted as raw (unencoded) forms:");
@@ -280,9 +339,17 @@ pool_min = 4
     }
     demo.approved += ok;
     let received = cg.received();
-    let deals: Vec<_> = received.iter().filter(|c| c.kind == ReceivedKind::Call).collect();
-    let clean = deals.iter().all(|c| c.session_id.is_some() && !c.field_names.iter().any(|f| f == "user" || f == "password"));
-    let intact = deals.iter().zip([100, 250, 990]).all(|(c, total)| c.int_in.as_deref() == Some(deal_int_in(total).as_bytes()));
+    let deals: Vec<_> = received
+        .iter()
+        .filter(|c| c.kind == ReceivedKind::Call)
+        .collect();
+    let clean = deals.iter().all(|c| {
+        c.session_id.is_some() && !c.field_names.iter().any(|f| f == "user" || f == "password")
+    });
+    let intact = deals
+        .iter()
+        .zip([100, 250, 990])
+        .all(|(c, total)| c.int_in.as_deref() == Some(deal_int_in(total).as_bytes()));
     demo.expect(&format!("{ok}/3 approved; each carried a fresh sessionId, no user/password, int_in byte for byte"), ok == 3 && clean && intact);
 
     println!("8. The gateway times the pooled sessions out (456):");
@@ -293,7 +360,13 @@ pool_min = 4
     let renewed = deal(&demo.client, &cg_base, 500).await.is_ok();
     demo.approved += u64::from(renewed);
     let stats = cg.stats();
-    demo.expect(&format!("approved after one 456, a new session and one replay ({} answered 456)", stats.calls_456), renewed && stats.calls_456 == 1);
+    demo.expect(
+        &format!(
+            "approved after one 456, a new session and one replay ({} answered 456)",
+            stats.calls_456
+        ),
+        renewed && stats.calls_456 == 1,
+    );
 
     println!("9. 16 concurrent deals:");
     let mut tasks = tokio::task::JoinSet::new();
@@ -316,11 +389,17 @@ pool_min = 4
         .collect();
     let approved_calls = cg.stats().calls_ok;
     demo.expect(
-        &format!("{ok}/16 approved; {} approved deals used {} distinct single-use sessions", approved_calls, sessions.len()),
+        &format!(
+            "{ok}/16 approved; {} approved deals used {} distinct single-use sessions",
+            approved_calls,
+            sessions.len()
+        ),
         ok == 16 && sessions.len() as u64 == approved_calls,
     );
 
-    let metrics = fetch_metrics(&demo.client, sidecar.admin_addr()).await.unwrap_or_default();
+    let metrics = fetch_metrics(&demo.client, sidecar.admin_addr())
+        .await
+        .unwrap_or_default();
     let pick = |needle: &str| -> f64 {
         metrics
             .lines()
@@ -332,17 +411,33 @@ pool_min = 4
     println!("\nSummary");
     println!("   calls from the app             {}", demo.calls);
     println!("   approved                       {}", demo.approved);
-    println!("   authentications sent           {} (all accepted, {} rejected)", stats.auth_attempts, stats.auth_rejected);
-    println!("   Number renewals                {} (5030: {}, 5050: {})",
-        pick("payauth_reauth_total{gateway=\"number\""), pick("payauth_reauth_total{gateway=\"number\",reason=\"5030\"}"),
-        pick("payauth_reauth_total{gateway=\"number\",reason=\"5050\"}"));
-    println!("   replays (both gateways)        {}", pick("payauth_replays_total"));
-    println!("   calls the gateway received     {} ({} refused with 5030/5050)", stats.calls, stats.calls_5030 + stats.calls_5050);
+    println!(
+        "   authentications sent           {} (all accepted, {} rejected)",
+        stats.auth_attempts, stats.auth_rejected
+    );
+    println!(
+        "   Number renewals                {} (5030: {}, 5050: {})",
+        pick("payauth_reauth_total{gateway=\"number\""),
+        pick("payauth_reauth_total{gateway=\"number\",reason=\"5030\"}"),
+        pick("payauth_reauth_total{gateway=\"number\",reason=\"5050\"}")
+    );
+    println!(
+        "   replays (both gateways)        {}",
+        pick("payauth_replays_total")
+    );
+    println!(
+        "   calls the gateway received     {} ({} refused with 5030/5050)",
+        stats.calls,
+        stats.calls_5030 + stats.calls_5050
+    );
     let cg_stats = cg.stats();
     println!("   CreditGuard sessions fetched   {} (getSessionId answered 000), {} in the pool now, {} wasted",
         cg_stats.get_session_ok, pick("payauth_session_pool_size{gateway=\"creditguard\"}"),
         pick("payauth_sessions_wasted_total{gateway=\"creditguard\"}"));
-    println!("   CreditGuard renewals (456)     {}", pick("payauth_reauth_total{gateway=\"creditguard\",reason=\"456\"}"));
+    println!(
+        "   CreditGuard renewals (456)     {}",
+        pick("payauth_reauth_total{gateway=\"creditguard\",reason=\"456\"}")
+    );
     println!("   secrets the app held           none: token, HMAC secret, password, session keys and ids stayed in payauth");
 
     sidecar.shutdown().await;
@@ -353,7 +448,10 @@ pool_min = 4
         println!("\nAll steps behaved as expected.");
         Ok(true)
     } else {
-        println!("\n{} step(s) did not behave as expected:", demo.failures.len());
+        println!(
+            "\n{} step(s) did not behave as expected:",
+            demo.failures.len()
+        );
         for f in &demo.failures {
             println!("   - {f}");
         }
@@ -366,7 +464,12 @@ async fn fetch_metrics(client: &HttpClient, admin: std::net::SocketAddr) -> Resu
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
     let response = client.request(request).await.map_err(|e| e.to_string())?;
-    let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 

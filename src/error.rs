@@ -150,10 +150,7 @@ impl Error {
         let mut response = Response::new(Full::new(self.body()));
         *response.status_mut() = self.code.status();
         let headers = response.headers_mut();
-        headers.insert(
-            ERROR_HEADER,
-            HeaderValue::from_static(self.code.as_str()),
-        );
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(self.code.as_str()));
         headers.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -179,8 +176,7 @@ mod tests {
             let response = err.to_response();
             assert_eq!(response.status(), code.status());
             assert_eq!(response.headers()[ERROR_HEADER], code.as_str());
-            let body: serde_json::Value =
-                serde_json::from_slice(&err.body()).expect("valid json");
+            let body: serde_json::Value = serde_json::from_slice(&err.body()).expect("valid json");
             assert_eq!(body["error"]["code"], code.as_str());
             assert_eq!(body["error"]["gateway"], "number");
             assert_eq!(body["error"]["message"], "something happened");

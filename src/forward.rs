@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use bytes::Bytes;
 use tower::{Service, ServiceExt};
 
 use crate::error::{BoxError, Error, ErrorCode};
@@ -74,7 +74,11 @@ pub fn classify(error: &(dyn std::error::Error + 'static)) -> Failure {
             ) {
                 return Failure::NotSent;
             }
-            if io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).is_some_and(handshake_refused) {
+            if io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(handshake_refused)
+            {
                 return Failure::NotSent;
             }
         }
@@ -167,12 +171,32 @@ mod tests {
 
     #[test]
     fn a_refused_client_certificate_was_not_sent() {
-        let alert = |a| std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::AlertReceived(a));
-        assert_eq!(classify(&alert(rustls::AlertDescription::CertificateRequired)), Failure::NotSent);
-        assert_eq!(classify(&alert(rustls::AlertDescription::UnknownCA)), Failure::NotSent);
-        assert_eq!(classify(&alert(rustls::AlertDescription::DecryptError)), Failure::NotSent);
+        let alert = |a| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::AlertReceived(a),
+            )
+        };
+        assert_eq!(
+            classify(&alert(rustls::AlertDescription::CertificateRequired)),
+            Failure::NotSent
+        );
+        assert_eq!(
+            classify(&alert(rustls::AlertDescription::UnknownCA)),
+            Failure::NotSent
+        );
+        assert_eq!(
+            classify(&alert(rustls::AlertDescription::DecryptError)),
+            Failure::NotSent
+        );
         // Other alerts can come after the request was read.
-        assert_eq!(classify(&alert(rustls::AlertDescription::CloseNotify)), Failure::Unknown);
-        assert_eq!(classify(&alert(rustls::AlertDescription::InternalError)), Failure::Unknown);
+        assert_eq!(
+            classify(&alert(rustls::AlertDescription::CloseNotify)),
+            Failure::Unknown
+        );
+        assert_eq!(
+            classify(&alert(rustls::AlertDescription::InternalError)),
+            Failure::Unknown
+        );
     }
 }

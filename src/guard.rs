@@ -291,8 +291,11 @@ impl AuthGuard {
         let record = store.load(gateway, fingerprint)?;
         metrics.set_locked(record.locked);
         if record.locked {
-            tracing::warn!(gateway, reason = record.reason.as_deref().unwrap_or(""),
-                "gateway starts locked: a previous run recorded a rejected authentication");
+            tracing::warn!(
+                gateway,
+                reason = record.reason.as_deref().unwrap_or(""),
+                "gateway starts locked: a previous run recorded a rejected authentication"
+            );
         }
         Ok(Arc::new(Self {
             gateway: gateway.to_owned(),
@@ -335,7 +338,11 @@ impl AuthGuard {
         let mut inner = lock(&self.inner);
         if inner.record.locked {
             return Err(Refusal::Locked(
-                inner.record.reason.clone().unwrap_or_else(|| "rejected".into()),
+                inner
+                    .record
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "rejected".into()),
             ));
         }
         if let Some(not_before) = inner.not_before {
@@ -643,7 +650,11 @@ mod tests {
     async fn lock_survives_a_restart_and_new_credentials_unlock() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn GuardStore> = Arc::new(FileGuardStore::new(dir.path()).expect("store"));
-        guard(1, Arc::clone(&store)).begin().await.expect("attempt").rejected();
+        guard(1, Arc::clone(&store))
+            .begin()
+            .await
+            .expect("attempt")
+            .rejected();
         let reopened = guard(1, Arc::new(FileGuardStore::new(dir.path()).expect("store")));
         assert!(reopened.is_locked());
         reopened.change_credentials(Fingerprint::of(&[b"acct", b"new-token"]));

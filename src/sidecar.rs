@@ -13,8 +13,13 @@ use tokio::task::JoinSet;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 
-use crate::config::{read_secret, Config, CreditGuardSettings, GatewayConfig, GatewayKind, NumberSettings};
-use crate::creditguard::{CreditGuardConfig, CreditGuardCredentials, CreditGuardHandle, CreditGuardSessionLayer, PoolConfig};
+use crate::config::{
+    read_secret, Config, CreditGuardSettings, GatewayConfig, GatewayKind, NumberSettings,
+};
+use crate::creditguard::{
+    CreditGuardConfig, CreditGuardCredentials, CreditGuardHandle, CreditGuardSessionLayer,
+    PoolConfig,
+};
 use crate::guard::{AuthGuard, FileGuardStore, GuardStore};
 use crate::metrics::{GatewayMetrics, Metrics};
 use crate::number::{NumberAuthLayer, NumberConfig, NumberCredentials, NumberHandle};
@@ -95,14 +100,15 @@ pub struct StartError(pub String);
 impl Sidecar {
     /// Starts everything the config describes (listen addresses with port 0 get a free port).
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        config.check_secrets().map_err(|e| StartError(format!("configuration problems:\n{e}")))?;
-        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
-            StartError(format!("state dir {}: {e}", config.state_dir.display()))
-        })?;
-        let store: Arc<dyn GuardStore> = Arc::new(
-            FileGuardStore::new(&config.state_dir)
-                .map_err(|e| StartError(format!("state dir {}: {e}", config.state_dir.display())))?,
-        );
+        config
+            .check_secrets()
+            .map_err(|e| StartError(format!("configuration problems:\n{e}")))?;
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(|e| StartError(format!("state dir {}: {e}", config.state_dir.display())))?;
+        let store: Arc<dyn GuardStore> =
+            Arc::new(FileGuardStore::new(&config.state_dir).map_err(|e| {
+                StartError(format!("state dir {}: {e}", config.state_dir.display()))
+            })?);
         let registry = Registry::new();
         let metrics = Metrics::new(&registry).map_err(|e| StartError(format!("metrics: {e}")))?;
         let (stop, stop_rx) = watch::channel(false);
@@ -113,14 +119,33 @@ impl Sidecar {
             let gw_metrics = metrics.gateway(&gateway.name);
             let client = UpstreamClient::new(&gateway.tls, gateway.connect_timeout)
                 .map_err(|e| StartError(format!("gateway {:?}: {e}", gateway.name)))?;
-            let (service, control) = build_gateway(gateway, &config.state_dir, client.clone(), Arc::clone(&store), gw_metrics.clone())
-                .map_err(|e| StartError(format!("gateway {:?}: {e}", gateway.name)))?;
+            let (service, control) = build_gateway(
+                gateway,
+                &config.state_dir,
+                client.clone(),
+                Arc::clone(&store),
+                gw_metrics.clone(),
+            )
+            .map_err(|e| StartError(format!("gateway {:?}: {e}", gateway.name)))?;
             let listener = proxy::bind(&format!("gateway {:?}", gateway.name), gateway.listen)
                 .await
                 .map_err(|e| StartError(e.to_string()))?;
-            let addr = listener.local_addr().map_err(|e| StartError(e.to_string()))?;
-            let front = Front::new(&gateway.name, gateway.upstream.clone(), service, gateway.max_concurrency, gw_metrics.clone());
-            tasks.spawn(proxy::serve(listener, front, stop_rx.clone(), config.proxy.shutdown_grace));
+            let addr = listener
+                .local_addr()
+                .map_err(|e| StartError(e.to_string()))?;
+            let front = Front::new(
+                &gateway.name,
+                gateway.upstream.clone(),
+                service,
+                gateway.max_concurrency,
+                gw_metrics.clone(),
+            );
+            tasks.spawn(proxy::serve(
+                listener,
+                front,
+                stop_rx.clone(),
+                config.proxy.shutdown_grace,
+            ));
             tracing::info!(gateway = %gateway.name, %addr, upstream = %gateway.upstream, "listening");
             gateway_addrs.push((gateway.name.clone(), addr));
             gateways.push(Gateway {
@@ -140,15 +165,29 @@ impl Sidecar {
         let admin_listener = proxy::bind("admin", config.admin.listen)
             .await
             .map_err(|e| StartError(e.to_string()))?;
-        let admin_addr = admin_listener.local_addr().map_err(|e| StartError(e.to_string()))?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|e| StartError(e.to_string()))?;
         tracing::info!(%admin_addr, "admin listening");
         let admin_task = tokio::spawn(crate::admin::serve(admin_listener, shared.clone()));
-        let tls_files = shared
-            .gateways
-            .iter()
-            .map(|g| (g.config.name.as_str(), &g.config.tls, &g.client, g.control.guard()));
-        tasks.spawn(proxy::reload::watch_tls(tls_files, config.proxy.secret_poll_interval, stop_rx.clone()));
-        tasks.spawn(watch_secrets(shared.clone(), config.proxy.secret_poll_interval, stop_rx));
+        let tls_files = shared.gateways.iter().map(|g| {
+            (
+                g.config.name.as_str(),
+                &g.config.tls,
+                &g.client,
+                g.control.guard(),
+            )
+        });
+        tasks.spawn(proxy::reload::watch_tls(
+            tls_files,
+            config.proxy.secret_poll_interval,
+            stop_rx.clone(),
+        ));
+        tasks.spawn(watch_secrets(
+            shared.clone(),
+            config.proxy.secret_poll_interval,
+            stop_rx,
+        ));
         Ok(Self {
             admin_addr,
             gateway_addrs,
@@ -166,7 +205,10 @@ impl Sidecar {
 
     /// A gateway listener's address.
     pub fn gateway_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.gateway_addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.gateway_addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
     }
 
     /// The running gateways.
@@ -206,7 +248,12 @@ fn build_gateway(
         GatewayKind::Number(settings) => {
             let mut credentials = number_credentials(settings).map_err(|e| e.to_string())?;
             let mut expires_at = settings.token_expires_at;
-            if let Some(portal) = crate::tokens::load(state_dir, &gateway.name, &settings.account_code, &credentials.token) {
+            if let Some(portal) = crate::tokens::load(
+                state_dir,
+                &gateway.name,
+                &settings.account_code,
+                &credentials.token,
+            ) {
                 tracing::info!(gateway = %gateway.name, token_id = portal.token_id.as_deref().unwrap_or(""),
                     "using the token renewed through the admin API (token_file unchanged since)");
                 credentials.token = portal.token;
@@ -220,7 +267,9 @@ fn build_gateway(
             let layer = NumberAuthLayer::with_state(config, credentials, store, metrics)
                 .map_err(|e| e.to_string())?;
             let control = Control::Number(layer.handle());
-            let service = layer.layer(client).map_request(|r: http::Request<hyper::body::Incoming>| r);
+            let service = layer
+                .layer(client)
+                .map_request(|r: http::Request<hyper::body::Incoming>| r);
             Ok((BoxCloneSyncService::new(service), control))
         }
         GatewayKind::CreditGuard(settings) => {
@@ -252,7 +301,9 @@ fn build_gateway(
     }
 }
 
-pub(crate) fn creditguard_credentials(settings: &CreditGuardSettings) -> std::io::Result<CreditGuardCredentials> {
+pub(crate) fn creditguard_credentials(
+    settings: &CreditGuardSettings,
+) -> std::io::Result<CreditGuardCredentials> {
     Ok(CreditGuardCredentials {
         user: settings.user.clone(),
         password: read_secret(&settings.password_file)?,
@@ -294,9 +345,16 @@ pub(crate) fn warn_if_expiring(gateway: &str, expires_at: i64) {
         .map_or(0, |d| d.as_secs() as i64);
     let days = (expires_at - now) / 86_400;
     if expires_at <= now {
-        tracing::error!(gateway, "the gateway token has expired: renew it in the vendor's portal");
+        tracing::error!(
+            gateway,
+            "the gateway token has expired: renew it in the vendor's portal"
+        );
     } else if days < 14 {
-        tracing::warn!(gateway, days, "the gateway token expires soon: renew it in the vendor's portal");
+        tracing::warn!(
+            gateway,
+            days,
+            "the gateway token expires soon: renew it in the vendor's portal"
+        );
     }
 }
 
@@ -346,14 +404,25 @@ async fn watch_secrets(shared: Shared, interval: Duration, mut stop: watch::Rece
             }
             tracing::info!(gateway = %name, "secret files changed; new credentials in use");
             let applied = match (&current, &gateway.control, &gateway.config.kind) {
-                (FileCredentials::Number(creds), Control::Number(handle), GatewayKind::Number(settings)) => {
+                (
+                    FileCredentials::Number(creds),
+                    Control::Number(handle),
+                    GatewayKind::Number(settings),
+                ) => {
                     // A token renewed through the admin API stays in force while token_file
                     // still holds what it held then (only the HMAC secret file changed).
                     let mut effective = creds.clone();
-                    if let Some(portal) = crate::tokens::load(&shared.state_dir, name, &settings.account_code, &creds.token) {
+                    if let Some(portal) = crate::tokens::load(
+                        &shared.state_dir,
+                        name,
+                        &settings.account_code,
+                        &creds.token,
+                    ) {
                         effective.token = portal.token;
                     }
-                    handle.update_credentials(effective).map_err(|e| e.to_string())
+                    handle
+                        .update_credentials(effective)
+                        .map_err(|e| e.to_string())
                 }
                 (FileCredentials::CreditGuard(creds), Control::CreditGuard(handle), _) => {
                     handle.update_credentials(creds.clone());
@@ -363,7 +432,9 @@ async fn watch_secrets(shared: Shared, interval: Duration, mut stop: watch::Rece
             };
             match applied {
                 Ok(()) => *last = Some(current),
-                Err(e) => tracing::error!(gateway = %name, error = %e, "new credentials unusable; keeping the old ones"),
+                Err(e) => {
+                    tracing::error!(gateway = %name, error = %e, "new credentials unusable; keeping the old ones")
+                }
             }
         }
     }

@@ -48,8 +48,13 @@ struct PostedToken {
 /// Reads the portal's JSON and picks the token of `account_code`. The error text never quotes
 /// the body.
 pub fn parse_portal(body: &[u8], account_code: &str) -> Result<PortalToken, String> {
-    let posted: Posted = serde_json::from_slice(body)
-        .map_err(|e| format!("not the portal's token JSON (line {}, column {})", e.line(), e.column()))?;
+    let posted: Posted = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "not the portal's token JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })?;
     let chosen = posted
         .tokens
         .into_iter()
@@ -83,7 +88,10 @@ pub fn parse_expiration(value: &serde_json::Value) -> Option<i64> {
     }
     let s = value.as_str()?.trim();
     if let Some(ms) = s.strip_prefix("/Date(").and_then(|r| r.strip_suffix(")/")) {
-        let digits: String = ms.chars().take_while(|c| c.is_ascii_digit() || *c == '-').collect();
+        let digits: String = ms
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '-')
+            .collect();
         return digits.parse::<i64>().ok().map(|ms| ms / 1000);
     }
     if let Some(t) = crate::config::parse_rfc3339(s) {
@@ -206,17 +214,27 @@ mod tests {
     #[test]
     fn persisted_token_yields_to_a_changed_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let token = PortalToken { token: Secret::from("NEW"), token_id: None, expires_at: Some(1) };
+        let token = PortalToken {
+            token: Secret::from("NEW"),
+            token_id: None,
+            expires_at: Some(1),
+        };
         let file = Secret::from("FROM-FILE");
         save(dir.path(), "number", "EP1", &token, &file).expect("save");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path(dir.path(), "number")).expect("meta").permissions().mode();
+            let mode = std::fs::metadata(path(dir.path(), "number"))
+                .expect("meta")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         assert_eq!(load(dir.path(), "number", "EP1", &file), Some(token));
-        assert_eq!(load(dir.path(), "number", "EP1", &Secret::from("ROTATED")), None);
+        assert_eq!(
+            load(dir.path(), "number", "EP1", &Secret::from("ROTATED")),
+            None
+        );
         assert_eq!(load(dir.path(), "number", "OTHER", &file), None);
     }
 }

@@ -24,13 +24,25 @@ fn check_accepts_a_valid_config_and_redacts_secrets() {
         ),
     )
     .expect("config");
-    let out = payauth().args(["check", "--config"]).arg(&config).output().expect("run");
+    let out = payauth()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("gateway number"), "{stdout}");
     assert!(!stdout.contains("2148B239"), "the token is redacted");
     // The environment variable works too.
-    let out = payauth().arg("check").env("PAYAUTH_CONFIG", &config).output().expect("run");
+    let out = payauth()
+        .arg("check")
+        .env("PAYAUTH_CONFIG", &config)
+        .output()
+        .expect("run");
     assert!(out.status.success());
 }
 
@@ -46,24 +58,47 @@ fn check_reports_every_problem_and_exits_64() {
          user = \"u\"\npassword_file = \"/nonexistent/password\"\nterminals = [\"0882819014\"]\n",
     )
     .expect("config");
-    let out = payauth().args(["check", "--config"]).arg(&config).output().expect("run");
+    let out = payauth()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("token_file"), "{stderr}");
     assert!(stderr.contains("password_file"), "{stderr}");
 
-    std::fs::write(&config, "[[gateway]]\nname = \"x\"\nkind = \"nope\"\nauth_failure_budget = 9\n").expect("config");
-    let out = payauth().args(["check", "--config"]).arg(&config).output().expect("run");
+    std::fs::write(
+        &config,
+        "[[gateway]]\nname = \"x\"\nkind = \"nope\"\nauth_failure_budget = 9\n",
+    )
+    .expect("config");
+    let out = payauth()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for expected in ["kind \"nope\"", "listen is missing", "upstream is missing", "auth_failure_budget 9"] {
-        assert!(stderr.contains(expected), "missing {expected:?} in {stderr}");
+    for expected in [
+        "kind \"nope\"",
+        "listen is missing",
+        "upstream is missing",
+        "auth_failure_budget 9",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in {stderr}"
+        );
     }
 }
 
 #[test]
 fn a_missing_config_file_is_a_clear_error() {
-    let out = payauth().args(["check", "--config", "/nonexistent/payauth.toml"]).output().expect("run");
+    let out = payauth()
+        .args(["check", "--config", "/nonexistent/payauth.toml"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
 }

@@ -36,24 +36,57 @@ fn trace_logs_of_a_whole_run_hold_no_secret() {
         .finish();
     tracing::subscriber::set_global_default(subscriber).expect("subscriber");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let keys = runtime.block_on(async {
-        let sim = number_sim(NumberSimConfig { hmac_secret: Some(HMAC_SECRET.into()), ..NumberSimConfig::default() }).await;
-        let h = Harness::start(&sim.url(), Options { signing: true, ..Options::default() }).await;
-        assert!(approved(&sale(&h.client, h.addr).await, "CreditCardSale_Manual"));
-        post(&h.client, h.addr, &format!("{REST}/Authenticate"), &format!(r#"{{"AcctCode": "EP9116875", "Token": "{TOKEN}"}}"#)).await;
+        let sim = number_sim(NumberSimConfig {
+            hmac_secret: Some(HMAC_SECRET.into()),
+            ..NumberSimConfig::default()
+        })
+        .await;
+        let h = Harness::start(
+            &sim.url(),
+            Options {
+                signing: true,
+                ..Options::default()
+            },
+        )
+        .await;
+        assert!(approved(
+            &sale(&h.client, h.addr).await,
+            "CreditCardSale_Manual"
+        ));
+        post(
+            &h.client,
+            h.addr,
+            &format!("{REST}/Authenticate"),
+            &format!(r#"{{"AcctCode": "EP9116875", "Token": "{TOKEN}"}}"#),
+        )
+        .await;
         sim.expire_keys();
-        assert!(approved(&sale(&h.client, h.addr).await, "CreditCardSale_Manual"));
+        assert!(approved(
+            &sale(&h.client, h.addr).await,
+            "CreditCardSale_Manual"
+        ));
         sim.change_ip();
-        assert!(approved(&sale(&h.client, h.addr).await, "CreditCardSale_Manual"));
+        assert!(approved(
+            &sale(&h.client, h.addr).await,
+            "CreditCardSale_Manual"
+        ));
         sim.drop_next_calls(1);
         let _ = sale(&h.client, h.addr).await;
         // A rejection too: the vendor rotates the token.
         sim.set_token("SOMETHING-ELSE");
         sim.expire_keys();
         let _ = sale(&h.client, h.addr).await;
-        let _ = h.admin_post("/admin/number/unlock", Some("not-the-admin-token"), "").await;
-        let _ = h.admin_post("/admin/number/unlock", Some(ADMIN_TOKEN), "").await;
+        let _ = h
+            .admin_post("/admin/number/unlock", Some("not-the-admin-token"), "")
+            .await;
+        let _ = h
+            .admin_post("/admin/number/unlock", Some(ADMIN_TOKEN), "")
+            .await;
         let _ = h.admin_get("/metrics").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         let keys: Vec<String> = sim
@@ -67,8 +100,17 @@ fn trace_logs_of_a_whole_run_hold_no_secret() {
     });
     let logs = String::from_utf8(captured.0.lock().expect("buffer").clone()).expect("utf8");
     assert!(logs.contains("authenticating"), "the run was logged at all");
-    assert!(logs.lines().count() > 50, "trace output captured: {} lines", logs.lines().count());
-    let mut secrets = vec![TOKEN.to_owned(), HMAC_SECRET.to_owned(), CARD.to_owned(), ADMIN_TOKEN.to_owned()];
+    assert!(
+        logs.lines().count() > 50,
+        "trace output captured: {} lines",
+        logs.lines().count()
+    );
+    let mut secrets = vec![
+        TOKEN.to_owned(),
+        HMAC_SECRET.to_owned(),
+        CARD.to_owned(),
+        ADMIN_TOKEN.to_owned(),
+    ];
     assert!(!keys.is_empty());
     for signed in keys {
         // The signed header and the bare session key inside it.
@@ -77,6 +119,10 @@ fn trace_logs_of_a_whole_run_hold_no_secret() {
         secrets.push(bare);
     }
     for secret in secrets {
-        assert!(!logs.contains(&secret), "a secret reached the logs: {}...", &secret[..6]);
+        assert!(
+            !logs.contains(&secret),
+            "a secret reached the logs: {}...",
+            &secret[..6]
+        );
     }
 }

@@ -18,7 +18,11 @@ async fn calls_carry_the_key_and_one_authentication_serves_them_all() {
     let h = Harness::start(&sim.url(), Options::default()).await;
     for _ in 0..5 {
         let reply = sale(&h.client, h.addr).await;
-        assert!(approved(&reply, "CreditCardSale_Manual"), "{}", reply.text());
+        assert!(
+            approved(&reply, "CreditCardSale_Manual"),
+            "{}",
+            reply.text()
+        );
     }
     let stats = sim.stats();
     assert_eq!((stats.auth_attempts, stats.calls_ok), (1, 5));
@@ -28,8 +32,16 @@ async fn calls_carry_the_key_and_one_authentication_serves_them_all() {
         assert_ne!(key, "app-supplied-key");
         assert_eq!(key.len(), 42, "a real key, not the placeholder");
     }
-    assert_eq!(h.metric("payauth_requests_total{gateway=\"number\",outcome=\"forwarded\"}").await, 5.0);
-    assert_eq!(h.metric("payauth_auth_attempts_total{gateway=\"number\",result=\"success\"}").await, 1.0);
+    assert_eq!(
+        h.metric("payauth_requests_total{gateway=\"number\",outcome=\"forwarded\"}")
+            .await,
+        5.0
+    );
+    assert_eq!(
+        h.metric("payauth_auth_attempts_total{gateway=\"number\",result=\"success\"}")
+            .await,
+        1.0
+    );
     assert_eq!(h.admin_get("/ready").await.status, StatusCode::OK);
     h.stop().await;
 }
@@ -38,7 +50,13 @@ async fn calls_carry_the_key_and_one_authentication_serves_them_all() {
 async fn the_apps_own_authenticate_is_answered_locally() {
     let sim = number_sim(NumberSimConfig::default()).await;
     let h = Harness::start(&sim.url(), Options::default()).await;
-    let reply = post(&h.client, h.addr, &format!("{REST}/Authenticate"), r#"{"AcctCode": "EP9116875", "Token": "stale"}"#).await;
+    let reply = post(
+        &h.client,
+        h.addr,
+        &format!("{REST}/Authenticate"),
+        r#"{"AcctCode": "EP9116875", "Token": "stale"}"#,
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
     let result = &reply.json()["AuthenticateResult"];
     assert_eq!(result["AuthSuccess"], true);
@@ -48,7 +66,11 @@ async fn the_apps_own_authenticate_is_answered_locally() {
     // A later call with the placeholder works like any other.
     let reply = sale(&h.client, h.addr).await;
     assert!(approved(&reply, "CreditCardSale_Manual"));
-    assert_eq!(h.metric("payauth_requests_total{gateway=\"number\",outcome=\"local\"}").await, 1.0);
+    assert_eq!(
+        h.metric("payauth_requests_total{gateway=\"number\",outcome=\"local\"}")
+            .await,
+        1.0
+    );
     h.stop().await;
 }
 
@@ -56,33 +78,59 @@ async fn the_apps_own_authenticate_is_answered_locally() {
 async fn an_expired_key_is_renewed_and_the_call_replayed_once() {
     let sim = number_sim(NumberSimConfig::default()).await;
     let h = Harness::start(&sim.url(), Options::default()).await;
-    assert!(approved(&sale(&h.client, h.addr).await, "CreditCardSale_Manual"));
+    assert!(approved(
+        &sale(&h.client, h.addr).await,
+        "CreditCardSale_Manual"
+    ));
     sim.expire_keys();
     let reply = sale(&h.client, h.addr).await;
-    assert!(approved(&reply, "CreditCardSale_Manual"), "{}", reply.text());
+    assert!(
+        approved(&reply, "CreditCardSale_Manual"),
+        "{}",
+        reply.text()
+    );
     let stats = sim.stats();
     assert_eq!(stats.auth_attempts, 2);
     assert_eq!(stats.calls_5030, 1);
     assert_eq!(stats.calls_ok, 2);
-    assert_eq!(h.metric("payauth_reauth_total{gateway=\"number\",reason=\"5030\"}").await, 1.0);
-    assert_eq!(h.metric("payauth_replays_total{gateway=\"number\"}").await, 1.0);
+    assert_eq!(
+        h.metric("payauth_reauth_total{gateway=\"number\",reason=\"5030\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        h.metric("payauth_replays_total{gateway=\"number\"}").await,
+        1.0
+    );
 
     sim.change_ip();
     let reply = sale(&h.client, h.addr).await;
     assert!(approved(&reply, "CreditCardSale_Manual"));
     assert_eq!(sim.stats().calls_5050, 1);
     assert_eq!(sim.stats().auth_attempts, 3);
-    assert_eq!(h.metric("payauth_reauth_total{gateway=\"number\",reason=\"5050\"}").await, 1.0);
+    assert_eq!(
+        h.metric("payauth_reauth_total{gateway=\"number\",reason=\"5050\"}")
+            .await,
+        1.0
+    );
     h.stop().await;
 }
 
 #[tokio::test]
 async fn a_key_refused_again_after_renewal_is_not_looped() {
     // A key lifetime of zero: every key is expired when used, so the replay is refused too.
-    let sim = number_sim(NumberSimConfig { key_lifetime: Duration::ZERO, ..NumberSimConfig::default() }).await;
+    let sim = number_sim(NumberSimConfig {
+        key_lifetime: Duration::ZERO,
+        ..NumberSimConfig::default()
+    })
+    .await;
     let h = Harness::start(&sim.url(), Options::default()).await;
     let reply = sale(&h.client, h.addr).await;
-    assert_eq!(reply.status, StatusCode::OK, "the gateway's own answer is passed on");
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "the gateway's own answer is passed on"
+    );
     assert_eq!(reply.json()["CreditCardSale_ManualResult"]["ErrCode"], 5030);
     let stats = sim.stats();
     assert_eq!(stats.calls, 2, "one call and exactly one replay");
@@ -92,9 +140,23 @@ async fn a_key_refused_again_after_renewal_is_not_looped() {
 
 #[tokio::test]
 async fn sixty_four_concurrent_calls_across_one_expiry_cost_one_authentication() {
-    let sim = number_sim(NumberSimConfig { hmac_secret: Some(HMAC_SECRET.into()), ..NumberSimConfig::default() }).await;
-    let h = Harness::start(&sim.url(), Options { signing: true, ..Options::default() }).await;
-    assert!(approved(&sale(&h.client, h.addr).await, "CreditCardSale_Manual"));
+    let sim = number_sim(NumberSimConfig {
+        hmac_secret: Some(HMAC_SECRET.into()),
+        ..NumberSimConfig::default()
+    })
+    .await;
+    let h = Harness::start(
+        &sim.url(),
+        Options {
+            signing: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    assert!(approved(
+        &sale(&h.client, h.addr).await,
+        "CreditCardSale_Manual"
+    ));
     sim.expire_keys();
     let before = sim.stats().auth_attempts;
     let mut tasks = tokio::task::JoinSet::new();
@@ -109,16 +171,31 @@ async fn sixty_four_concurrent_calls_across_one_expiry_cost_one_authentication()
     }
     let stats = sim.stats();
     assert_eq!(ok, 64, "every call succeeded");
-    assert_eq!(stats.auth_attempts - before, 1, "exactly one extra authentication");
+    assert_eq!(
+        stats.auth_attempts - before,
+        1,
+        "exactly one extra authentication"
+    );
     assert_eq!(stats.bad_signatures, 0);
-    assert_eq!(h.metric("payauth_reauth_total{gateway=\"number\",reason=\"5030\"}").await, 1.0);
+    assert_eq!(
+        h.metric("payauth_reauth_total{gateway=\"number\",reason=\"5030\"}")
+            .await,
+        1.0
+    );
     h.stop().await;
 }
 
 #[tokio::test]
 async fn a_rejected_token_locks_once_across_calls_and_restarts() {
     let sim = number_sim(NumberSimConfig::default()).await;
-    let mut h = Harness::start(&sim.url(), Options { token: "WRONG-TOKEN".into(), ..Options::default() }).await;
+    let mut h = Harness::start(
+        &sim.url(),
+        Options {
+            token: "WRONG-TOKEN".into(),
+            ..Options::default()
+        },
+    )
+    .await;
     let reply = sale(&h.client, h.addr).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.error_code().as_deref(), Some("auth_locked"));
@@ -127,15 +204,29 @@ async fn a_rejected_token_locks_once_across_calls_and_restarts() {
         let reply = sale(&h.client, h.addr).await;
         assert_eq!(reply.error_code().as_deref(), Some("auth_locked"));
     }
-    assert_eq!(sim.stats().auth_attempts, 1, "one rejected authentication, never retried");
+    assert_eq!(
+        sim.stats().auth_attempts,
+        1,
+        "one rejected authentication, never retried"
+    );
     assert_eq!(sim.stats().calls, 0, "nothing forwarded without a key");
-    assert_eq!(h.admin_get("/ready").await.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(h.metric("payauth_auth_locked{gateway=\"number\"}").await, 1.0);
+    assert_eq!(
+        h.admin_get("/ready").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        h.metric("payauth_auth_locked{gateway=\"number\"}").await,
+        1.0
+    );
 
     h.restart().await;
     let reply = sale(&h.client, h.addr).await;
     assert_eq!(reply.error_code().as_deref(), Some("auth_locked"));
-    assert_eq!(sim.stats().auth_attempts, 1, "a restart does not spend the budget again");
+    assert_eq!(
+        sim.stats().auth_attempts,
+        1,
+        "a restart does not spend the budget again"
+    );
 
     // A new token file unlocks, without a restart.
     h.write_token(TOKEN);
@@ -155,17 +246,49 @@ async fn a_rejected_token_locks_once_across_calls_and_restarts() {
 
 #[tokio::test]
 async fn admin_unlock_needs_the_bearer_token() {
-    let sim = number_sim(NumberSimConfig { token: "ROTATED-AT-THE-VENDOR".into(), ..NumberSimConfig::default() }).await;
+    let sim = number_sim(NumberSimConfig {
+        token: "ROTATED-AT-THE-VENDOR".into(),
+        ..NumberSimConfig::default()
+    })
+    .await;
     let h = Harness::start(&sim.url(), Options::default()).await;
-    assert_eq!(sale(&h.client, h.addr).await.error_code().as_deref(), Some("auth_locked"));
+    assert_eq!(
+        sale(&h.client, h.addr).await.error_code().as_deref(),
+        Some("auth_locked")
+    );
     // The vendor's support fixes the account: the configured token works again.
     sim.set_token(TOKEN);
-    assert_eq!(h.admin_post("/admin/number/unlock", None, "").await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(h.admin_post("/admin/number/unlock", Some("wrong"), "").await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(sale(&h.client, h.addr).await.error_code().as_deref(), Some("auth_locked"), "still locked");
-    assert_eq!(h.admin_post("/admin/nope/unlock", Some(ADMIN_TOKEN), "").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(h.admin_post("/admin/number/unlock", Some(ADMIN_TOKEN), "").await.status, StatusCode::OK);
-    assert!(approved(&sale(&h.client, h.addr).await, "CreditCardSale_Manual"));
+    assert_eq!(
+        h.admin_post("/admin/number/unlock", None, "").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.admin_post("/admin/number/unlock", Some("wrong"), "")
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        sale(&h.client, h.addr).await.error_code().as_deref(),
+        Some("auth_locked"),
+        "still locked"
+    );
+    assert_eq!(
+        h.admin_post("/admin/nope/unlock", Some(ADMIN_TOKEN), "")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        h.admin_post("/admin/number/unlock", Some(ADMIN_TOKEN), "")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert!(approved(
+        &sale(&h.client, h.addr).await,
+        "CreditCardSale_Manual"
+    ));
     assert_eq!(sim.stats().auth_attempts, 2);
     h.stop().await;
 }
@@ -174,12 +297,18 @@ async fn admin_unlock_needs_the_bearer_token() {
 async fn a_dropped_connection_after_sending_is_outcome_unknown_and_never_replayed() {
     let sim = number_sim(NumberSimConfig::default()).await;
     let h = Harness::start(&sim.url(), Options::default()).await;
-    assert!(approved(&sale(&h.client, h.addr).await, "CreditCardSale_Manual"));
+    assert!(approved(
+        &sale(&h.client, h.addr).await,
+        "CreditCardSale_Manual"
+    ));
     sim.drop_next_calls(1);
     let reply = sale(&h.client, h.addr).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(reply.error_code().as_deref(), Some("outcome_unknown"));
-    assert!(reply.json()["error"]["message"].as_str().expect("message").contains("not replayed"));
+    assert!(reply.json()["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("not replayed"));
     let stats = sim.stats();
     assert_eq!(stats.calls, 2, "the dropped call was seen exactly once");
     assert_eq!(stats.dropped, 1);
@@ -189,15 +318,29 @@ async fn a_dropped_connection_after_sending_is_outcome_unknown_and_never_replaye
 #[tokio::test]
 async fn a_slow_gateway_is_a_timeout_and_never_replayed() {
     let sim = number_sim(NumberSimConfig::default()).await;
-    let h = Harness::start(&sim.url(), Options { request_timeout_secs: 0.3, ..Options::default() }).await;
-    assert!(approved(&sale(&h.client, h.addr).await, "CreditCardSale_Manual"));
+    let h = Harness::start(
+        &sim.url(),
+        Options {
+            request_timeout_secs: 0.3,
+            ..Options::default()
+        },
+    )
+    .await;
+    assert!(approved(
+        &sale(&h.client, h.addr).await,
+        "CreditCardSale_Manual"
+    ));
     sim.set_latency(Duration::from_secs(2));
     let reply = sale(&h.client, h.addr).await;
     assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(reply.error_code().as_deref(), Some("upstream_timeout"));
     sim.set_latency(Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert_eq!(sim.stats().calls, 2, "the timed-out call reached the gateway once and was not replayed");
+    assert_eq!(
+        sim.stats().calls,
+        2,
+        "the timed-out call reached the gateway once and was not replayed"
+    );
     h.stop().await;
 }
 
@@ -214,22 +357,49 @@ async fn an_unreachable_gateway_is_reported_and_backs_off() {
     // During the backoff no attempt is made; the guard is not locked by transport errors.
     let reply = sale(&h.client, h.addr).await;
     assert_eq!(reply.error_code().as_deref(), Some("auth_unavailable"));
-    assert!(reply.json()["error"]["message"].as_str().expect("message").contains("next attempt"));
-    assert_eq!(h.metric("payauth_auth_locked{gateway=\"number\"}").await, 0.0);
-    assert_eq!(h.metric("payauth_auth_attempts_total{gateway=\"number\",result=\"error\"}").await, 1.0);
+    assert!(reply.json()["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("next attempt"));
+    assert_eq!(
+        h.metric("payauth_auth_locked{gateway=\"number\"}").await,
+        0.0
+    );
+    assert_eq!(
+        h.metric("payauth_auth_attempts_total{gateway=\"number\",result=\"error\"}")
+            .await,
+        1.0
+    );
     h.stop().await;
 }
 
 #[tokio::test]
 async fn oversized_bodies_get_413_and_are_not_forwarded() {
     let sim = number_sim(NumberSimConfig::default()).await;
-    let h = Harness::start(&sim.url(), Options { max_request_bytes: 1024, ..Options::default() }).await;
+    let h = Harness::start(
+        &sim.url(),
+        Options {
+            max_request_bytes: 1024,
+            ..Options::default()
+        },
+    )
+    .await;
     let big = format!(r#"{{"Notes": "{}"}}"#, "x".repeat(4096));
-    let reply = post(&h.client, h.addr, &format!("{REST}/CreditCardSale_Manual"), &big).await;
+    let reply = post(
+        &h.client,
+        h.addr,
+        &format!("{REST}/CreditCardSale_Manual"),
+        &big,
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(reply.error_code().as_deref(), Some("body_too_large"));
     assert_eq!(sim.stats().calls, 0);
-    assert_eq!(sim.stats().auth_attempts, 0, "refused before any credential was needed");
+    assert_eq!(
+        sim.stats().auth_attempts,
+        0,
+        "refused before any credential was needed"
+    );
     h.stop().await;
 }
 
@@ -244,7 +414,10 @@ fn soap_call(operation: &str, inner: &str) -> String {
 async fn soap(h: &Harness, operation: &str, body: String) -> Reply {
     let request = Request::post(format!("http://{}{SOAP_PATH}", h.addr))
         .header("content-type", "text/xml; charset=utf-8")
-        .header("SOAPAction", format!("\"http://tempuri.org/ICardProcess/{operation}\""))
+        .header(
+            "SOAPAction",
+            format!("\"http://tempuri.org/ICardProcess/{operation}\""),
+        )
         .body(Full::new(Bytes::from(body)))
         .expect("request");
     send(&h.client, request).await
@@ -253,24 +426,52 @@ async fn soap(h: &Harness, operation: &str, body: String) -> Reply {
 #[tokio::test]
 async fn soap_calls_get_the_key_in_their_first_argument_and_renew() {
     let sim = number_sim(NumberSimConfig::default()).await;
-    let h = Harness::start(&sim.url(), Options { protocol: "soap", ..Options::default() }).await;
+    let h = Harness::start(
+        &sim.url(),
+        Options {
+            protocol: "soap",
+            ..Options::default()
+        },
+    )
+    .await;
     // The app's own Authenticate is answered locally.
     let reply = soap(&h, "Authenticate", "<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body><Authenticate xmlns=\"http://tempuri.org/\"><acctCode>EP9116875</acctCode><token>stale</token></Authenticate></s:Body></s:Envelope>".into()).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.text().contains("<AuthSuccess>true</AuthSuccess>"));
     assert_eq!(sim.stats().auth_attempts, 0);
 
-    let reply = soap(&h, "CreditCardSale_Manual", soap_call("CreditCardSale_Manual", "<amount>1.00</amount>")).await;
+    let reply = soap(
+        &h,
+        "CreditCardSale_Manual",
+        soap_call("CreditCardSale_Manual", "<amount>1.00</amount>"),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    assert!(reply.text().contains("<FunctionOk>true</FunctionOk>"), "{}", reply.text());
+    assert!(
+        reply.text().contains("<FunctionOk>true</FunctionOk>"),
+        "{}",
+        reply.text()
+    );
     let seen = sim.calls_seen();
     let body = String::from_utf8_lossy(&seen[0].body).into_owned();
     assert!(!body.contains("app-key"));
-    assert!(body.contains("<amount>1.00</amount>"), "other arguments kept");
+    assert!(
+        body.contains("<amount>1.00</amount>"),
+        "other arguments kept"
+    );
 
     sim.expire_keys();
-    let reply = soap(&h, "CreditCardSale_Manual", soap_call("CreditCardSale_Manual", "<amount>2.00</amount>")).await;
-    assert!(reply.text().contains("<FunctionOk>true</FunctionOk>"), "{}", reply.text());
+    let reply = soap(
+        &h,
+        "CreditCardSale_Manual",
+        soap_call("CreditCardSale_Manual", "<amount>2.00</amount>"),
+    )
+    .await;
+    assert!(
+        reply.text().contains("<FunctionOk>true</FunctionOk>"),
+        "{}",
+        reply.text()
+    );
     assert_eq!(sim.stats().auth_attempts, 2);
     assert_eq!(sim.stats().calls_5030, 1);
 
@@ -282,8 +483,19 @@ async fn soap_calls_get_the_key_in_their_first_argument_and_renew() {
 
 #[tokio::test]
 async fn overload_is_refused_with_503_and_nothing_lost_or_duplicated() {
-    let sim = number_sim(NumberSimConfig { latency: Duration::from_millis(300), ..NumberSimConfig::default() }).await;
-    let h = Harness::start(&sim.url(), Options { max_concurrency: 4, ..Options::default() }).await;
+    let sim = number_sim(NumberSimConfig {
+        latency: Duration::from_millis(300),
+        ..NumberSimConfig::default()
+    })
+    .await;
+    let h = Harness::start(
+        &sim.url(),
+        Options {
+            max_concurrency: 4,
+            ..Options::default()
+        },
+    )
+    .await;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..12 {
         let client = h.client.clone();
@@ -302,8 +514,15 @@ async fn overload_is_refused_with_503_and_nothing_lost_or_duplicated() {
         }
     }
     assert_eq!(ok + overloaded, 12);
-    assert!(overloaded >= 1 && ok >= 1, "ok {ok}, overloaded {overloaded}");
-    assert_eq!(sim.stats().calls_ok, ok, "every approved call reached the gateway exactly once");
+    assert!(
+        overloaded >= 1 && ok >= 1,
+        "ok {ok}, overloaded {overloaded}"
+    );
+    assert_eq!(
+        sim.stats().calls_ok,
+        ok,
+        "every approved call reached the gateway exactly once"
+    );
     h.stop().await;
 }
 
@@ -311,7 +530,10 @@ async fn overload_is_refused_with_503_and_nothing_lost_or_duplicated() {
 async fn shutdown_lets_in_flight_calls_finish_and_refuses_new_ones() {
     let sim = number_sim(NumberSimConfig::default()).await;
     let mut h = Harness::start(&sim.url(), Options::default()).await;
-    assert!(approved(&sale(&h.client, h.addr).await, "CreditCardSale_Manual"));
+    assert!(approved(
+        &sale(&h.client, h.addr).await,
+        "CreditCardSale_Manual"
+    ));
     sim.set_latency(Duration::from_millis(700));
     let client = common::client();
     let addr = h.addr;
@@ -320,12 +542,26 @@ async fn shutdown_lets_in_flight_calls_finish_and_refuses_new_ones() {
     let sidecar = h.sidecar.take().expect("running");
     sidecar.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(h.admin_get("/ready").await.status, StatusCode::SERVICE_UNAVAILABLE, "draining");
+    assert_eq!(
+        h.admin_get("/ready").await.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "draining"
+    );
     let refused = common::client()
-        .request(Request::post(format!("http://{addr}{REST}/X")).body(Full::new(Bytes::new())).expect("request"))
+        .request(
+            Request::post(format!("http://{addr}{REST}/X"))
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        )
         .await;
-    assert!(refused.is_err(), "new connections are refused while draining");
+    assert!(
+        refused.is_err(),
+        "new connections are refused while draining"
+    );
     let reply = in_flight.await.expect("task");
-    assert!(approved(&reply, "CreditCardSale_Manual"), "the in-flight call completed");
+    assert!(
+        approved(&reply, "CreditCardSale_Manual"),
+        "the in-flight call completed"
+    );
     sidecar.shutdown().await;
 }

@@ -256,8 +256,18 @@ impl Config {
             secret_poll_secs: None,
         });
         let proxy = ProxyConfig {
-            shutdown_grace: secs("proxy.shutdown_grace_secs", proxy.shutdown_grace_secs, 25.0, &mut problems),
-            secret_poll_interval: secs("proxy.secret_poll_secs", proxy.secret_poll_secs, 2.0, &mut problems),
+            shutdown_grace: secs(
+                "proxy.shutdown_grace_secs",
+                proxy.shutdown_grace_secs,
+                25.0,
+                &mut problems,
+            ),
+            secret_poll_interval: secs(
+                "proxy.secret_poll_secs",
+                proxy.secret_poll_secs,
+                2.0,
+                &mut problems,
+            ),
         };
         let state_dir = raw
             .state
@@ -280,7 +290,10 @@ impl Config {
                 problems.push(format!("gateway name {:?} is used twice", g.name));
             }
             if g.listen.port() != 0 && !addrs.insert(g.listen) {
-                problems.push(format!("gateway {:?}: listen {} is already used", g.name, g.listen));
+                problems.push(format!(
+                    "gateway {:?}: listen {} is already used",
+                    g.name, g.listen
+                ));
             }
         }
         if !problems.is_empty() {
@@ -311,18 +324,34 @@ impl Config {
         for g in &self.gateways {
             match &g.kind {
                 GatewayKind::Number(n) => {
-                    check(&mut problems, format!("gateway {:?}: token_file", g.name), &n.token_file);
+                    check(
+                        &mut problems,
+                        format!("gateway {:?}: token_file", g.name),
+                        &n.token_file,
+                    );
                     if let Some(path) = &n.hmac_secret_file {
-                        check(&mut problems, format!("gateway {:?}: hmac_secret_file", g.name), path);
+                        check(
+                            &mut problems,
+                            format!("gateway {:?}: hmac_secret_file", g.name),
+                            path,
+                        );
                     }
                 }
                 GatewayKind::CreditGuard(c) => {
-                    check(&mut problems, format!("gateway {:?}: password_file", g.name), &c.password_file);
+                    check(
+                        &mut problems,
+                        format!("gateway {:?}: password_file", g.name),
+                        &c.password_file,
+                    );
                 }
             }
             // Every certificate file: readable, PEM, and the client pair belonging together.
             if let Err(tls_problems) = crate::proxy::tls::check_files(&g.tls) {
-                problems.extend(tls_problems.into_iter().map(|p| format!("gateway {:?}: {p}", g.name)));
+                problems.extend(
+                    tls_problems
+                        .into_iter()
+                        .map(|p| format!("gateway {:?}: {p}", g.name)),
+                );
             }
         }
         if problems.is_empty() {
@@ -340,7 +369,11 @@ impl Config {
             format_args!(
                 "admin: listen {} (admin API {})\nstate dir: {}\n",
                 self.admin.listen,
-                if self.admin.token_file.is_some() { "on" } else { "off: no token_file" },
+                if self.admin.token_file.is_some() {
+                    "on"
+                } else {
+                    "off: no token_file"
+                },
                 self.state_dir.display()
             ),
         );
@@ -350,7 +383,11 @@ impl Config {
                     "number ({:?}), account {}, token <redacted>, signing {}",
                     n.protocol,
                     n.account_code,
-                    if n.hmac_secret_file.is_some() { "on (secret <redacted>)" } else { "off" }
+                    if n.hmac_secret_file.is_some() {
+                        "on (secret <redacted>)"
+                    } else {
+                        "off"
+                    }
                 ),
                 GatewayKind::CreditGuard(c) => format!(
                     "creditguard, user {}, password <redacted>, terminals {:?}, scope {}",
@@ -371,7 +408,9 @@ impl Config {
 
 fn parse_addr(what: &str, value: &str, problems: &mut Vec<String>) -> SocketAddr {
     value.parse().unwrap_or_else(|_| {
-        problems.push(format!("{what}: {value:?} is not an address like 127.0.0.1:8081"));
+        problems.push(format!(
+            "{what}: {value:?} is not an address like 127.0.0.1:8081"
+        ));
         SocketAddr::from(([127, 0, 0, 1], 0))
     })
 }
@@ -386,9 +425,18 @@ fn secs(what: &str, value: Option<f64>, default: f64, problems: &mut Vec<String>
 
 fn validate_gateway(i: usize, g: RawGateway, problems: &mut Vec<String>) -> Option<GatewayConfig> {
     let name = match g.name.as_deref() {
-        Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => n.to_owned(),
+        Some(n)
+            if !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            n.to_owned()
+        }
         Some(n) => {
-            problems.push(format!("gateway #{}: name {n:?} must be letters, digits, '-' or '_'", i + 1));
+            problems.push(format!(
+                "gateway #{}: name {n:?} must be letters, digits, '-' or '_'",
+                i + 1
+            ));
             format!("#{}", i + 1)
         }
         None => {
@@ -397,7 +445,8 @@ fn validate_gateway(i: usize, g: RawGateway, problems: &mut Vec<String>) -> Opti
         }
     };
     let before = problems.len();
-    let mut missing = |field: &str| problems_push(problems, format!("gateway {name:?}: {field} is missing"));
+    let mut missing =
+        |field: &str| problems_push(problems, format!("gateway {name:?}: {field} is missing"));
     let kind = g.kind.clone();
     if kind.is_none() {
         missing("kind");
@@ -408,9 +457,19 @@ fn validate_gateway(i: usize, g: RawGateway, problems: &mut Vec<String>) -> Opti
     if g.upstream.is_none() {
         missing("upstream");
     }
-    let listen = parse_addr(&format!("gateway {name:?}: listen"), g.listen.as_deref().unwrap_or("127.0.0.1:0"), problems);
+    let listen = parse_addr(
+        &format!("gateway {name:?}: listen"),
+        g.listen.as_deref().unwrap_or("127.0.0.1:0"),
+        problems,
+    );
     let upstream = match g.upstream.as_deref().map(str::parse::<Uri>) {
-        Some(Ok(u)) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() && matches!(u.path(), "" | "/") => Some(u),
+        Some(Ok(u))
+            if matches!(u.scheme_str(), Some("http" | "https"))
+                && u.authority().is_some()
+                && matches!(u.path(), "" | "/") =>
+        {
+            Some(u)
+        }
         Some(_) => {
             problems.push(format!(
                 "gateway {name:?}: upstream must be a base URL like https://host[:port] (no path)"
@@ -426,17 +485,25 @@ fn validate_gateway(i: usize, g: RawGateway, problems: &mut Vec<String>) -> Opti
         ));
     }
     if g.client_cert_file.is_some() != g.client_key_file.is_some() {
-        problems.push(format!("gateway {name:?}: client_cert_file and client_key_file go together"));
+        problems.push(format!(
+            "gateway {name:?}: client_cert_file and client_key_file go together"
+        ));
     }
     let max_concurrency = g.max_concurrency.unwrap_or(256);
     if max_concurrency == 0 {
-        problems.push(format!("gateway {name:?}: max_concurrency must be at least 1"));
+        problems.push(format!(
+            "gateway {name:?}: max_concurrency must be at least 1"
+        ));
     }
     let kind = match kind.as_deref() {
         Some("number") => validate_number(&name, &g, problems).map(GatewayKind::Number),
-        Some("creditguard") => validate_creditguard(&name, &g, problems).map(GatewayKind::CreditGuard),
+        Some("creditguard") => {
+            validate_creditguard(&name, &g, problems).map(GatewayKind::CreditGuard)
+        }
         Some(other) => {
-            problems.push(format!("gateway {name:?}: kind {other:?} must be \"number\" or \"creditguard\""));
+            problems.push(format!(
+                "gateway {name:?}: kind {other:?} must be \"number\" or \"creditguard\""
+            ));
             None
         }
         None => None,
@@ -451,8 +518,18 @@ fn validate_gateway(i: usize, g: RawGateway, problems: &mut Vec<String>) -> Opti
         auth_failure_budget: budget,
         max_request_bytes: g.max_request_bytes.unwrap_or(1 << 20),
         inspect_limit_bytes: g.inspect_limit_bytes.unwrap_or(64 << 10),
-        connect_timeout: secs(&format!("gateway {name:?}: connect_timeout_secs"), g.connect_timeout_secs, 5.0, problems),
-        request_timeout: secs(&format!("gateway {name:?}: request_timeout_secs"), g.request_timeout_secs, 30.0, problems),
+        connect_timeout: secs(
+            &format!("gateway {name:?}: connect_timeout_secs"),
+            g.connect_timeout_secs,
+            5.0,
+            problems,
+        ),
+        request_timeout: secs(
+            &format!("gateway {name:?}: request_timeout_secs"),
+            g.request_timeout_secs,
+            30.0,
+            problems,
+        ),
         max_concurrency,
         tls: TlsFiles {
             ca_file: g.ca_file,
@@ -467,13 +544,19 @@ fn problems_push(problems: &mut Vec<String>, p: String) {
     problems.push(p);
 }
 
-fn validate_number(name: &str, g: &RawGateway, problems: &mut Vec<String>) -> Option<NumberSettings> {
+fn validate_number(
+    name: &str,
+    g: &RawGateway,
+    problems: &mut Vec<String>,
+) -> Option<NumberSettings> {
     let before = problems.len();
     let protocol = match g.protocol.as_deref().unwrap_or("rest") {
         "rest" => crate::number::Protocol::Rest,
         "soap" => crate::number::Protocol::Soap,
         other => {
-            problems.push(format!("gateway {name:?}: protocol {other:?} must be \"rest\" or \"soap\""));
+            problems.push(format!(
+                "gateway {name:?}: protocol {other:?} must be \"rest\" or \"soap\""
+            ));
             crate::number::Protocol::Rest
         }
     };
@@ -485,7 +568,9 @@ fn validate_number(name: &str, g: &RawGateway, problems: &mut Vec<String>) -> Op
         ("scope", g.scope.is_some()),
     ] {
         if present {
-            problems.push(format!("gateway {name:?}: {field} is a creditguard setting, not number's"));
+            problems.push(format!(
+                "gateway {name:?}: {field} is a creditguard setting, not number's"
+            ));
         }
     }
     let auth_path = match (&g.auth_path, protocol) {
@@ -503,7 +588,10 @@ fn validate_number(name: &str, g: &RawGateway, problems: &mut Vec<String>) -> Op
     let soap = SoapNames {
         namespace: g.soap_namespace.clone().unwrap_or(defaults.namespace),
         auth_action: g.soap_auth_action.clone().unwrap_or(defaults.auth_action),
-        session_element: g.soap_session_element.clone().unwrap_or(defaults.session_element),
+        session_element: g
+            .soap_session_element
+            .clone()
+            .unwrap_or(defaults.session_element),
     };
     let account_code = g.account_code.clone().unwrap_or_default();
     if account_code.is_empty() {
@@ -528,7 +616,9 @@ fn validate_number(name: &str, g: &RawGateway, problems: &mut Vec<String>) -> Op
         }
     };
     if g.hmac_secret_file.is_some() && user_id.is_none() {
-        problems.push(format!("gateway {name:?}: user_id is required with hmac_secret_file"));
+        problems.push(format!(
+            "gateway {name:?}: user_id is required with hmac_secret_file"
+        ));
     }
     let token_expires_at = match &g.token_expires_at {
         None => None,
@@ -538,7 +628,9 @@ fn validate_number(name: &str, g: &RawGateway, problems: &mut Vec<String>) -> Op
         Some(_) => None,
     };
     if g.token_expires_at.is_some() && token_expires_at.is_none() {
-        problems.push(format!("gateway {name:?}: token_expires_at must be a date like 2027-05-01T00:00:00Z"));
+        problems.push(format!(
+            "gateway {name:?}: token_expires_at must be a date like 2027-05-01T00:00:00Z"
+        ));
     }
     if problems.len() > before {
         return None;
@@ -555,7 +647,11 @@ fn validate_number(name: &str, g: &RawGateway, problems: &mut Vec<String>) -> Op
     })
 }
 
-fn validate_creditguard(name: &str, g: &RawGateway, problems: &mut Vec<String>) -> Option<CreditGuardSettings> {
+fn validate_creditguard(
+    name: &str,
+    g: &RawGateway,
+    problems: &mut Vec<String>,
+) -> Option<CreditGuardSettings> {
     let before = problems.len();
     for (field, present) in [
         ("protocol", g.protocol.is_some()),
@@ -564,7 +660,9 @@ fn validate_creditguard(name: &str, g: &RawGateway, problems: &mut Vec<String>) 
         ("hmac_secret_file", g.hmac_secret_file.is_some()),
     ] {
         if present {
-            problems.push(format!("gateway {name:?}: {field} is a number setting, not creditguard's"));
+            problems.push(format!(
+                "gateway {name:?}: {field} is a number setting, not creditguard's"
+            ));
         }
     }
     let user = g.user.clone().unwrap_or_default();
@@ -576,16 +674,22 @@ fn validate_creditguard(name: &str, g: &RawGateway, problems: &mut Vec<String>) 
     }
     let terminals = g.terminals.clone().unwrap_or_default();
     if terminals.is_empty() {
-        problems.push(format!("gateway {name:?}: terminals must list at least one terminal"));
+        problems.push(format!(
+            "gateway {name:?}: terminals must list at least one terminal"
+        ));
     }
     for t in &terminals {
         if t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            problems.push(format!("gateway {name:?}: terminal {t:?} must be letters and digits"));
+            problems.push(format!(
+                "gateway {name:?}: terminal {t:?} must be letters and digits"
+            ));
         }
     }
     let scope = g.scope.clone().unwrap_or_else(|| "command".into());
     if !matches!(scope.as_str(), "none" | "command" | "full") {
-        problems.push(format!("gateway {name:?}: scope {scope:?} must be \"none\", \"command\" or \"full\""));
+        problems.push(format!(
+            "gateway {name:?}: scope {scope:?} must be \"none\", \"command\" or \"full\""
+        ));
     }
     let relay_path = g.relay_path.clone().unwrap_or_else(|| "/xpo/Relay".into());
     if !relay_path.starts_with('/') {
@@ -594,9 +698,16 @@ fn validate_creditguard(name: &str, g: &RawGateway, problems: &mut Vec<String>) 
     let pool_min = g.pool_min.unwrap_or(2);
     let pool_max = g.pool_max.unwrap_or(32);
     if pool_min > pool_max {
-        problems.push(format!("gateway {name:?}: pool_min {pool_min} is over pool_max {pool_max}"));
+        problems.push(format!(
+            "gateway {name:?}: pool_min {pool_min} is over pool_max {pool_max}"
+        ));
     }
-    let margin = secs(&format!("gateway {name:?}: session_expiry_margin_secs"), g.session_expiry_margin_secs, 30.0, problems);
+    let margin = secs(
+        &format!("gateway {name:?}: session_expiry_margin_secs"),
+        g.session_expiry_margin_secs,
+        30.0,
+        problems,
+    );
     if problems.len() > before {
         return None;
     }
@@ -620,7 +731,11 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         None => (s, None),
     };
     let mut d = date.split('-');
-    let (y, m, day): (i64, i64, i64) = (d.next()?.parse().ok()?, d.next()?.parse().ok()?, d.next()?.parse().ok()?);
+    let (y, m, day): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
     if d.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
         return None;
     }
@@ -753,9 +868,16 @@ scope = "everything"
         let errors = Config::parse(bad).expect_err("invalid");
         let text = errors.to_string();
         for expected in [
-            "listen", "upstream must be", "auth_failure_budget 6", "account_code is missing",
-            "token_file is missing", "user_id is required", "user is missing", "password_file is missing",
-            "terminals must list", "scope \"everything\"",
+            "listen",
+            "upstream must be",
+            "auth_failure_budget 6",
+            "account_code is missing",
+            "token_file is missing",
+            "user_id is required",
+            "user is missing",
+            "password_file is missing",
+            "terminals must list",
+            "scope \"everything\"",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
@@ -763,7 +885,8 @@ scope = "everything"
 
     #[test]
     fn unknown_keys_are_refused() {
-        let errors = Config::parse("[admin]\nlisten = \"127.0.0.1:1\"\ntypo = 1\n").expect_err("typo");
+        let errors =
+            Config::parse("[admin]\nlisten = \"127.0.0.1:1\"\ntypo = 1\n").expect_err("typo");
         assert!(errors.to_string().contains("typo"), "{errors}");
     }
 

@@ -20,7 +20,9 @@ use super::keys::{KeyInfo, KeyState};
 use super::signer::Signer;
 use super::wire::{self, AuthAnswer, SoapNames, SoapRequest};
 use super::NumberCredentials;
-use crate::body::{collect_limited, content_length, read_bounded, CollectError, Inspected, ResponseBody};
+use crate::body::{
+    collect_limited, content_length, read_bounded, CollectError, Inspected, ResponseBody,
+};
 use crate::error::{BoxError, Error, ErrorCode};
 use crate::forward::{self, Failure, Replayed};
 use crate::guard::{AuthGuard, GuardStore, MemoryGuardStore};
@@ -203,7 +205,10 @@ impl NumberHandle {
     /// Swaps in new credentials (a changed token or HMAC secret file). A new token gets its own
     /// guard record, so a gateway locked by a rejected token is unlocked by a different one. The
     /// current session key stays in use until the gateway refuses it.
-    pub fn update_credentials(&self, credentials: NumberCredentials) -> Result<(), super::SignError> {
+    pub fn update_credentials(
+        &self,
+        credentials: NumberCredentials,
+    ) -> Result<(), super::SignError> {
         let fingerprint = credentials.fingerprint();
         let signing_changed = {
             let current = self.shared.credentials.load();
@@ -325,13 +330,16 @@ impl Shared {
         ResB::Error: Into<BoxError>,
     {
         let (parts, body) = request.into_parts();
-        let is_auth_path = parts
-            .uri
-            .path()
-            .eq_ignore_ascii_case(self.auth_uri.path());
+        let is_auth_path = parts.uri.path().eq_ignore_ascii_case(self.auth_uri.path());
         if is_auth_path && self.config.protocol == Protocol::Rest {
             tracing::debug!(gateway = %self.config.name, "answering the app's own Authenticate locally");
-            return Ok((self.local_answer(wire::local_rest_auth_answer(self.user_id()), "application/json"), Outcome::Local));
+            return Ok((
+                self.local_answer(
+                    wire::local_rest_auth_answer(self.user_id()),
+                    "application/json",
+                ),
+                Outcome::Local,
+            ));
         }
         let limit = self.config.max_request_bytes;
         let body = collect_limited(body, limit, content_length(&parts.headers))
@@ -357,7 +365,10 @@ impl Shared {
                 if is_auth_path && self.is_soap_auth(&parts.headers, &request) {
                     tracing::debug!(gateway = %self.config.name, "answering the app's own Authenticate locally");
                     return Ok((
-                        self.local_answer(wire::local_soap_auth_answer(&self.config.soap), "text/xml; charset=utf-8"),
+                        self.local_answer(
+                            wire::local_soap_auth_answer(&self.config.soap),
+                            "text/xml; charset=utf-8",
+                        ),
                         Outcome::Local,
                     ));
                 }
@@ -369,7 +380,10 @@ impl Shared {
         let mut replayed = false;
         loop {
             let value = key.value(unix_now()).map_err(|_| {
-                self.error(ErrorCode::AuthUnavailable, "the session key cannot be signed")
+                self.error(
+                    ErrorCode::AuthUnavailable,
+                    "the session key cannot be signed",
+                )
             })?;
             let outgoing = self.outgoing(&parts, &body, soap.as_ref(), value)?;
             let started = tokio::time::Instant::now();
@@ -379,9 +393,13 @@ impl Shared {
             self.metrics
                 .upstream_duration(started.elapsed().as_secs_f64());
             let (head, body) = response.into_parts();
-            let inspected = read_bounded(body, self.config.inspect_limit_bytes, content_length(&head.headers))
-                .await
-                .map_err(|_| self.failed(Failure::Unknown, &parts))?;
+            let inspected = read_bounded(
+                body,
+                self.config.inspect_limit_bytes,
+                content_length(&head.headers),
+            )
+            .await
+            .map_err(|_| self.failed(Failure::Unknown, &parts))?;
             let bytes = match inspected {
                 Inspected::Streaming(body) => {
                     let mut response = Response::from_parts(head, body);
@@ -442,7 +460,11 @@ impl Shared {
             .map(|s| s.user_id)
     }
 
-    fn local_answer<ResB>(&self, body: Bytes, content_type: &'static str) -> Response<ResponseBody<ResB>> {
+    fn local_answer<ResB>(
+        &self,
+        body: Bytes,
+        content_type: &'static str,
+    ) -> Response<ResponseBody<ResB>> {
         let mut response = Response::new(ResponseBody::full(body));
         *response.status_mut() = StatusCode::OK;
         response
@@ -499,7 +521,11 @@ impl Shared {
     /// or starts one. However many callers arrive, one authentication is sent per stale key, and
     /// all of them share its result, failure included. The caller that starts a renewal counts
     /// it under the gateway's reason.
-    async fn renew<S, ResB>(self: &Arc<Self>, stale: Option<(u64, ReauthReason)>, client: &S) -> Result<Arc<KeyState>, Error>
+    async fn renew<S, ResB>(
+        self: &Arc<Self>,
+        stale: Option<(u64, ReauthReason)>,
+        client: &S,
+    ) -> Result<Arc<KeyState>, Error>
     where
         S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
         S::Future: Send,
@@ -562,7 +588,10 @@ impl Shared {
         if attempt.fingerprint() != creds.credentials.fingerprint() {
             // The credentials changed between the two loads; nothing was sent.
             attempt.not_sent();
-            return Err(self.error(ErrorCode::AuthUnavailable, "credentials changed during authentication; retry"));
+            return Err(self.error(
+                ErrorCode::AuthUnavailable,
+                "credentials changed during authentication; retry",
+            ));
         }
         let (body, content_type) = match self.config.protocol {
             Protocol::Rest => (
@@ -570,7 +599,11 @@ impl Shared {
                 "application/json",
             ),
             Protocol::Soap => (
-                wire::soap_auth_body(&self.config.soap, &creds.credentials.account_code, &creds.credentials.token),
+                wire::soap_auth_body(
+                    &self.config.soap,
+                    &creds.credentials.account_code,
+                    &creds.credentials.token,
+                ),
                 "text/xml; charset=utf-8",
             ),
         };
@@ -579,9 +612,18 @@ impl Shared {
         *request.uri_mut() = self.auth_uri.clone();
         let headers = request.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        headers.insert(header::ACCEPT, HeaderValue::from_static(if content_type == "application/json" { "application/json" } else { "text/xml" }));
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static(if content_type == "application/json" {
+                "application/json"
+            } else {
+                "text/xml"
+            }),
+        );
         if self.config.protocol == Protocol::Soap {
-            if let Ok(action) = HeaderValue::from_str(&format!("\"{}\"", self.config.soap.auth_action)) {
+            if let Ok(action) =
+                HeaderValue::from_str(&format!("\"{}\"", self.config.soap.auth_action))
+            {
                 headers.insert("SOAPAction", action);
             }
         }
@@ -590,16 +632,25 @@ impl Shared {
             Ok(response) => response,
             Err(Failure::NotSent) => {
                 attempt.not_sent();
-                return Err(self.error(ErrorCode::AuthUnavailable, "could not connect to the gateway to authenticate"));
+                return Err(self.error(
+                    ErrorCode::AuthUnavailable,
+                    "could not connect to the gateway to authenticate",
+                ));
             }
             Err(_) => {
                 attempt.unknown();
-                return Err(self.error(ErrorCode::AuthUnavailable, "authentication got no answer in time"));
+                return Err(self.error(
+                    ErrorCode::AuthUnavailable,
+                    "authentication got no answer in time",
+                ));
             }
         };
         let Ok(collected) = response.into_body().collect().await else {
             attempt.unknown();
-            return Err(self.error(ErrorCode::AuthUnavailable, "authentication answer was cut off"));
+            return Err(self.error(
+                ErrorCode::AuthUnavailable,
+                "authentication answer was cut off",
+            ));
         };
         let bytes = collected.to_bytes();
         let answer = match self.config.protocol {
@@ -619,7 +670,10 @@ impl Shared {
                     Err(_) => {
                         // Authenticated, but the key is not usable: not a rejection, not retried blindly.
                         attempt.success();
-                        Err(self.error(ErrorCode::AuthUnavailable, "the gateway issued a session key payauth cannot use"))
+                        Err(self.error(
+                            ErrorCode::AuthUnavailable,
+                            "the gateway issued a session key payauth cannot use",
+                        ))
                     }
                 }
             }
@@ -629,13 +683,19 @@ impl Shared {
                 if self.guard.is_locked() {
                     Err(self.error(ErrorCode::AuthLocked, "the gateway rejected the credentials; authentication is locked until the token changes or an operator unlocks it"))
                 } else {
-                    Err(self.error(ErrorCode::AuthUnavailable, "the gateway rejected the credentials"))
+                    Err(self.error(
+                        ErrorCode::AuthUnavailable,
+                        "the gateway rejected the credentials",
+                    ))
                 }
             }
             AuthAnswer::Unreadable => {
                 attempt.unknown();
                 tracing::error!(gateway = %name, status = %"unreadable", "the Authenticate answer could not be read");
-                Err(self.error(ErrorCode::AuthUnavailable, "the gateway's Authenticate answer could not be read"))
+                Err(self.error(
+                    ErrorCode::AuthUnavailable,
+                    "the gateway's Authenticate answer could not be read",
+                ))
             }
         }
     }

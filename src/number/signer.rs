@@ -91,7 +91,13 @@ impl fmt::Debug for SignatureBuf {
 }
 
 const SHA256_IV: [u32; 8] = [
-    0x6a09_e667, 0xbb67_ae85, 0x3c6e_f372, 0xa54f_f53a, 0x510e_527f, 0x9b05_688c, 0x1f83_d9ab,
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
     0x5be0_cd19,
 ];
 
@@ -228,8 +234,7 @@ impl Signer {
         buf: &'b mut SignatureBuf,
     ) -> Result<&'b str, SignError> {
         let key = sess_key.as_bytes();
-        if key.is_empty() || key.len() > MAX_SESS_KEY_LEN || !key.iter().all(u8::is_ascii_graphic)
-        {
+        if key.is_empty() || key.len() > MAX_SESS_KEY_LEN || !key.iter().all(u8::is_ascii_graphic) {
             return Err(SignError::BadKey);
         }
         let out = &mut buf.bytes;
@@ -303,7 +308,9 @@ impl SignatureCache {
         let hit = LAST.with(|last| {
             let last = last.borrow();
             match last.as_ref() {
-                Some((id, at, value)) if *id == self.id && *at == epoch => f.take().map(|f| f(value)),
+                Some((id, at, value)) if *id == self.id && *at == epoch => {
+                    f.take().map(|f| f(value))
+                }
                 _ => None,
             }
         });
@@ -326,7 +333,12 @@ impl SignatureCache {
         self.with_value(signer, sess_key, epoch, HeaderValue::clone)
     }
 
-    fn shared(&self, signer: &Signer, sess_key: &str, epoch: u64) -> Result<HeaderValue, SignError> {
+    fn shared(
+        &self,
+        signer: &Signer,
+        sess_key: &str,
+        epoch: u64,
+    ) -> Result<HeaderValue, SignError> {
         if let Some(cached) = self.slot.load().as_ref() {
             if cached.0 == epoch {
                 return Ok(cached.1.clone());
@@ -354,7 +366,10 @@ mod tests {
     fn vendor_test_vector() {
         let signer = Signer::new(&Secret::from(SECRET), 123).expect("signer");
         let mut buf = SignatureBuf::new();
-        assert_eq!(signer.sign(KEY, 1_702_565_789, &mut buf).expect("sign"), EXPECTED);
+        assert_eq!(
+            signer.sign(KEY, 1_702_565_789, &mut buf).expect("sign"),
+            EXPECTED
+        );
     }
 
     #[test]
@@ -399,7 +414,10 @@ mod tests {
         let mut buf = SignatureBuf::new();
         assert_eq!(signer.sign("", 1, &mut buf), Err(SignError::BadKey));
         assert_eq!(signer.sign("a b", 1, &mut buf), Err(SignError::BadKey));
-        assert_eq!(signer.sign(&"A".repeat(200), 1, &mut buf), Err(SignError::BadKey));
+        assert_eq!(
+            signer.sign(&"A".repeat(200), 1, &mut buf),
+            Err(SignError::BadKey)
+        );
         assert!(Signer::new(&Secret::from(""), 1).is_err());
     }
 }

@@ -165,7 +165,8 @@ fn json_bool(v: &serde_json::Value) -> Option<bool> {
 }
 
 fn json_int(v: &serde_json::Value) -> Option<i64> {
-    v.as_i64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
 }
 
 fn renewal_code(code: i64) -> Option<ReauthReason> {
@@ -189,7 +190,11 @@ pub fn rest_renewal(body: &[u8]) -> Option<ReauthReason> {
     }
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let object = value.as_object()?;
-    if let Some(reason) = object.get("ErrCode").and_then(json_int).and_then(renewal_code) {
+    if let Some(reason) = object
+        .get("ErrCode")
+        .and_then(json_int)
+        .and_then(renewal_code)
+    {
         return Some(reason);
     }
     object
@@ -307,8 +312,7 @@ pub fn parse_soap_request(body: &[u8], session_element: &str) -> Result<SoapRequ
             }
             Event::Empty(e) => {
                 if let Some((op, op_depth, _)) = &operation {
-                    if depth == *op_depth && e.local_name().as_ref() == session_element.as_bytes()
-                    {
+                    if depth == *op_depth && e.local_name().as_ref() == session_element.as_bytes() {
                         let qname = String::from_utf8_lossy(e.name().as_ref()).into_owned();
                         return Ok(SoapRequest {
                             operation: op.clone(),
@@ -414,9 +418,18 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let denied = br#"{"AuthenticateResult": {"AuthSuccess": false, "FunctionOk": true, "SessKey": "", "ErrCode": 0}}"#;
-        assert_eq!(parse_rest_auth(denied), AuthAnswer::Rejected { err_code: Some(0) });
-        let broken = br#"{"AuthenticateResult": {"FunctionOk": false, "ErrCode": 105, "ErrMsg": "bad"}}"#;
-        assert_eq!(parse_rest_auth(broken), AuthAnswer::Rejected { err_code: Some(105) });
+        assert_eq!(
+            parse_rest_auth(denied),
+            AuthAnswer::Rejected { err_code: Some(0) }
+        );
+        let broken =
+            br#"{"AuthenticateResult": {"FunctionOk": false, "ErrCode": 105, "ErrMsg": "bad"}}"#;
+        assert_eq!(
+            parse_rest_auth(broken),
+            AuthAnswer::Rejected {
+                err_code: Some(105)
+            }
+        );
         assert_eq!(parse_rest_auth(b"<html>502</html>"), AuthAnswer::Unreadable);
     }
 
@@ -427,19 +440,32 @@ mod tests {
             <SessKey>ABC123</SessKey><ThisUser><ID>77</ID></ThisUser></AuthenticateResult></AuthenticateResponse></s:Body></s:Envelope>";
         assert_eq!(
             parse_soap_auth(ok),
-            AuthAnswer::Success { key: Secret::from("ABC123"), user_id: Some(77) }
+            AuthAnswer::Success {
+                key: Secret::from("ABC123"),
+                user_id: Some(77)
+            }
         );
-        let denied = b"<Envelope><Body><a:AuthenticateResult xmlns:a='n'><a:FunctionOk>true</a:FunctionOk>\
+        let denied =
+            b"<Envelope><Body><a:AuthenticateResult xmlns:a='n'><a:FunctionOk>true</a:FunctionOk>\
             <a:AuthSuccess>false</a:AuthSuccess></a:AuthenticateResult></Body></Envelope>";
-        assert_eq!(parse_soap_auth(denied), AuthAnswer::Rejected { err_code: None });
+        assert_eq!(
+            parse_soap_auth(denied),
+            AuthAnswer::Rejected { err_code: None }
+        );
     }
 
     #[test]
     fn renewal_codes_are_found_in_wrappers_and_at_top_level() {
         let wrapped = br#"{"CreditCardSale_ManualResult": {"FunctionOk": false, "ErrCode": 5030, "ErrMsg": "Expired"}}"#;
         assert_eq!(rest_renewal(wrapped), Some(ReauthReason::Expired5030));
-        assert_eq!(rest_renewal(br#"{"ErrCode": "5050"}"#), Some(ReauthReason::IpChanged5050));
-        assert_eq!(rest_renewal(br#"{"XResult": {"ErrCode": 0, "Amount": 5030}}"#), None);
+        assert_eq!(
+            rest_renewal(br#"{"ErrCode": "5050"}"#),
+            Some(ReauthReason::IpChanged5050)
+        );
+        assert_eq!(
+            rest_renewal(br#"{"XResult": {"ErrCode": 0, "Amount": 5030}}"#),
+            None
+        );
         assert_eq!(rest_renewal(br#"{"XResult": {"ErrCode": 0}}"#), None);
         let soap = b"<s:Envelope xmlns:s='x'><s:Body><XResponse><XResult><a:ErrCode xmlns:a='y'>5050</a:ErrCode></XResult></XResponse></s:Body></s:Envelope>";
         assert_eq!(soap_renewal(soap), Some(ReauthReason::IpChanged5050));
@@ -452,12 +478,18 @@ mod tests {
         let req = parse_soap_request(body.as_bytes(), "sessKey").expect("parse");
         assert_eq!(req.operation, "CreditCardSale");
         let filled = req.fill(body.as_bytes(), "NEWKEY");
-        assert_eq!(std::str::from_utf8(&filled).expect("utf8"), body.replace("stale", "NEWKEY"));
+        assert_eq!(
+            std::str::from_utf8(&filled).expect("utf8"),
+            body.replace("stale", "NEWKEY")
+        );
 
         let empty = "<s:Envelope xmlns:s='e'><s:Body><Op xmlns='t'><sessKey/><a>1</a></Op></s:Body></s:Envelope>";
         let req = parse_soap_request(empty.as_bytes(), "sessKey").expect("parse");
         let filled = req.fill(empty.as_bytes(), "K");
-        assert_eq!(std::str::from_utf8(&filled).expect("utf8"), empty.replace("<sessKey/>", "<sessKey>K</sessKey>"));
+        assert_eq!(
+            std::str::from_utf8(&filled).expect("utf8"),
+            empty.replace("<sessKey/>", "<sessKey>K</sessKey>")
+        );
 
         let missing = "<s:Envelope xmlns:s='e'><s:Body><t:Op xmlns:t='t'><t:a>1</t:a></t:Op></s:Body></s:Envelope>";
         let req = parse_soap_request(missing.as_bytes(), "sessKey").expect("parse");
@@ -471,7 +503,10 @@ mod tests {
     #[test]
     fn malformed_soap_is_refused() {
         assert!(parse_soap_request(b"<s:Envelope><s:Body><Op><sessKey>x</Op>", "sessKey").is_err());
-        assert_eq!(parse_soap_request(b"{\"json\": 1}", "sessKey"), Err(SoapError::NoOperation));
+        assert_eq!(
+            parse_soap_request(b"{\"json\": 1}", "sessKey"),
+            Err(SoapError::NoOperation)
+        );
         assert!(parse_soap_request(b"", "sessKey").is_err());
     }
 

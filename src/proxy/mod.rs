@@ -64,13 +64,22 @@ static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
 
 impl std::fmt::Debug for Front {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Front").field("name", &self.name).field("upstream", &self.upstream).finish()
+        f.debug_struct("Front")
+            .field("name", &self.name)
+            .field("upstream", &self.upstream)
+            .finish()
     }
 }
 
 impl Front {
     /// A front for `service`, allowing `max_concurrency` calls at once.
-    pub fn new(name: &str, upstream: Uri, service: GatewayService, max_concurrency: usize, metrics: GatewayMetrics) -> Self {
+    pub fn new(
+        name: &str,
+        upstream: Uri,
+        service: GatewayService,
+        max_concurrency: usize,
+        metrics: GatewayMetrics,
+    ) -> Self {
         Self {
             name: name.into(),
             upstream,
@@ -89,13 +98,20 @@ impl Front {
             .headers()
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
-            .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+            .filter(|v| {
+                v.len() <= 64
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
             .map(str::to_owned)
             .unwrap_or_else(|| format!("pa-{:x}", REQUEST_IDS.fetch_add(1, Ordering::Relaxed)));
 
         let Ok(_permit) = Arc::clone(&self.limit).try_acquire_owned() else {
-            let error = Error::new(ErrorCode::Overloaded, self.name.to_string(),
-                "too many calls in flight to this gateway; nothing was forwarded, retry shortly");
+            let error = Error::new(
+                ErrorCode::Overloaded,
+                self.name.to_string(),
+                "too many calls in flight to this gateway; nothing was forwarded, retry shortly",
+            );
             self.metrics.request(Outcome::Error(ErrorCode::Overloaded));
             return self.finish(Err(error), &method, &path, &request_id, started);
         };
@@ -106,7 +122,11 @@ impl Front {
         match self.upstream_uri(request.uri()) {
             Ok(uri) => *request.uri_mut() = uri,
             Err(()) => {
-                let error = Error::new(ErrorCode::BadRequest, self.name.to_string(), "the request target is not a path");
+                let error = Error::new(
+                    ErrorCode::BadRequest,
+                    self.name.to_string(),
+                    "the request target is not a path",
+                );
                 self.metrics.request(Outcome::Error(ErrorCode::BadRequest));
                 return self.finish(Err(error), &method, &path, &request_id, started);
             }
@@ -133,10 +153,18 @@ impl Front {
             Err(error) => {
                 let (parts, body) = error.to_response().into_parts();
                 let bytes = body_bytes(body);
-                (Response::from_parts(parts, ResponseBody::full(bytes)), error.code().as_str())
+                (
+                    Response::from_parts(parts, ResponseBody::full(bytes)),
+                    error.code().as_str(),
+                )
             }
         };
-        let replayed = response.extensions().get::<Replayed>().copied().unwrap_or_default().0;
+        let replayed = response
+            .extensions()
+            .get::<Replayed>()
+            .copied()
+            .unwrap_or_default()
+            .0;
         if let Ok(id) = HeaderValue::from_str(request_id) {
             response.headers_mut().insert("x-request-id", id);
         }
@@ -179,7 +207,12 @@ fn body_bytes(body: http_body_util::Full<Bytes>) -> Bytes {
 
 /// Serves `front` on `listener` until `shutdown` turns true, then lets in-flight calls finish
 /// for at most `grace`.
-pub async fn serve(listener: TcpListener, front: Front, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    front: Front,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {

@@ -42,7 +42,14 @@ struct Watched {
 /// turns true. Gateways without certificate files are not watched; the first look at the files
 /// is taken now, when this is called, so call it right after the clients were built.
 pub fn watch_tls<'a>(
-    gateways: impl IntoIterator<Item = (&'a str, &'a TlsFiles, &'a UpstreamClient, &'a Arc<AuthGuard>)>,
+    gateways: impl IntoIterator<
+        Item = (
+            &'a str,
+            &'a TlsFiles,
+            &'a UpstreamClient,
+            &'a Arc<AuthGuard>,
+        ),
+    >,
     interval: Duration,
     stop: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send + 'static {
@@ -203,7 +210,11 @@ mod tests {
         // Returns at once: nothing to watch.
         tokio::time::timeout(
             Duration::from_secs(5),
-            watch_tls([("g", &files, &client, &guard)], Duration::from_millis(10), stop),
+            watch_tls(
+                [("g", &files, &client, &guard)],
+                Duration::from_millis(10),
+                stop,
+            ),
         )
         .await
         .unwrap();

@@ -260,7 +260,11 @@ impl NumberSim {
     /// Its base URL, e.g. `http://127.0.0.1:40123`, or `https://127.0.0.1:40123` with TLS (the
     /// certificate must then name that IP address).
     pub fn url(&self) -> String {
-        let scheme = if self.shared.config.tls.is_some() { "https" } else { "http" };
+        let scheme = if self.shared.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         format!("{scheme}://{}", self.addr)
     }
 

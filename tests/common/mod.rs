@@ -1,5 +1,11 @@
 //! Test harness: the Number simulator and payauth's sidecar on 127.0.0.1:0, spoken to over HTTP.
-#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
