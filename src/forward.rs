@@ -19,6 +19,11 @@ use crate::error::{BoxError, Error, ErrorCode};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Replayed(pub bool);
 
+/// Response extension set by the layers: the time the gateway took to answer, over all attempts
+/// (for the access log).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpstreamLatency(pub std::time::Duration);
+
 /// How a failed call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {

@@ -324,6 +324,12 @@ impl GatewayMetrics {
         self.0.token_expiry.set(unix_seconds);
     }
 
+    /// The token's expiry (Unix seconds), if known.
+    pub fn token_expiry(&self) -> Option<i64> {
+        let at = self.0.token_expiry.get();
+        (at > 0.0).then_some(at as i64)
+    }
+
     /// Updates gauges that depend on the current time; called before each scrape.
     pub fn refresh(&self) {
         let obtained = self.0.credential_obtained_ms.load(Ordering::Relaxed);

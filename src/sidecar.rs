@@ -338,6 +338,9 @@ fn number_config(gateway: &GatewayConfig, settings: &NumberSettings) -> NumberCo
     }
 }
 
+/// How often the token expiry is looked at again (it is also checked at start and on renewal).
+const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(6 * 3600);
+
 /// Logs a warning when a token expires within 14 days.
 pub(crate) fn warn_if_expiring(gateway: &str, expires_at: i64) {
     let now = std::time::SystemTime::now()
@@ -385,10 +388,19 @@ async fn watch_secrets(shared: Shared, interval: Duration, mut stop: watch::Rece
         .collect();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_expiry_check = tokio::time::Instant::now() + EXPIRY_CHECK_EVERY;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = proxy::stopped(&mut stop) => return,
+        }
+        if tokio::time::Instant::now() >= next_expiry_check {
+            next_expiry_check += EXPIRY_CHECK_EVERY;
+            for gateway in shared.gateways.iter() {
+                if let Some(at) = gateway.metrics.token_expiry() {
+                    warn_if_expiring(&gateway.config.name, at);
+                }
+            }
         }
         for (gateway, last) in shared.gateways.iter().zip(last.iter_mut()) {
             let name = &gateway.config.name;

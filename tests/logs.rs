@@ -100,6 +100,44 @@ fn trace_logs_of_a_whole_run_hold_no_secret() {
     });
     let logs = String::from_utf8(captured.0.lock().expect("buffer").clone()).expect("utf8");
     assert!(logs.contains("authenticating"), "the run was logged at all");
+    // One access line per request, with the fields operators need.
+    let access: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("payauth::access"))
+        .collect();
+    assert!(access.len() >= 6, "{} access lines", access.len());
+    for field in [
+        "gateway=number",
+        "method=POST",
+        "status=",
+        "outcome=",
+        "upstream_ms=",
+        "duration_ms=",
+        "request_id=",
+    ] {
+        assert!(
+            access.iter().any(|l| l.contains(field)),
+            "no access line has {field}"
+        );
+    }
+    assert!(
+        access.iter().any(|l| l.contains("replayed=true")),
+        "the renewed calls are marked replayed"
+    );
+    assert!(
+        access
+            .iter()
+            .any(|l| l.contains("outcome=\"outcome_unknown\"")),
+        "the dropped call is logged"
+    );
+    for event in [
+        "authenticated",
+        "renewing",
+        "gateway locked",
+        "unlocked by an operator",
+    ] {
+        assert!(logs.contains(event), "lifecycle event {event:?} missing");
+    }
     assert!(
         logs.lines().count() > 50,
         "trace output captured: {} lines",

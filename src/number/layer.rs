@@ -24,7 +24,7 @@ use crate::body::{
     collect_limited, content_length, read_bounded, CollectError, Inspected, ResponseBody,
 };
 use crate::error::{BoxError, Error, ErrorCode};
-use crate::forward::{self, Failure, Replayed};
+use crate::forward::{self, Failure, Replayed, UpstreamLatency};
 use crate::guard::{AuthGuard, GuardStore, MemoryGuardStore};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 
@@ -378,6 +378,13 @@ impl Shared {
 
         let mut key = self.current_key(&client).await?;
         let mut replayed = false;
+        let mut upstream = Duration::ZERO;
+        let answer = |head, body, replayed, upstream| {
+            let mut response = Response::from_parts(head, body);
+            response.extensions_mut().insert(Replayed(replayed));
+            response.extensions_mut().insert(UpstreamLatency(upstream));
+            Ok((response, Outcome::Forwarded))
+        };
         loop {
             let value = key.value(unix_now()).map_err(|_| {
                 self.error(
@@ -390,6 +397,7 @@ impl Shared {
             let response = forward::send(client.clone(), outgoing, self.config.request_timeout)
                 .await
                 .map_err(|failure| self.failed(failure, &parts))?;
+            upstream += started.elapsed();
             self.metrics
                 .upstream_duration(started.elapsed().as_secs_f64());
             let (head, body) = response.into_parts();
@@ -401,11 +409,7 @@ impl Shared {
             .await
             .map_err(|_| self.failed(Failure::Unknown, &parts))?;
             let bytes = match inspected {
-                Inspected::Streaming(body) => {
-                    let mut response = Response::from_parts(head, body);
-                    response.extensions_mut().insert(Replayed(replayed));
-                    return Ok((response, Outcome::Forwarded));
-                }
+                Inspected::Streaming(body) => return answer(head, body, replayed, upstream),
                 Inspected::Buffered(bytes) => bytes,
             };
             let renewal = match self.config.protocol {
@@ -424,15 +428,9 @@ impl Shared {
                 Some(reason) => {
                     tracing::warn!(gateway = %self.config.name, reason = reason.as_str(),
                         "gateway refused a freshly renewed key; passing its answer to the app");
-                    let mut response = Response::from_parts(head, ResponseBody::full(bytes));
-                    response.extensions_mut().insert(Replayed(true));
-                    return Ok((response, Outcome::Forwarded));
+                    return answer(head, ResponseBody::full(bytes), replayed, upstream);
                 }
-                None => {
-                    let mut response = Response::from_parts(head, ResponseBody::full(bytes));
-                    response.extensions_mut().insert(Replayed(replayed));
-                    return Ok((response, Outcome::Forwarded));
-                }
+                None => return answer(head, ResponseBody::full(bytes), replayed, upstream),
             }
         }
     }

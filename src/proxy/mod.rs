@@ -165,6 +165,10 @@ impl Front {
             .copied()
             .unwrap_or_default()
             .0;
+        let upstream_ms = response
+            .extensions()
+            .get::<crate::forward::UpstreamLatency>()
+            .map(|u| u.0.as_secs_f64() * 1000.0);
         if let Ok(id) = HeaderValue::from_str(request_id) {
             response.headers_mut().insert("x-request-id", id);
         }
@@ -176,6 +180,7 @@ impl Front {
             status = response.status().as_u16(),
             outcome,
             replayed,
+            upstream_ms,
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
             request_id,
         );
