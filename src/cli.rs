@@ -35,6 +35,7 @@ pub enum LogFormat {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Run the sidecar.
     Run {
@@ -106,8 +107,8 @@ pub struct SimulateArgs {
     /// `<tls-dir>/client-key.pem`, for `client_cert_file` and `client_key_file`.
     #[arg(long)]
     pub mtls: bool,
-    /// Where --tls/--mtls write their files [default: a new payauth-simulate-<pid> directory in
-    /// the system's temp dir].
+    /// Where --tls/--mtls write their files (default: a new `payauth-simulate-<pid>` directory in
+    /// the system's temp dir).
     #[arg(long, value_name = "DIR")]
     pub tls_dir: Option<PathBuf>,
 }

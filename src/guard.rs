@@ -597,6 +597,12 @@ impl Attempt {
         self.finish(AttemptOutcome::NotSent);
     }
 
+    /// The gateway answered with an error that is no verdict on the credentials (busy, session
+    /// generation failed, not enabled): it counts toward nothing, and the guard backs off.
+    pub fn declined(mut self) {
+        self.finish(AttemptOutcome::NotSent);
+    }
+
     /// The request may have reached the gateway, but no usable answer came back.
     pub fn unknown(mut self) {
         self.finish(AttemptOutcome::Unknown);

@@ -289,7 +289,8 @@ async fn forms_with_fields_in_any_order_keep_every_other_byte() {
     let sim = start(CreditGuardSimConfig::default()).await;
     let gw = gateway(&sim);
     let xml = deal();
-    // int_in first, raw, followed by credentials and a stale session id; an extra field first.
+    // A raw int_in followed by credentials and a stale session id; an extra field first. A raw
+    // int_in that is not last gets the session right after it (where a relay field ended it).
     let form = format!("mid=938&int_in={xml}\r\n&sessionId=OLD-SESSION&user=&password=");
     let answer = post(&gw, &sim, form).await;
     assert_eq!(answer.result().as_deref(), Some("000"), "{}", answer.text());
@@ -298,7 +299,16 @@ async fn forms_with_fields_in_any_order_keep_every_other_byte() {
     assert_ne!(session, "OLD-SESSION");
     assert_eq!(
         call.body,
-        Bytes::from(format!("mid=938&sessionId={session}&int_in={xml}\r\n"))
+        Bytes::from(format!("mid=938&int_in={xml}\r\n&sessionId={session}"))
+    );
+    // The usual order: the session goes before int_in.
+    let form = format!("password=&mid=938&user=u&int_in={xml}");
+    assert_eq!(post(&gw, &sim, form).await.result().as_deref(), Some("000"));
+    let call = calls(&sim).pop().unwrap();
+    let session = call.session_id.clone().unwrap();
+    assert_eq!(
+        call.body,
+        Bytes::from(format!("mid=938&sessionId={session}&int_in={xml}"))
     );
 }
 

@@ -67,14 +67,26 @@ max_request_bytes = 4096
             state = dir.path().join("state").display(),
             password = dir.path().join("password").display(),
         );
-        let mut cg = Self { dir, sidecar: None, base: String::new(), admin: ([127, 0, 0, 1], 0).into(), client: common::client(), config };
+        let mut cg = Self {
+            dir,
+            sidecar: None,
+            base: String::new(),
+            admin: ([127, 0, 0, 1], 0).into(),
+            client: common::client(),
+            config,
+        };
         cg.boot().await;
         cg
     }
 
     async fn boot(&mut self) {
-        let sidecar = Sidecar::start(Config::parse(&self.config).expect("config")).await.expect("start");
-        self.base = format!("http://{}", sidecar.gateway_addr("creditguard").expect("listener"));
+        let sidecar = Sidecar::start(Config::parse(&self.config).expect("config"))
+            .await
+            .expect("start");
+        self.base = format!(
+            "http://{}",
+            sidecar.gateway_addr("creditguard").expect("listener")
+        );
         self.admin = sidecar.admin_addr();
         self.sidecar = Some(sidecar);
     }
@@ -95,37 +107,71 @@ max_request_bytes = 4096
     }
 
     async fn ready(&self) -> StatusCode {
-        let request = Request::get(format!("http://{}/ready", self.admin)).body(Full::new(Bytes::new())).expect("request");
+        let request = Request::get(format!("http://{}/ready", self.admin))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
         send(&self.client, request).await.status
     }
 }
 
 async fn sim() -> CreditGuardSim {
-    CreditGuardSim::start(([127, 0, 0, 1], 0).into(), CreditGuardSimConfig::default()).await.expect("sim")
+    CreditGuardSim::start(([127, 0, 0, 1], 0).into(), CreditGuardSimConfig::default())
+        .await
+        .expect("sim")
 }
 
 #[tokio::test]
 async fn raw_forms_are_relayed_with_a_session_and_bad_input_is_refused() {
     let sim = sim().await;
     let cg = Cg::start(&sim.url(), PASSWORD).await;
-    let reply = cg.post(format!("user=app&password=dummy&int_in={}", int_in(TERMINAL))).await;
+    let reply = cg
+        .post(format!(
+            "user=app&password=dummy&int_in={}",
+            int_in(TERMINAL)
+        ))
+        .await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert!(reply.text().contains("<result>000</result>"), "{}", reply.text());
-    let deals: Vec<_> = sim.received().into_iter().filter(|c| c.kind == ReceivedKind::Call).collect();
+    assert!(
+        reply.text().contains("<result>000</result>"),
+        "{}",
+        reply.text()
+    );
+    let deals: Vec<_> = sim
+        .received()
+        .into_iter()
+        .filter(|c| c.kind == ReceivedKind::Call)
+        .collect();
     assert_eq!(deals.len(), 1);
-    assert_eq!(deals[0].int_in.as_deref(), Some(int_in(TERMINAL).as_bytes()), "int_in byte for byte");
+    assert_eq!(
+        deals[0].int_in.as_deref(),
+        Some(int_in(TERMINAL).as_bytes()),
+        "int_in byte for byte"
+    );
     assert!(deals[0].session_id.is_some());
-    assert!(!deals[0].field_names.iter().any(|f| f == "user" || f == "password"));
+    assert!(!deals[0]
+        .field_names
+        .iter()
+        .any(|f| f == "user" || f == "password"));
 
     let before = sim.stats().calls;
-    let foreign = cg.post(format!("user=app&password=x&int_in={}", int_in("9999999999"))).await;
+    let foreign = cg
+        .post(format!(
+            "user=app&password=x&int_in={}",
+            int_in("9999999999")
+        ))
+        .await;
     assert_eq!(foreign.status, StatusCode::FORBIDDEN);
-    assert_eq!(foreign.error_code().as_deref(), Some("terminal_not_allowed"));
+    assert_eq!(
+        foreign.error_code().as_deref(),
+        Some("terminal_not_allowed")
+    );
     let broken = cg.post("user=app&int_in=<ashrait><request>".into()).await;
     assert_eq!(broken.error_code().as_deref(), Some("bad_request"));
     let missing = cg.post("user=app&password=x".into()).await;
     assert_eq!(missing.error_code().as_deref(), Some("bad_request"));
-    let big = cg.post(format!("int_in={}{}", int_in(TERMINAL), " ".repeat(5000))).await;
+    let big = cg
+        .post(format!("int_in={}{}", int_in(TERMINAL), " ".repeat(5000)))
+        .await;
     assert_eq!(big.error_code().as_deref(), Some("body_too_large"));
     assert_eq!(sim.stats().calls, before, "nothing refused was forwarded");
     for reply in [&foreign, &broken, &missing, &big] {
@@ -140,23 +186,51 @@ async fn a_wrong_password_locks_once_across_restarts_until_the_file_changes() {
     let mut cg = Cg::start(&sim.url(), "wrong-password").await;
     let deal = || format!("int_in={}", int_in(TERMINAL));
     let reply = cg.post(deal()).await;
-    assert_eq!(reply.error_code().as_deref(), Some("auth_locked"), "{}", reply.text());
+    assert_eq!(
+        reply.error_code().as_deref(),
+        Some("auth_locked"),
+        "{}",
+        reply.text()
+    );
     for _ in 0..5 {
-        assert_eq!(cg.post(deal()).await.error_code().as_deref(), Some("auth_locked"));
+        assert_eq!(
+            cg.post(deal()).await.error_code().as_deref(),
+            Some("auth_locked")
+        );
     }
-    assert_eq!(sim.stats().get_session_rejected, 1, "one rejected getSessionId, never retried");
+    assert_eq!(
+        sim.stats().get_session_rejected,
+        1,
+        "one rejected getSessionId, never retried"
+    );
     assert_eq!(cg.ready().await, StatusCode::SERVICE_UNAVAILABLE);
 
     cg.restart().await;
-    assert_eq!(cg.post(deal()).await.error_code().as_deref(), Some("auth_locked"));
-    assert_eq!(sim.stats().get_session_rejected, 1, "a restart does not spend the budget again");
+    assert_eq!(
+        cg.post(deal()).await.error_code().as_deref(),
+        Some("auth_locked")
+    );
+    assert_eq!(
+        sim.stats().get_session_rejected,
+        1,
+        "a restart does not spend the budget again"
+    );
 
     std::fs::write(cg.dir.path().join("password.tmp"), PASSWORD).expect("write");
-    std::fs::rename(cg.dir.path().join("password.tmp"), cg.dir.path().join("password")).expect("rename");
+    std::fs::rename(
+        cg.dir.path().join("password.tmp"),
+        cg.dir.path().join("password"),
+    )
+    .expect("rename");
     let mut ok = false;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if cg.post(deal()).await.text().contains("<result>000</result>") {
+        if cg
+            .post(deal())
+            .await
+            .text()
+            .contains("<result>000</result>")
+        {
             ok = true;
             break;
         }

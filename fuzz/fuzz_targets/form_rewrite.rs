@@ -30,17 +30,28 @@ fuzz_target!(|data: &[u8]| {
     let out = form.rewrite(SESSION);
     let again = RelayForm::parse(out.clone()).expect("a rewritten form parses");
     assert_eq!(again.int_in(), form.int_in(), "int_in byte for byte");
-    assert_eq!(kept(&again), kept(&form), "every non-credential segment, in order");
+    assert_eq!(
+        kept(&again),
+        kept(&form),
+        "every non-credential segment, in order"
+    );
     let credentials: Vec<&[u8]> = again
         .fields()
         .filter(|f| f.kind == FieldKind::Credential)
         .map(|f| f.bytes)
         .collect();
-    assert_eq!(credentials, [SESSION], "payauth's session is the only credential");
+    assert_eq!(
+        credentials,
+        [SESSION],
+        "payauth's session is the only credential"
+    );
     assert_eq!(again.rewrite(SESSION), out, "rewriting is idempotent");
     // The output is the input with whole segments removed and the session inserted: no byte
     // is invented or changed.
-    assert_eq!(out.len(), data.len() + SESSION.len() + 1 - removed_len(&form));
+    assert_eq!(
+        out.len(),
+        data.len() + SESSION.len() + 1 - removed_len(&form)
+    );
 
     if let Ok((_, prepared)) = prepare_relay_form(body, SESSION) {
         assert_eq!(prepared, out);

@@ -192,6 +192,7 @@ pub fn read(xml: &[u8]) -> Result<IntIn, IntInError> {
         let event = reader.read_event().map_err(|_| IntInError::Malformed)?;
         match event {
             Event::Start(e) => {
+                well_formed_attributes(&e)?;
                 if stack.is_empty() {
                     if root_seen {
                         return Err(IntInError::Malformed);
@@ -210,6 +211,7 @@ pub fn read(xml: &[u8]) -> Result<IntIn, IntInError> {
                 text = wanted(&stack).map(|w| (w, String::new()));
             }
             Event::Empty(e) => {
+                well_formed_attributes(&e)?;
                 if stack.is_empty() {
                     if root_seen {
                         return Err(IntInError::Malformed);
@@ -265,6 +267,15 @@ pub fn read(xml: &[u8]) -> Result<IntIn, IntInError> {
         validation: found.validation.filter(|v| !v.is_empty()),
         transaction_type: found.transaction_type.filter(|v| !v.is_empty()),
     })
+}
+
+/// Attributes are not read, but they must be well-formed (`name="value"`, no duplicates):
+/// the gateway's parser would refuse anything else.
+fn well_formed_attributes(e: &quick_xml::events::BytesStart<'_>) -> Result<(), IntInError> {
+    for attribute in e.attributes() {
+        attribute.map_err(|_| IntInError::Malformed)?;
+    }
+    Ok(())
 }
 
 fn push_bounded(value: &mut String, more: &str) {
@@ -328,6 +339,14 @@ mod tests {
             IntInError::Malformed
         );
         assert_eq!(refused("<a/><b/>"), IntInError::Malformed);
+        assert_eq!(
+            refused("<a><request><command &>doDeal</command></request></a>"),
+            IntInError::Malformed
+        );
+        assert_eq!(
+            refused("<a x='1' x='2'><request><command>doDeal</command></request></a>"),
+            IntInError::Malformed
+        );
         assert_eq!(
             refused("<a><request><command>doDeal</command></request></a>&foo=bar"),
             IntInError::Malformed

@@ -30,7 +30,7 @@ use crate::body::{
     collect_limited, content_length, read_bounded, CollectError, Inspected, ResponseBody,
 };
 use crate::error::{BoxError, Error, ErrorCode};
-use crate::forward::{self, Failure};
+use crate::forward::{self, Failure, Replayed, UpstreamLatency};
 use crate::guard::{AuthGuard, GuardStore, MemoryGuardStore, Refusal};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 
@@ -408,12 +408,20 @@ impl Shared {
 
         let mut lease = self.acquire(&key, &client).await?;
         let mut replayed = false;
+        let mut upstream = Duration::ZERO;
+        let answer = |head, body, replayed, upstream| {
+            let mut response = Response::from_parts(head, body);
+            response.extensions_mut().insert(Replayed(replayed));
+            response.extensions_mut().insert(UpstreamLatency(upstream));
+            Ok((response, Outcome::Forwarded))
+        };
         loop {
             let outgoing = outgoing(&parts, &form, &lease);
             let sent_at = Instant::now();
             let response = forward::send(client.clone(), outgoing, self.config.request_timeout)
                 .await
                 .map_err(|failure| self.failed(failure, replayed))?;
+            upstream += sent_at.elapsed();
             self.metrics
                 .upstream_duration(sent_at.elapsed().as_secs_f64());
             let (head, body) = response.into_parts();
@@ -425,25 +433,17 @@ impl Shared {
             .await
             .map_err(|_| self.failed(Failure::Unknown, replayed))?;
             let bytes = match inspected {
-                Inspected::Streaming(body) => {
-                    return Ok((Response::from_parts(head, body), Outcome::Forwarded))
-                }
+                Inspected::Streaming(body) => return answer(head, body, replayed, upstream),
                 Inspected::Buffered(bytes) => bytes,
             };
             if !wire::is_session_timeout(&bytes) {
-                return Ok((
-                    Response::from_parts(head, ResponseBody::full(bytes)),
-                    Outcome::Forwarded,
-                ));
+                return answer(head, ResponseBody::full(bytes), replayed, upstream);
             }
             if replayed {
                 // A second refusal goes to the app as the gateway sent it: never loop.
                 tracing::warn!(gateway = %self.config.name, terminal = %key.terminal, scope = %key.scope,
                     "gateway refused a second session (456); passing its answer to the app");
-                return Ok((
-                    Response::from_parts(head, ResponseBody::full(bytes)),
-                    Outcome::Forwarded,
-                ));
+                return answer(head, ResponseBody::full(bytes), replayed, upstream);
             }
             let retired = self.pool().retire_before(sent_at);
             tracing::info!(gateway = %self.config.name, terminal = %key.terminal, scope = %key.scope,
@@ -662,8 +662,8 @@ impl Shared {
                 }))
             }
             SessionAnswer::Refused(code) if code == ResultCode::SESSIONS_NOT_SUPPORTED => {
-                // An answer, not a rejection: settled as not counting toward the lockout.
-                attempt.not_sent();
+                // An answer, not a rejection: it does not count toward the lockout.
+                attempt.declined();
                 self.pool().disable_terminal(&key.terminal, Instant::now());
                 tracing::error!(gateway = name, terminal = %key.terminal, result = %code,
                     "the terminal is not enabled for session ids (455); ask CreditGuard to enable it");
@@ -671,7 +671,7 @@ impl Shared {
             }
             SessionAnswer::Refused(code) => {
                 // 457 (transient) and general errors: the guard backs off (bounded, jittered).
-                attempt.not_sent();
+                attempt.declined();
                 let what = if code == ResultCode::SESSION_GENERATION_FAILED {
                     "session id generation failed at the gateway (457); backing off"
                 } else if code.is_general_error() {
