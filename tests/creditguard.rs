@@ -954,10 +954,42 @@ async fn a_warm_pool_costs_one_round_trip() {
     }
     times.sort();
     let median = times[times.len() / 2];
+
+    // The floor: the same deal sent straight to the simulator with a session fetched beforehand
+    // (one round trip, no proxy), and what an app without payauth pays: getSessionId + deal.
+    let direct = client();
+    let send_direct = |body: String| {
+        let request = Request::post(sim.relay_url())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let direct = direct.clone();
+        async move { direct.request(request).await.unwrap().into_body().collect().await.unwrap().to_bytes() }
+    };
+    let get_session = "user=merchant-user&password=s3cret-Passw0rd&int_in=<ashrait><request><version>2000</version>\
+        <command>getSessionId</command><getSessionId><terminalNumber>0882819014</terminalNumber></getSessionId>\
+        </request></ashrait>";
+    let (mut floor, mut naive) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let started = Instant::now();
+        let answer = String::from_utf8_lossy(&send_direct(get_session.to_owned()).await).into_owned();
+        let id = answer.split("<sessionId>").nth(1).and_then(|r| r.split("</sessionId>").next()).unwrap().to_owned();
+        let deal_started = Instant::now();
+        let answer = send_direct(format!("sessionId={id}&int_in={}", deal())).await;
+        floor.push(deal_started.elapsed());
+        naive.push(started.elapsed());
+        assert!(String::from_utf8_lossy(&answer).contains("<result>000</result>"));
+    }
+    floor.sort();
+    naive.sort();
+    let (floor, naive) = (floor[10], naive[10]);
     eprintln!(
-        "warm pool: median {median:?}, min {:?}, max {:?}, pool {:?}",
+        "warm pool: median {median:?} (min {:?}, max {:?}); direct deal {floor:?}: ratio {:.2}; \
+         getSessionId + deal without payauth {naive:?}: ratio {:.2}; pool {:?}",
         times[0],
         times[19],
+        median.as_secs_f64() / floor.as_secs_f64(),
+        median.as_secs_f64() / naive.as_secs_f64(),
         gw.handle.pool_stats()
     );
     assert!(
