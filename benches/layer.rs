@@ -16,7 +16,8 @@ use tower::{service_fn, Layer, ServiceExt};
 
 const AUTH: &[u8] = br#"{"AuthenticateResult": {"AuthSuccess": true, "ErrCode": 0, "ErrMsg": "", "FunctionOk": true, "SessKey": "9B9175EF556E4DDA93303132323141303035383339", "ThisUser": {"ID": 123}}}"#;
 const ANSWER: &[u8] = br#"{"CreditCardSale_ManualResult": {"FunctionOk": true, "ErrCode": 0, "ErrMsg": "", "RespMsg": "Approved", "TxID": 1000001}}"#;
-const CALL: &[u8] = br#"{"Amount": "1.00", "CardNum": "4111111111111111", "ExpMonth": "12", "ExpYear": "30"}"#;
+const CALL: &[u8] =
+    br#"{"Amount": "1.00", "CardNum": "4111111111111111", "ExpMonth": "12", "ExpYear": "30"}"#;
 
 fn request() -> Request<Full<Bytes>> {
     Request::post("http://gateway.test/APIcardProcREST/v1.0.0/CreditCardSale_Manual")
@@ -26,9 +27,16 @@ fn request() -> Request<Full<Bytes>> {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let gateway = service_fn(|request: Request<Full<Bytes>>| async move {
-        let body = if request.uri().path().ends_with("/Authenticate") { AUTH } else { ANSWER };
+        let body = if request.uri().path().ends_with("/Authenticate") {
+            AUTH
+        } else {
+            ANSWER
+        };
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(body))))
     });
     let mut group = c.benchmark_group("layer");
@@ -36,28 +44,49 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             rt.block_on(async {
                 let response = gateway.oneshot(request()).await.expect("answer");
-                black_box(response.into_body().collect().await.expect("body").to_bytes())
+                black_box(
+                    response
+                        .into_body()
+                        .collect()
+                        .await
+                        .expect("body")
+                        .to_bytes(),
+                )
             })
         })
     });
     for (name, credentials) in [
-        ("number_rest", NumberCredentials::new("EP9116875", "2148B239CF6846BDA5D141BF4A4CFBE8")),
+        (
+            "number_rest",
+            NumberCredentials::new("EP9116875", "2148B239CF6846BDA5D141BF4A4CFBE8"),
+        ),
         (
             "number_rest_signed",
             NumberCredentials::new("EP9116875", "2148B239CF6846BDA5D141BF4A4CFBE8")
                 .with_signing("7D55DBB3D691C9E0FDF341E4AB38C3C9", 123),
         ),
     ] {
-        let layer = NumberAuthLayer::new(NumberConfig::rest("number", "http://gateway.test".parse().expect("uri")), credentials)
-            .expect("layer");
+        let layer = NumberAuthLayer::new(
+            NumberConfig::rest("number", "http://gateway.test".parse().expect("uri")),
+            credentials,
+        )
+        .expect("layer");
         let number = layer.layer(gateway);
         // The first call authenticates; the bench measures the steady state.
-        rt.block_on(number.clone().oneshot(request())).expect("warm");
+        rt.block_on(number.clone().oneshot(request()))
+            .expect("warm");
         group.bench_function(name, |b| {
             b.iter(|| {
                 rt.block_on(async {
                     let response = number.clone().oneshot(request()).await.expect("answer");
-                    black_box(response.into_body().collect().await.expect("body").to_bytes())
+                    black_box(
+                        response
+                            .into_body()
+                            .collect()
+                            .await
+                            .expect("body")
+                            .to_bytes(),
+                    )
                 })
             })
         });

@@ -24,6 +24,41 @@ pub struct Replayed(pub bool);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UpstreamLatency(pub std::time::Duration);
 
+/// The HTTP client a layer wraps: a cloneable tower service that sends a buffered request and
+/// answers with a response whose body is [`GatewayBody`]. `hyper_util`'s client is one.
+pub trait Client<ResB>:
+    Service<Request<Full<Bytes>>, Response = Response<ResB>, Future: Send, Error: Into<BoxError>>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T, ResB> Client<ResB> for T where
+    T: Service<
+            Request<Full<Bytes>>,
+            Response = Response<ResB>,
+            Future: Send,
+            Error: Into<BoxError>,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The body of a gateway's answer, as the layers read and pass it on.
+pub trait GatewayBody:
+    http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
+
+impl<T> GatewayBody for T where
+    T: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
+
 /// How a failed call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {

@@ -964,7 +964,17 @@ async fn a_warm_pool_costs_one_round_trip() {
             .body(Full::new(Bytes::from(body)))
             .unwrap();
         let direct = direct.clone();
-        async move { direct.request(request).await.unwrap().into_body().collect().await.unwrap().to_bytes() }
+        async move {
+            direct
+                .request(request)
+                .await
+                .unwrap()
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+        }
     };
     let get_session = "user=merchant-user&password=s3cret-Passw0rd&int_in=<ashrait><request><version>2000</version>\
         <command>getSessionId</command><getSessionId><terminalNumber>0882819014</terminalNumber></getSessionId>\
@@ -972,8 +982,14 @@ async fn a_warm_pool_costs_one_round_trip() {
     let (mut floor, mut naive) = (Vec::new(), Vec::new());
     for _ in 0..20 {
         let started = Instant::now();
-        let answer = String::from_utf8_lossy(&send_direct(get_session.to_owned()).await).into_owned();
-        let id = answer.split("<sessionId>").nth(1).and_then(|r| r.split("</sessionId>").next()).unwrap().to_owned();
+        let answer =
+            String::from_utf8_lossy(&send_direct(get_session.to_owned()).await).into_owned();
+        let id = answer
+            .split("<sessionId>")
+            .nth(1)
+            .and_then(|r| r.split("</sessionId>").next())
+            .unwrap()
+            .to_owned();
         let deal_started = Instant::now();
         let answer = send_direct(format!("sessionId={id}&int_in={}", deal())).await;
         floor.push(deal_started.elapsed());

@@ -30,7 +30,7 @@ use crate::body::{
     collect_limited, content_length, read_bounded, CollectError, Inspected, ResponseBody,
 };
 use crate::error::{BoxError, Error, ErrorCode};
-use crate::forward::{self, Failure, Replayed, UpstreamLatency};
+use crate::forward::{self, Client, Failure, GatewayBody, Replayed, UpstreamLatency};
 use crate::guard::{AuthGuard, GuardStore, MemoryGuardStore, Refusal};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 
@@ -262,11 +262,8 @@ pub struct CreditGuardSession<S> {
 
 impl<S, ResB> CreditGuardSession<S>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-    S::Future: Send,
-    S::Error: Into<BoxError>,
-    ResB: Body<Data = Bytes> + Send + Unpin + 'static,
-    ResB::Error: Into<BoxError>,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Client<ResB>,
+    ResB: GatewayBody,
 {
     /// Starts filling the pool now (for every configured terminal, unscoped or scoped to
     /// `doDeal` as configured) instead of on the first request. Must be called within a tokio
@@ -280,14 +277,11 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 impl<S, B, ResB> Service<Request<B>> for CreditGuardSession<S>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-    S::Future: Send,
-    S::Error: Into<BoxError>,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Client<ResB>,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
-    ResB: Body<Data = Bytes> + Send + Unpin + 'static,
-    ResB::Error: Into<BoxError>,
+    ResB: GatewayBody,
 {
     type Response = Response<ResponseBody<ResB>>;
     type Error = Error;
@@ -343,13 +337,10 @@ impl Shared {
         request: Request<B>,
     ) -> Result<(Response<ResponseBody<ResB>>, Outcome), Error>
     where
-        S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
+        S: Client<ResB>,
         B: Body + Send + 'static,
         B::Error: Into<BoxError>,
-        ResB: Body<Data = Bytes> + Send + Unpin + 'static,
-        ResB::Error: Into<BoxError>,
+        ResB: GatewayBody,
     {
         let (parts, body) = request.into_parts();
         if parts.uri.path() != self.config.relay_path {
@@ -465,11 +456,8 @@ impl Shared {
     /// A session for one call: from the pool, or from a fetch the call waits for.
     async fn acquire<S, ResB>(self: &Arc<Self>, key: &PoolKey, client: &S) -> Result<Lease, Error>
     where
-        S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
-        ResB: Body<Data = Bytes> + Send + Unpin + 'static,
-        ResB::Error: Into<BoxError>,
+        S: Client<ResB>,
+        ResB: GatewayBody,
     {
         let step = self.pool().acquire(key, Instant::now());
         self.demand.notify_one();
@@ -518,11 +506,8 @@ impl Shared {
     /// suspect session leaves a waiter unserved). Returns whether it brought a session.
     async fn fetch<S, ResB>(self: Arc<Self>, key: PoolKey, client: S) -> bool
     where
-        S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
-        ResB: Body<Data = Bytes> + Send + Unpin + 'static,
-        ResB::Error: Into<BoxError>,
+        S: Client<ResB>,
+        ResB: GatewayBody,
     {
         loop {
             let epoch = self.pool().epoch();
@@ -549,11 +534,8 @@ impl Shared {
         epoch: u64,
     ) -> Result<Fresh, FetchFailure>
     where
-        S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
-        ResB: Body<Data = Bytes> + Send + Unpin + 'static,
-        ResB::Error: Into<BoxError>,
+        S: Client<ResB>,
+        ResB: GatewayBody,
     {
         let name = self.config.name.as_str();
         let one = |error: Error| FetchFailure {
@@ -712,11 +694,8 @@ impl Shared {
 
     fn start_filler<S, ResB>(self: &Arc<Self>, client: &S)
     where
-        S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
-        ResB: Body<Data = Bytes> + Send + Unpin + 'static,
-        ResB::Error: Into<BoxError>,
+        S: Client<ResB>,
+        ResB: GatewayBody,
     {
         if self.filler_started.load(Ordering::Acquire) {
             return;
@@ -761,11 +740,8 @@ impl Shared {
 /// serialises them anyway with the default budget). Ends when the layer is gone.
 async fn fill<S, ResB>(shared: Weak<Shared>, client: S, demand: Arc<Notify>)
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-    S::Future: Send,
-    S::Error: Into<BoxError>,
-    ResB: Body<Data = Bytes> + Send + Unpin + 'static,
-    ResB::Error: Into<BoxError>,
+    S: Client<ResB>,
+    ResB: GatewayBody,
 {
     loop {
         let Some(strong) = shared.upgrade() else {

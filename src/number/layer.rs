@@ -24,7 +24,7 @@ use crate::body::{
     collect_limited, content_length, read_bounded, CollectError, Inspected, ResponseBody,
 };
 use crate::error::{BoxError, Error, ErrorCode};
-use crate::forward::{self, Failure, Replayed, UpstreamLatency};
+use crate::forward::{self, Client, Failure, GatewayBody, Replayed, UpstreamLatency};
 use crate::guard::{AuthGuard, GuardStore, MemoryGuardStore};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 
@@ -269,14 +269,11 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 impl<S, B, ResB> Service<Request<B>> for NumberAuth<S>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-    S::Future: Send,
-    S::Error: Into<BoxError>,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Client<ResB>,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
-    ResB: Body<Data = Bytes> + Send + Unpin + 'static,
-    ResB::Error: Into<BoxError>,
+    ResB: GatewayBody,
 {
     type Response = Response<ResponseBody<ResB>>;
     type Error = Error;
@@ -321,13 +318,10 @@ impl Shared {
         request: Request<B>,
     ) -> Result<(Response<ResponseBody<ResB>>, Outcome), Error>
     where
-        S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
+        S: Client<ResB>,
         B: Body + Send + 'static,
         B::Error: Into<BoxError>,
-        ResB: Body<Data = Bytes> + Send + Unpin + 'static,
-        ResB::Error: Into<BoxError>,
+        ResB: GatewayBody,
     {
         let (parts, body) = request.into_parts();
         let is_auth_path = parts.uri.path().eq_ignore_ascii_case(self.auth_uri.path());
@@ -503,11 +497,8 @@ impl Shared {
 
     async fn current_key<S, ResB>(self: &Arc<Self>, client: &S) -> Result<Arc<KeyState>, Error>
     where
-        S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
-        ResB: Body<Data = Bytes> + Send + Unpin + 'static,
-        ResB::Error: Into<BoxError>,
+        S: Client<ResB>,
+        ResB: GatewayBody,
     {
         if let Some(key) = self.key.load_full() {
             return Ok(key);
@@ -525,11 +516,8 @@ impl Shared {
         client: &S,
     ) -> Result<Arc<KeyState>, Error>
     where
-        S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
-        ResB: Body<Data = Bytes> + Send + Unpin + 'static,
-        ResB::Error: Into<BoxError>,
+        S: Client<ResB>,
+        ResB: GatewayBody,
     {
         let mut flight = {
             let mut slot = self.flight.lock().unwrap_or_else(|p| p.into_inner());
@@ -574,11 +562,8 @@ impl Shared {
 
     async fn authenticate<S, ResB>(self: &Arc<Self>, client: S) -> Result<Arc<KeyState>, Error>
     where
-        S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Clone + Send + Sync + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
-        ResB: Body<Data = Bytes> + Send + Unpin + 'static,
-        ResB::Error: Into<BoxError>,
+        S: Client<ResB>,
+        ResB: GatewayBody,
     {
         let name = self.config.name.clone();
         let attempt = self.guard.begin().await.map_err(|r| r.into_error(&name))?;
