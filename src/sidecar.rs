@@ -231,6 +231,11 @@ impl Sidecar {
     pub async fn shutdown(mut self) {
         self.begin_shutdown();
         while self.tasks.join_next().await.is_some() {}
+        for gateway in self.shared.gateways.iter() {
+            if let Control::CreditGuard(handle) = &gateway.control {
+                handle.stop().await;
+            }
+        }
         self.admin_task.abort();
         let _ = self.admin_task.await;
         tracing::info!("stopped");

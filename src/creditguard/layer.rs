@@ -96,6 +96,8 @@ struct Shared {
     /// Wakes the filler when a request took a session or found none.
     demand: Arc<Notify>,
     filler_started: AtomicBool,
+    /// Set by [`CreditGuardHandle::stop`]: the filler fetches nothing more.
+    stopped: AtomicBool,
     /// Why the last `getSessionId` failed, for requests refused during the guard's backoff.
     last_failure: Mutex<Option<Cow<'static, str>>>,
 }
@@ -189,6 +191,7 @@ impl CreditGuardSessionLayer {
                 pool: Mutex::new(pool),
                 demand: Arc::new(Notify::new()),
                 filler_started: AtomicBool::new(false),
+                stopped: AtomicBool::new(false),
                 last_failure: Mutex::new(None),
             }),
         })
@@ -224,6 +227,20 @@ impl CreditGuardHandle {
         }
         drop(pool);
         self.shared.demand.notify_one();
+    }
+
+    /// Stops filling the pool (at shutdown) and resolves once the `getSessionId`s in flight have
+    /// ended (or after 5 s), so none is left half-done when the process exits.
+    pub fn stop(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.shared.stopped.store(true, Ordering::Release);
+        self.shared.demand.notify_waiters();
+        let shared = Arc::clone(&self.shared);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while shared.pool().stats().fetching > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
 
     /// The gateway's lockout guard (unlock, status).
@@ -747,6 +764,9 @@ where
         let Some(strong) = shared.upgrade() else {
             return;
         };
+        if strong.stopped.load(Ordering::Acquire) {
+            return;
+        }
         let next = {
             let now = Instant::now();
             let locked = strong.guard.is_locked();
