@@ -565,3 +565,52 @@ async fn shutdown_lets_in_flight_calls_finish_and_refuses_new_ones() {
     );
     sidecar.shutdown().await;
 }
+
+#[tokio::test]
+async fn soap_calls_carry_the_signed_key_in_pci_mode() {
+    let sim = number_sim(NumberSimConfig {
+        hmac_secret: Some(HMAC_SECRET.into()),
+        ..NumberSimConfig::default()
+    })
+    .await;
+    let h = Harness::start(
+        &sim.url(),
+        Options {
+            protocol: "soap",
+            signing: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    for amount in ["1.00", "2.00"] {
+        let reply = soap(
+            &h,
+            "CreditCardSale_Manual",
+            soap_call(
+                "CreditCardSale_Manual",
+                &format!("<amount>{amount}</amount>"),
+            ),
+        )
+        .await;
+        assert!(
+            reply.text().contains("<FunctionOk>true</FunctionOk>"),
+            "{}",
+            reply.text()
+        );
+    }
+    let stats = sim.stats();
+    assert_eq!(
+        (stats.calls_ok, stats.bad_signatures, stats.auth_attempts),
+        (2, 0, 1)
+    );
+    // The element holds {SessKey}_{Epoch}_{UserID}_{HASH}.
+    let sent = sim.calls_seen()[0]
+        .sess_key_header
+        .clone()
+        .expect("session element");
+    let parts: Vec<&str> = sent.split('_').collect();
+    assert_eq!(parts.len(), 4, "signed form");
+    assert_eq!(parts[2], "2547");
+    assert_eq!(parts[3].len(), 64);
+    h.stop().await;
+}
