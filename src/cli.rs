@@ -230,6 +230,7 @@ async fn simulate(args: SimulateArgs) -> ExitCode {
             session_lifetime: Duration::from_secs(args.cg_session_lifetime_secs),
             get_session_latency: Duration::from_millis(args.latency_ms),
             deal_latency: Duration::from_millis(args.latency_ms),
+            tls: pki.as_ref().map(|p| p.tls.clone()),
             ..CreditGuardSimConfig::default()
         },
     )

@@ -325,3 +325,53 @@ fn check_refuses_a_client_certificate_with_another_key() {
     let key_line = other.key_pem.lines().nth(1).expect("key body");
     assert!(!stderr.contains(key_line), "no key material in the report");
 }
+
+#[tokio::test]
+async fn creditguard_over_mtls_gets_sessions_and_relays() {
+    use payauth::simulate::creditguard::{CreditGuardSim, CreditGuardSimConfig};
+    let pki = Pki::new();
+    let identity = pki.ca.client_cert("payauth").expect("client cert");
+    let sim = CreditGuardSim::start(
+        ([127, 0, 0, 1], 0).into(),
+        CreditGuardSimConfig {
+            tls: Some(pki.server.clone().require_client_certs(pki.ca.cert_pem())),
+            ..CreditGuardSimConfig::default()
+        },
+    )
+    .await
+    .expect("sim");
+    assert!(sim.url().starts_with("https://"));
+    std::fs::write(pki.path("password"), "s3cret-Passw0rd").expect("password");
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{state}\"\n[[gateway]]\nname = \"cg\"\n\
+         kind = \"creditguard\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nuser = \"merchant-user\"\n\
+         password_file = \"{password}\"\nterminals = [\"0882819014\"]\nca_file = \"{ca}\"\n{client}",
+        state = pki.path("state").display(),
+        upstream = sim.url(),
+        password = pki.path("password").display(),
+        ca = pki.ca_file().display(),
+        client = pki.client_files(&identity),
+    );
+    let sidecar = Sidecar::start(Config::parse(&text).expect("config"))
+        .await
+        .expect("start");
+    let addr = sidecar.gateway_addr("cg").expect("listener");
+    let form = "int_in=<ashrait><request><command>doDeal</command><doDeal><terminalNumber>0882819014</terminalNumber>\
+                <cardNo>4580000000000000</cardNo><total>100</total><transactionType>Debit</transactionType>\
+                <validation>AutoComm</validation></doDeal></request></ashrait>";
+    let request = http::Request::post(format!("http://{addr}/xpo/Relay"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            form.as_bytes(),
+        )))
+        .expect("request");
+    let reply = send(&client(), request).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        reply.text().contains("<result>000</result>"),
+        "{}",
+        reply.text()
+    );
+    assert!(sim.stats().get_session_ok >= 1);
+    sidecar.shutdown().await;
+}

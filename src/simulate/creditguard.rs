@@ -46,15 +46,11 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use quick_xml::escape::escape;
 use quick_xml::events::Event;
 use quick_xml::Reader;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::creditguard::form::{form_decode, FieldKind, RelayForm};
@@ -79,7 +75,6 @@ const LOCK_AFTER_REJECTIONS: u64 = 6;
 /// Largest request body read; bigger ones get 413.
 const MAX_BODY: usize = 4 * 1024 * 1024;
 /// How long `shutdown` waits for in-flight requests before cutting connections.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// "Permitted transaction" in Hebrew, ISO-8859-8 (as the real relay's `userMessage`).
 const HEBREW_PERMITTED: &[u8] = &[0xF2, 0xF1, 0xF7, 0xE4, b' ', 0xFA, 0xF7, 0xE9, 0xF0, 0xE4];
 
@@ -104,6 +99,9 @@ pub struct CreditGuardSimConfig {
     pub deal_latency: Duration,
     /// The relay's path (default `/xpo/Relay`).
     pub relay_path: String,
+    /// Serve HTTPS (and with a client CA, require client certificates); see
+    /// [`crate::simulate::tls`]. Default: plain HTTP.
+    pub tls: Option<crate::simulate::tls::SimTls>,
 }
 
 impl Default for CreditGuardSimConfig {
@@ -118,6 +116,7 @@ impl Default for CreditGuardSimConfig {
             get_session_latency: Duration::ZERO,
             deal_latency: Duration::ZERO,
             relay_path: "/xpo/Relay".to_owned(),
+            tls: None,
         }
     }
 }
@@ -138,6 +137,7 @@ impl fmt::Debug for CreditGuardSimConfig {
             .field("get_session_latency", &self.get_session_latency)
             .field("deal_latency", &self.deal_latency)
             .field("relay_path", &self.relay_path)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -266,11 +266,26 @@ impl fmt::Debug for CreditGuardSim {
 impl CreditGuardSim {
     /// Binds `addr` (`127.0.0.1:0` picks a free port) and serves on the current tokio runtime.
     pub async fn start(addr: SocketAddr, config: CreditGuardSimConfig) -> std::io::Result<Self> {
+        let tls = match &config.tls {
+            Some(tls) => Some(tls.acceptor().map_err(std::io::Error::other)?),
+            None => None,
+        };
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(config));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), shutdown_rx));
+        let handler = {
+            let shared = Arc::clone(&shared);
+            move |req| handle(Arc::clone(&shared), req)
+        };
+        let task = tokio::spawn(super::server::accept_loop(
+            listener,
+            handler,
+            shutdown_rx,
+            tls,
+            Arc::new(|| tracing::debug!("creditguard simulator: a TLS handshake failed")),
+            "creditguard simulator",
+        ));
         Ok(Self {
             addr,
             shared,
@@ -286,12 +301,25 @@ impl CreditGuardSim {
 
     /// Its base URL, e.g. `http://127.0.0.1:40123`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme(), self.addr)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.shared.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The relay's URL, e.g. `http://127.0.0.1:40123/xpo/Relay`.
     pub fn relay_url(&self) -> String {
-        format!("http://{}{}", self.addr, self.shared.config.relay_path)
+        format!(
+            "{}://{}{}",
+            self.scheme(),
+            self.addr,
+            self.shared.config.relay_path
+        )
     }
 
     /// A snapshot of the counters.
@@ -777,64 +805,6 @@ fn is_word(s: &str) -> bool {
 
 // ---------------------------------------------------------------------------------------------
 // Server
-
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    conns.spawn(serve_connection(stream, Arc::clone(&shared), shutdown.clone()));
-                }
-                Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::debug!(%err, "creditguard simulator: accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            },
-            _ = shutdown.changed() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    drop(listener);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        conns.abort_all();
-        while conns.join_next().await.is_some() {}
-    }
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
-    let service = service_fn(move |req| handle(Arc::clone(&shared), req));
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(err) = res {
-                tracing::debug!(%err, "creditguard simulator: connection closed");
-            }
-        }
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
-}
 
 type Resp = Response<Full<Bytes>>;
 

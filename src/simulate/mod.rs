@@ -6,4 +6,5 @@
 
 pub mod creditguard;
 pub mod number;
+mod server;
 pub mod tls;

@@ -42,9 +42,6 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use quick_xml::escape::escape;
 use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
@@ -52,7 +49,6 @@ use quick_xml::NsReader;
 use sha2::Sha256;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// `ErrCode` of an Authenticate the simulator cannot read (bad JSON, bad XML fields, missing
@@ -71,7 +67,6 @@ const LOCK_AFTER_REJECTIONS: u64 = 6;
 /// Largest request body read; bigger ones get 413.
 const MAX_BODY: usize = 4 * 1024 * 1024;
 /// How long `shutdown` waits for in-flight requests before cutting connections.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 const SOAP11_ENVELOPE_NS: &[u8] = b"http://schemas.xmlsoap.org/soap/envelope/";
 
 /// Settings of a [`NumberSim`].
@@ -243,7 +238,22 @@ impl NumberSim {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(config));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), shutdown_rx, tls));
+        let handler = {
+            let shared = Arc::clone(&shared);
+            move |req| handle(Arc::clone(&shared), req)
+        };
+        let on_handshake_failure: Arc<dyn Fn() + Send + Sync> = {
+            let shared = Arc::clone(&shared);
+            Arc::new(move || shared.lock().stats.tls_handshake_failures += 1)
+        };
+        let task = tokio::spawn(super::server::accept_loop(
+            listener,
+            handler,
+            shutdown_rx,
+            tls,
+            on_handshake_failure,
+            "number simulator",
+        ));
         Ok(NumberSim {
             addr,
             shared,
@@ -725,81 +735,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 // ---------------------------------------------------------------------------------------------
 // Server
-
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let (shared, shutdown) = (Arc::clone(&shared), shutdown.clone());
-                    match tls.clone() {
-                        None => {
-                            conns.spawn(serve_connection(stream, shared, shutdown));
-                        }
-                        // The handshake runs in the connection's task so a slow client holds up no one.
-                        Some(acceptor) => {
-                            conns.spawn(async move {
-                                match crate::simulate::tls::accept(&acceptor, stream).await {
-                                    Ok(stream) => serve_connection(stream, shared, shutdown).await,
-                                    Err(err) => {
-                                        shared.lock().stats.tls_handshake_failures += 1;
-                                        tracing::debug!(%err, "number simulator: tls handshake failed");
-                                    }
-                                }
-                            });
-                        }
-                    }
-                }
-                Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::debug!(%err, "number simulator: accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            },
-            _ = shutdown.changed() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    drop(listener);
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        conns.abort_all();
-        while conns.join_next().await.is_some() {}
-    }
-}
-
-async fn serve_connection<S>(stream: S, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = service_fn(move |req| handle(Arc::clone(&shared), req));
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(err) = res {
-                tracing::debug!(%err, "number simulator: connection closed");
-            }
-        }
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
-}
 
 /// Returned by the service to make hyper close the connection without answering.
 #[derive(Debug)]

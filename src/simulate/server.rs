@@ -1,0 +1,113 @@
+//! The simulators' HTTP/1.1 server: the accept loop (plain or TLS), keep-alive connections and
+//! a graceful shutdown that gives in-flight requests [`SHUTDOWN_GRACE`] before closing.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::error::BoxError;
+
+/// How long in-flight requests may take once a simulator is told to stop.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves `handler` on `listener` until `shutdown` changes. With `tls`, each connection's
+/// handshake runs in its own task (a slow client holds up no one) and a failed one calls
+/// `on_handshake_failure`.
+pub(crate) async fn accept_loop<H, F, E>(
+    listener: TcpListener,
+    handler: H,
+    mut shutdown: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    on_handshake_failure: Arc<dyn Fn() + Send + Sync>,
+    name: &'static str,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, E>> + Send + 'static,
+    E: Into<BoxError> + 'static,
+{
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let (handler, shutdown) = (handler.clone(), shutdown.clone());
+                    match tls.clone() {
+                        None => {
+                            conns.spawn(serve_connection(stream, handler, shutdown, name));
+                        }
+                        Some(acceptor) => {
+                            let on_failure = Arc::clone(&on_handshake_failure);
+                            conns.spawn(async move {
+                                match super::tls::accept(&acceptor, stream).await {
+                                    Ok(stream) => serve_connection(stream, handler, shutdown, name).await,
+                                    Err(err) => {
+                                        on_failure();
+                                        tracing::debug!(%err, "{name}: tls handshake failed");
+                                    }
+                                }
+                            });
+                        }
+                    }
+                }
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::debug!(%err, "{name}: accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+    }
+}
+
+async fn serve_connection<S, H, F, E>(
+    stream: S,
+    handler: H,
+    mut shutdown: watch::Receiver<bool>,
+    name: &'static str,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, E>> + Send + 'static,
+    E: Into<BoxError> + 'static,
+{
+    let service = service_fn(handler);
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(err) = res {
+                tracing::debug!(%err, "{name}: connection closed");
+            }
+        }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
