@@ -24,6 +24,10 @@ pub struct Replayed(pub bool);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UpstreamLatency(pub std::time::Duration);
 
+/// The future of a layer's call: boxed, one allocation per request (measured by
+/// `benches/layer.rs`: the whole layer adds under 2 µs, noise next to a gateway round trip).
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
 /// The HTTP client a layer wraps: a cloneable tower service that sends a buffered request and
 /// answers with a response whose body is [`GatewayBody`]. `hyper_util`'s client is one.
 pub trait Client<ResB>:

@@ -267,6 +267,16 @@ impl GatewayMetrics {
         }
     }
 
+    /// Counts a finished request by how it ended and hands back its result without the outcome.
+    pub fn count<R>(&self, result: Result<(R, Outcome), crate::Error>) -> Result<R, crate::Error> {
+        let outcome = match &result {
+            Ok((_, outcome)) => *outcome,
+            Err(e) => Outcome::Error(e.code()),
+        };
+        self.request(outcome);
+        result.map(|(response, _)| response)
+    }
+
     /// Records the time a gateway took to answer.
     pub fn upstream_duration(&self, seconds: f64) {
         self.0.upstream_duration.observe(seconds);

@@ -2,8 +2,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
@@ -30,7 +28,7 @@ use crate::body::{
     collect_limited, content_length, read_bounded, CollectError, Inspected, ResponseBody,
 };
 use crate::error::{BoxError, Error, ErrorCode};
-use crate::forward::{self, Client, Failure, GatewayBody, Replayed, UpstreamLatency};
+use crate::forward::{self, BoxFuture, Client, Failure, GatewayBody, Replayed, UpstreamLatency};
 use crate::guard::{AuthGuard, GuardStore, MemoryGuardStore, Refusal};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 
@@ -290,8 +288,6 @@ where
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
 impl<S, B, ResB> Service<Request<B>> for CreditGuardSession<S>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Client<ResB>,
@@ -302,7 +298,6 @@ where
 {
     type Response = Response<ResponseBody<ResB>>;
     type Error = Error;
-    // One allocation per request, as in the Number layer: noise next to the round trip.
     type Future = BoxFuture<Result<Self::Response, Error>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -316,12 +311,7 @@ where
         Box::pin(async move {
             shared.start_filler(&client);
             let result = shared.handle(client, request).await;
-            let outcome = match &result {
-                Ok((_, outcome)) => *outcome,
-                Err(e) => Outcome::Error(e.code()),
-            };
-            shared.metrics.request(outcome);
-            result.map(|(response, _)| response)
+            shared.metrics.count(result)
         })
     }
 }

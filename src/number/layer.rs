@@ -1,8 +1,6 @@
 //! [`NumberAuthLayer`] and [`NumberAuth`]: the Number middleware.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -24,7 +22,7 @@ use crate::body::{
     collect_limited, content_length, read_bounded, CollectError, Inspected, ResponseBody,
 };
 use crate::error::{BoxError, Error, ErrorCode};
-use crate::forward::{self, Client, Failure, GatewayBody, Replayed, UpstreamLatency};
+use crate::forward::{self, BoxFuture, Client, Failure, GatewayBody, Replayed, UpstreamLatency};
 use crate::guard::{AuthGuard, GuardStore, MemoryGuardStore};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 
@@ -265,8 +263,6 @@ pub struct NumberAuth<S> {
     shared: Arc<Shared>,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
 impl<S, B, ResB> Service<Request<B>> for NumberAuth<S>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Client<ResB>,
@@ -277,8 +273,7 @@ where
 {
     type Response = Response<ResponseBody<ResB>>;
     type Error = Error;
-    // One allocation per request; measured against the network round trip it is noise, and a
-    // hand-written state machine for this flow would be far harder to keep correct.
+    // A hand-written state machine for this flow would be far harder to keep correct.
     type Future = BoxFuture<Result<Self::Response, Error>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -291,12 +286,7 @@ where
         let client = self.inner.clone();
         Box::pin(async move {
             let result = shared.handle(client, request).await;
-            let outcome = match &result {
-                Ok((_, outcome)) => *outcome,
-                Err(e) => Outcome::Error(e.code()),
-            };
-            shared.metrics.request(outcome);
-            result.map(|(response, _)| response)
+            shared.metrics.count(result)
         })
     }
 }

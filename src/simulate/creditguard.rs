@@ -49,8 +49,6 @@ use hyper::body::Incoming;
 use quick_xml::escape::escape;
 use quick_xml::events::Event;
 use quick_xml::Reader;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::creditguard::form::{form_decode, FieldKind, RelayForm};
@@ -249,16 +247,14 @@ impl fmt::Debug for ReceivedCall {
 
 /// A running CreditGuard simulator. Dropping it (or [`CreditGuardSim::shutdown`]) stops it.
 pub struct CreditGuardSim {
-    addr: SocketAddr,
+    server: super::server::SimServer,
     shared: Arc<Shared>,
-    shutdown_tx: watch::Sender<bool>,
-    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl fmt::Debug for CreditGuardSim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CreditGuardSim")
-            .field("addr", &self.addr)
+            .field("addr", &self.server.addr())
             .finish()
     }
 }
@@ -266,60 +262,37 @@ impl fmt::Debug for CreditGuardSim {
 impl CreditGuardSim {
     /// Binds `addr` (`127.0.0.1:0` picks a free port) and serves on the current tokio runtime.
     pub async fn start(addr: SocketAddr, config: CreditGuardSimConfig) -> std::io::Result<Self> {
-        let tls = match &config.tls {
-            Some(tls) => Some(tls.acceptor().map_err(std::io::Error::other)?),
-            None => None,
-        };
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(config));
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let handler = {
             let shared = Arc::clone(&shared);
             move |req| handle(Arc::clone(&shared), req)
         };
-        let task = tokio::spawn(super::server::accept_loop(
-            listener,
-            handler,
-            shutdown_rx,
-            tls,
-            Arc::new(|| tracing::debug!("creditguard simulator: a TLS handshake failed")),
-            "creditguard simulator",
-        ));
-        Ok(Self {
+        let on_handshake_failure: Arc<dyn Fn() + Send + Sync> =
+            Arc::new(|| tracing::debug!("creditguard simulator: a TLS handshake failed"));
+        let server = super::server::SimServer::start(
             addr,
-            shared,
-            shutdown_tx,
-            task: Some(task),
-        })
+            shared.config.tls.as_ref(),
+            handler,
+            on_handshake_failure,
+            "creditguard simulator",
+        )
+        .await?;
+        Ok(Self { server, shared })
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Its base URL, e.g. `http://127.0.0.1:40123`.
     pub fn url(&self) -> String {
-        format!("{}://{}", self.scheme(), self.addr)
-    }
-
-    fn scheme(&self) -> &'static str {
-        if self.shared.config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        }
+        self.server.url()
     }
 
     /// The relay's URL, e.g. `http://127.0.0.1:40123/xpo/Relay`.
     pub fn relay_url(&self) -> String {
-        format!(
-            "{}://{}{}",
-            self.scheme(),
-            self.addr,
-            self.shared.config.relay_path
-        )
+        format!("{}{}", self.server.url(), self.shared.config.relay_path)
     }
 
     /// A snapshot of the counters.
@@ -363,17 +336,7 @@ impl CreditGuardSim {
     /// Stops accepting, lets in-flight requests finish (for up to a second) and closes every
     /// connection.
     pub async fn shutdown(mut self) {
-        let _ = self.shutdown_tx.send(true);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for CreditGuardSim {
-    fn drop(&mut self) {
-        // The accept loop sees this and winds down on its own.
-        let _ = self.shutdown_tx.send(true);
+        self.server.stop().await;
     }
 }
 

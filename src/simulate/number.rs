@@ -47,8 +47,6 @@ use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
 use sha2::Sha256;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// `ErrCode` of an Authenticate the simulator cannot read (bad JSON, bad XML fields, missing
@@ -213,16 +211,14 @@ impl fmt::Debug for SeenCall {
 
 /// A running Number simulator. Dropping it (or [`NumberSim::shutdown`]) stops the server.
 pub struct NumberSim {
-    addr: SocketAddr,
+    server: super::server::SimServer,
     shared: Arc<Shared>,
-    shutdown_tx: watch::Sender<bool>,
-    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl fmt::Debug for NumberSim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NumberSim")
-            .field("addr", &self.addr)
+            .field("addr", &self.server.addr())
             .finish()
     }
 }
@@ -230,14 +226,7 @@ impl fmt::Debug for NumberSim {
 impl NumberSim {
     /// Binds `addr` (`127.0.0.1:0` picks a free port) and serves on the current tokio runtime.
     pub async fn start(addr: SocketAddr, config: NumberSimConfig) -> std::io::Result<NumberSim> {
-        let tls = match &config.tls {
-            Some(tls) => Some(tls.acceptor().map_err(std::io::Error::other)?),
-            None => None,
-        };
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(config));
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let handler = {
             let shared = Arc::clone(&shared);
             move |req| handle(Arc::clone(&shared), req)
@@ -246,36 +235,26 @@ impl NumberSim {
             let shared = Arc::clone(&shared);
             Arc::new(move || shared.lock().stats.tls_handshake_failures += 1)
         };
-        let task = tokio::spawn(super::server::accept_loop(
-            listener,
+        let server = super::server::SimServer::start(
+            addr,
+            shared.config.tls.as_ref(),
             handler,
-            shutdown_rx,
-            tls,
             on_handshake_failure,
             "number simulator",
-        ));
-        Ok(NumberSim {
-            addr,
-            shared,
-            shutdown_tx,
-            task: Some(task),
-        })
+        )
+        .await?;
+        Ok(Self { server, shared })
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Its base URL, e.g. `http://127.0.0.1:40123`, or `https://127.0.0.1:40123` with TLS (the
     /// certificate must then name that IP address).
     pub fn url(&self) -> String {
-        let scheme = if self.shared.config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        format!("{scheme}://{}", self.addr)
+        self.server.url()
     }
 
     /// A snapshot of the counters.
@@ -322,17 +301,7 @@ impl NumberSim {
     /// Stops accepting, lets in-flight requests finish (for up to a second) and closes every
     /// connection.
     pub async fn shutdown(mut self) {
-        let _ = self.shutdown_tx.send(true);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for NumberSim {
-    fn drop(&mut self) {
-        // The accept loop sees this and winds down on its own.
-        let _ = self.shutdown_tx.send(true);
+        self.server.stop().await;
     }
 }
 

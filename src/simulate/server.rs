@@ -111,3 +111,78 @@ async fn serve_connection<S, H, F, E>(
         }
     }
 }
+
+/// A running simulator server: where it listens, and how to stop it. Dropping it stops it too
+/// (the accept loop winds down on its own).
+#[derive(Debug)]
+pub(crate) struct SimServer {
+    addr: std::net::SocketAddr,
+    tls: bool,
+    shutdown_tx: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SimServer {
+    /// Binds `addr` (`127.0.0.1:0` picks a free port) and serves `handler` on the current tokio
+    /// runtime, over TLS when `tls` is given.
+    pub(crate) async fn start<H, F, E>(
+        addr: std::net::SocketAddr,
+        tls: Option<&super::tls::SimTls>,
+        handler: H,
+        on_handshake_failure: Arc<dyn Fn() + Send + Sync>,
+        name: &'static str,
+    ) -> std::io::Result<Self>
+    where
+        H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Result<Response<Full<Bytes>>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let acceptor = match tls {
+            Some(tls) => Some(tls.acceptor().map_err(std::io::Error::other)?),
+            None => None,
+        };
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(
+            listener,
+            handler,
+            shutdown_rx,
+            acceptor,
+            on_handshake_failure,
+            name,
+        ));
+        Ok(Self {
+            addr,
+            tls: tls.is_some(),
+            shutdown_tx,
+            task: Some(task),
+        })
+    }
+
+    /// The address it listens on.
+    pub(crate) fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR` or `https://ADDR`.
+    pub(crate) fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Stops accepting, lets in-flight requests finish (for up to [`SHUTDOWN_GRACE`]) and
+    /// closes every connection.
+    pub(crate) async fn stop(&mut self) {
+        let _ = self.shutdown_tx.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        let _ = self.shutdown_tx.send(true);
+    }
+}
