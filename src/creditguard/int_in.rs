@@ -2,22 +2,31 @@
 //!
 //! payauth reads `command` (`/ashrait/request/command`), every `terminalNumber` (anywhere) and,
 //! under the command's element, `validation` and `transactionType`. Text of any other element
-//! (card numbers, expiry, CVV, ids) is never decoded or copied: it stays in the borrowed input.
+//! (card numbers, expiry, CVV, ids) is checked for well-formed references but never copied: it
+//! stays in the borrowed input.
 //!
 //! The XML must be well-formed and unambiguous, because payauth decides on it (which terminal,
 //! which scope) while the gateway executes it: one root element, no DOCTYPE, no text outside the
-//! root, at most one `command`, and all `terminalNumber`s equal. Anything else is refused with
+//! root, at most one `command`, and all `terminalNumber`s equal (an empty one next to another
+//! too). References are XML's own and nothing else, anywhere in the document (text and
+//! attribute values alike): `&lt;` `&gt;` `&amp;` `&apos;` `&quot;` and character references
+//! to characters XML allows; without a DTD every other `&name;` is undefined, and a parser
+//! might skip it, keep it or fail. A field payauth reads is one piece of text: no element,
+//! comment or processing instruction inside it, and at most one non-blank text or CDATA piece,
+//! so that readers taking the first text node, the last, or all of them agree; and it is at
+//! most [`MAX_FIELD`] bytes long, never cut short. Anything else is refused with
 //! [`IntInError`] (the request gets `bad_request` and is not forwarded).
 
 use std::fmt;
 
-use quick_xml::events::Event;
+use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
 /// Deepest nesting accepted (real requests nest four or five levels).
 const MAX_DEPTH: usize = 32;
-/// Longest text kept for a field payauth reads.
-const MAX_FIELD: usize = 64;
+/// Longest text accepted in a field payauth reads (surrounding whitespace included); real values
+/// are a few bytes, and a longer one is refused rather than cut.
+pub const MAX_FIELD: usize = 256;
 
 /// A terminal number (`terminalNumber`). Not a secret: it is in the config.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,7 +91,8 @@ impl IntIn {
 /// Why `int_in` was refused. The messages name no content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum IntInError {
-    /// Not well-formed XML (or empty, or several roots, or text outside the root).
+    /// Not well-formed XML (or empty, or several roots, or text outside the root, or a
+    /// reference XML does not define).
     #[error("int_in is not well-formed XML")]
     Malformed,
     /// A DOCTYPE: refused rather than processed.
@@ -100,6 +110,13 @@ pub enum IntInError {
     /// Two `command`s, two `validation`s, two `transactionType`s, or different `terminalNumber`s.
     #[error("int_in names more than one {0}")]
     Ambiguous(&'static str),
+    /// A field payauth reads holds an element, a comment or a processing instruction, or text
+    /// in more than one piece.
+    #[error("int_in's {0} is not a single piece of text")]
+    MixedContent(&'static str),
+    /// A field payauth reads is longer than [`MAX_FIELD`] bytes.
+    #[error("int_in's {0} is longer than any real value")]
+    FieldTooLong(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +149,17 @@ enum Wanted {
     TransactionType,
 }
 
+impl Wanted {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Command => "command",
+            Self::Terminal => "terminalNumber",
+            Self::Validation => "validation",
+            Self::TransactionType => "transactionType",
+        }
+    }
+}
+
 /// `command` under `request`; `validation`/`transactionType` two levels below `request`
 /// (under the command's element); `terminalNumber` anywhere.
 fn wanted(stack: &[Tag]) -> Option<Wanted> {
@@ -156,43 +184,75 @@ struct Found {
 }
 
 impl Found {
-    fn commit(&mut self, field: Wanted, text: String) -> Result<(), IntInError> {
-        let text = text.trim().to_owned();
-        let (slot, name) = match field {
-            Wanted::Command => (&mut self.command, "command"),
-            Wanted::Validation => (&mut self.validation, "validation"),
-            Wanted::TransactionType => (&mut self.transaction_type, "transactionType"),
+    fn commit(&mut self, field: Wanted, text: &[u8]) -> Result<(), IntInError> {
+        let text = std::str::from_utf8(text).map_err(|_| IntInError::Malformed)?;
+        let text = text.trim_matches(is_xml_space);
+        let slot = match field {
+            Wanted::Command => &mut self.command,
+            Wanted::Validation => &mut self.validation,
+            Wanted::TransactionType => &mut self.transaction_type,
             Wanted::Terminal => {
+                // Every terminalNumber counts, empty ones too: the gateway may read any of them.
                 return match &self.terminal {
-                    Some(seen) if *seen != text => Err(IntInError::Ambiguous("terminalNumber")),
-                    _ => {
-                        self.terminal = Some(text);
+                    Some(seen) if seen != text => Err(IntInError::Ambiguous(field.name())),
+                    Some(_) => Ok(()),
+                    None => {
+                        self.terminal = Some(text.to_owned());
                         Ok(())
                     }
                 };
             }
         };
         if slot.is_some() {
-            return Err(IntInError::Ambiguous(name));
+            return Err(IntInError::Ambiguous(field.name()));
         }
-        *slot = Some(text);
+        *slot = Some(text.to_owned());
         Ok(())
     }
 }
 
-/// Reads `int_in`'s XML (already URL-decoded, if it was encoded).
+/// The wanted field being read: its text so far is in `read`'s buffer.
+struct Reading {
+    field: Wanted,
+    /// Text and CDATA pieces that are not blank.
+    pieces: u8,
+}
+
+impl Reading {
+    /// Counts a piece of text just added to `buf` from `from` on.
+    fn piece(&mut self, buf: &[u8], from: usize) -> Result<(), IntInError> {
+        if buf.len() > MAX_FIELD {
+            return Err(IntInError::FieldTooLong(self.field.name()));
+        }
+        if !buf[from..].iter().all(|b| is_xml_space(char::from(*b))) {
+            self.pieces += 1;
+            if self.pieces > 1 {
+                return Err(IntInError::MixedContent(self.field.name()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads `int_in`'s XML (already URL-decoded, as the gateway decodes it).
 pub fn read(xml: &[u8]) -> Result<IntIn, IntInError> {
     let mut reader = Reader::from_reader(xml);
+    // `--` inside a comment is not well-formed; a parser might end the comment there.
+    reader.config_mut().check_comments = true;
     let mut stack: Vec<Tag> = Vec::with_capacity(8);
     let mut root_seen = false;
     let mut found = Found::default();
-    // Text of the wanted element being read; `None` while inside any other element.
-    let mut text: Option<(Wanted, String)> = None;
+    // The wanted element being read, if any; its text goes to `buf`, which is reused.
+    let mut reading: Option<Reading> = None;
+    let mut buf: Vec<u8> = Vec::new();
     loop {
         let event = reader.read_event().map_err(|_| IntInError::Malformed)?;
         match event {
-            Event::Start(e) => {
-                well_formed_attributes(&e)?;
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                well_formed_start(e)?;
+                if let Some(r) = &reading {
+                    return Err(IntInError::MixedContent(r.field.name()));
+                }
                 if stack.is_empty() {
                     if root_seen {
                         return Err(IntInError::Malformed);
@@ -202,55 +262,54 @@ pub fn read(xml: &[u8]) -> Result<IntIn, IntInError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(IntInError::TooDeep);
                 }
-                // An element inside a wanted field: a command must be a plain word; other
-                // fields with mixed content are ignored.
-                if let Some((Wanted::Command, _)) = text.take() {
-                    return Err(IntInError::BadCommand);
-                }
                 stack.push(tag(e.local_name().as_ref()));
-                text = wanted(&stack).map(|w| (w, String::new()));
-            }
-            Event::Empty(e) => {
-                well_formed_attributes(&e)?;
-                if stack.is_empty() {
-                    if root_seen {
-                        return Err(IntInError::Malformed);
+                let field = wanted(&stack);
+                if matches!(event, Event::Empty(_)) {
+                    if let Some(field) = field {
+                        found.commit(field, b"")?;
                     }
-                    root_seen = true;
+                    stack.pop();
+                } else if let Some(field) = field {
+                    buf.clear();
+                    reading = Some(Reading { field, pieces: 0 });
                 }
-                stack.push(tag(e.local_name().as_ref()));
-                if let Some(field) = wanted(&stack) {
-                    found.commit(field, String::new())?;
-                }
-                stack.pop();
             }
             Event::End(_) => {
-                if let Some((field, value)) = text.take() {
-                    found.commit(field, value)?;
+                if let Some(r) = reading.take() {
+                    found.commit(r.field, &buf)?;
                 }
                 stack.pop();
             }
             Event::Text(t) => {
                 if stack.is_empty() {
-                    if !t.iter().all(u8::is_ascii_whitespace) {
+                    if !t.iter().all(|b| is_xml_space(char::from(*b))) {
                         return Err(IntInError::Malformed);
                     }
-                } else if let Some((_, value)) = text.as_mut() {
-                    let unescaped = t.unescape().map_err(|_| IntInError::Malformed)?;
-                    push_bounded(value, &unescaped);
+                } else if let Some(r) = reading.as_mut() {
+                    let from = buf.len();
+                    unescape(&t, Some((&mut buf, r.field)))?;
+                    r.piece(&buf, from)?;
+                } else {
+                    unescape(&t, None)?;
                 }
             }
             Event::CData(c) => {
                 if stack.is_empty() {
                     return Err(IntInError::Malformed);
                 }
-                if let Some((_, value)) = text.as_mut() {
-                    let s = std::str::from_utf8(&c).map_err(|_| IntInError::Malformed)?;
-                    push_bounded(value, s);
+                if let Some(r) = reading.as_mut() {
+                    let from = buf.len();
+                    buf.extend_from_slice(&c);
+                    r.piece(&buf, from)?;
+                }
+            }
+            Event::Comment(_) | Event::PI(_) => {
+                if let Some(r) = &reading {
+                    return Err(IntInError::MixedContent(r.field.name()));
                 }
             }
             Event::DocType(_) => return Err(IntInError::DocType),
-            Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
+            Event::Decl(_) => {}
             Event::Eof => break,
         }
     }
@@ -269,20 +328,93 @@ pub fn read(xml: &[u8]) -> Result<IntIn, IntInError> {
     })
 }
 
-/// Attributes are not read, but they must be well-formed (`name="value"`, no duplicates):
-/// the gateway's parser would refuse anything else.
-fn well_formed_attributes(e: &quick_xml::events::BytesStart<'_>) -> Result<(), IntInError> {
+/// XML's whitespace (`S`): space, tab, carriage return, line feed.
+fn is_xml_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\r' | '\n')
+}
+
+/// Names hold no markup (`<a&foo;>` is no element a parser agrees on), attributes are
+/// well-formed (`name="value"`, no duplicates), and their values hold no `<` and only defined
+/// references: the gateway's parser would refuse anything else. Attribute values are not read.
+fn well_formed_start(e: &BytesStart<'_>) -> Result<(), IntInError> {
+    if !is_name(e.name().as_ref()) {
+        return Err(IntInError::Malformed);
+    }
     for attribute in e.attributes() {
-        attribute.map_err(|_| IntInError::Malformed)?;
+        let attribute = attribute.map_err(|_| IntInError::Malformed)?;
+        if !is_name(attribute.key.as_ref()) || attribute.value.contains(&b'<') {
+            return Err(IntInError::Malformed);
+        }
+        unescape(&attribute.value, None)?;
     }
     Ok(())
 }
 
-fn push_bounded(value: &mut String, more: &str) {
-    // Longer texts are not values payauth acts on; cap them so a huge element costs nothing.
-    if value.len() + more.len() <= MAX_FIELD * 4 {
-        value.push_str(more);
+/// Whether `name` could be an XML name: no ASCII byte other than letters, digits and `-._:`
+/// (other characters, beyond ASCII, are left to the gateway's parser).
+fn is_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.iter().all(|&b| {
+            !b.is_ascii() || b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':')
+        })
+}
+
+/// Checks the references in a text or attribute value and, for a field payauth reads, appends
+/// the text with them resolved to its buffer (refusing it past [`MAX_FIELD`] bytes). The only
+/// references are XML's own, whatever element they are in: a document without a DTD defines
+/// no other entity, and the gateway's parser would refuse one, or read it some other way.
+fn unescape(raw: &[u8], mut out: Option<(&mut Vec<u8>, Wanted)>) -> Result<(), IntInError> {
+    let mut push = |bytes: &[u8]| -> Result<(), IntInError> {
+        if let Some((buf, field)) = out.as_mut() {
+            if buf.len() + bytes.len() > MAX_FIELD {
+                return Err(IntInError::FieldTooLong(field.name()));
+            }
+            buf.extend_from_slice(bytes);
+        }
+        Ok(())
+    };
+    let mut rest = raw;
+    while let Some(amp) = memchr::memchr(b'&', rest) {
+        push(&rest[..amp])?;
+        let after = &rest[amp + 1..];
+        let semicolon = memchr::memchr(b';', after).ok_or(IntInError::Malformed)?;
+        let mut utf8 = [0u8; 4];
+        let resolved: &[u8] = match &after[..semicolon] {
+            b"lt" => b"<",
+            b"gt" => b">",
+            b"amp" => b"&",
+            b"apos" => b"'",
+            b"quot" => b"\"",
+            [b'#', b'x', hex @ ..] => char_ref(hex, 16)?.encode_utf8(&mut utf8).as_bytes(),
+            [b'#', decimal @ ..] => char_ref(decimal, 10)?.encode_utf8(&mut utf8).as_bytes(),
+            _ => return Err(IntInError::Malformed),
+        };
+        push(resolved)?;
+        rest = &after[semicolon + 1..];
     }
+    push(rest)
+}
+
+/// A character reference's character: digits only (no sign, at least one), and a character
+/// XML 1.0 allows (`Char`: no NUL, no other C0 control but tab, CR and LF, no surrogate, no
+/// U+FFFE/U+FFFF).
+fn char_ref(digits: &[u8], radix: u32) -> Result<char, IntInError> {
+    if digits.is_empty() {
+        return Err(IntInError::Malformed);
+    }
+    let mut code: u32 = 0;
+    for &d in digits {
+        let d = char::from(d).to_digit(radix).ok_or(IntInError::Malformed)?;
+        code = code
+            .checked_mul(radix)
+            .and_then(|c| c.checked_add(d))
+            .ok_or(IntInError::Malformed)?;
+    }
+    let allowed =
+        matches!(code, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x1_0000..=0x10_FFFF);
+    char::from_u32(code)
+        .filter(|_| allowed)
+        .ok_or(IntInError::Malformed)
 }
 
 #[cfg(test)]
@@ -388,12 +520,200 @@ mod tests {
         );
     }
 
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Piece {
+        Text,
+        CData,
+        Markup,
+    }
+
+    fn deal_with(terminal_element: &str) -> String {
+        DEAL.replace(
+            "<terminalNumber>0882819014</terminalNumber>",
+            terminal_element,
+        )
+    }
+
+    fn terminal_of(xml: &str) -> Result<Option<String>, IntInError> {
+        read(xml.as_bytes()).map(|i| i.terminal.map(|t| t.as_str().to_owned()))
+    }
+
+    #[test]
+    fn a_field_in_pieces_is_refused_not_cut() {
+        // Found black-box: the 300 blanks used to be dropped silently while the rest was kept.
+        let padded = format!(
+            "<terminalNumber>9999999999<!--x-->{}<!--x-->0882819014</terminalNumber>",
+            " ".repeat(300)
+        );
+        assert_eq!(
+            terminal_of(&deal_with(&padded)),
+            Err(IntInError::MixedContent("terminalNumber"))
+        );
+        for split in [
+            "<terminalNumber>0882<![CDATA[819014]]></terminalNumber>",
+            "<terminalNumber><![CDATA[0882]]>819014</terminalNumber>",
+            "<terminalNumber>0882<!---->819014</terminalNumber>",
+            "<terminalNumber>0882<?pi?>819014</terminalNumber>",
+            "<terminalNumber><!--9999999999-->0882819014</terminalNumber>",
+            "<terminalNumber><b>9999999999</b></terminalNumber><terminalNumber>0882819014</terminalNumber>",
+            "<terminalNumber>0882<b/>819014</terminalNumber>",
+        ] {
+            assert_eq!(
+                terminal_of(&deal_with(split)),
+                Err(IntInError::MixedContent("terminalNumber")),
+                "{split}"
+            );
+        }
+        assert_eq!(
+            read(b"<a><request><command>do<x/>Deal</command></request></a>"),
+            Err(IntInError::MixedContent("command"))
+        );
+        // Blanks around a single piece are fine, whatever their form.
+        for fine in [
+            "<terminalNumber>\n  <![CDATA[0882819014]]>\n</terminalNumber>",
+            "<terminalNumber>&#32;0882819014&#x0A;</terminalNumber>",
+            "<terminalNumber>&#48;882819014</terminalNumber>",
+        ] {
+            assert_eq!(
+                terminal_of(&deal_with(fine)),
+                Ok(Some("0882819014".into())),
+                "{fine}"
+            );
+        }
+        // Over the cap: refused, counted after references are resolved.
+        let long = format!(
+            "<terminalNumber>{}0882819014</terminalNumber>",
+            " ".repeat(300)
+        );
+        assert_eq!(
+            terminal_of(&deal_with(&long)),
+            Err(IntInError::FieldTooLong("terminalNumber"))
+        );
+        let long = format!(
+            "<terminalNumber><![CDATA[{}0882819014]]></terminalNumber>",
+            " ".repeat(300)
+        );
+        assert_eq!(
+            terminal_of(&deal_with(&long)),
+            Err(IntInError::FieldTooLong("terminalNumber"))
+        );
+        let referenced = format!(
+            "<terminalNumber>{}0882819014</terminalNumber>",
+            "&#32;".repeat(100)
+        );
+        assert_eq!(
+            terminal_of(&deal_with(&referenced)),
+            Ok(Some("0882819014".into()))
+        );
+        // Long text elsewhere costs nothing and is fine.
+        let elsewhere = DEAL.replace("Tom &amp; Jerry", &"x".repeat(10_000));
+        assert!(read(elsewhere.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn every_terminal_number_counts_empty_ones_too() {
+        for two in [
+            "<terminalNumber/><terminalNumber>0882819014</terminalNumber>",
+            "<terminalNumber>0882819014</terminalNumber><terminalNumber/>",
+            "<terminalNumber> </terminalNumber><terminalNumber>0882819014</terminalNumber>",
+            "<terminalNumber>0882819014</terminalNumber><x><terminalNumber>9999999999</terminalNumber></x>",
+        ] {
+            assert_eq!(
+                terminal_of(&deal_with(two)),
+                Err(IntInError::Ambiguous("terminalNumber")),
+                "{two}"
+            );
+        }
+        let same = "<terminalNumber>0882819014</terminalNumber><x><terminalNumber> 0882819014 </terminalNumber></x>";
+        assert_eq!(terminal_of(&deal_with(same)), Ok(Some("0882819014".into())));
+        assert_eq!(
+            terminal_of(&deal_with(
+                "<terminalNumber/><terminalNumber></terminalNumber>"
+            )),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn undefined_references_are_refused_anywhere() {
+        for bad in [
+            "<cardNo>&foo;</cardNo>",
+            "<cardNo>4580&nbsp;0000</cardNo>",
+            "<cardNo type='&foo;'>4580000000000000</cardNo>",
+            "<cardNo type=\"a&b\">4580000000000000</cardNo>",
+            "<cardNo type='<'>4580000000000000</cardNo>",
+            "<cardNo>&amp</cardNo>",
+            "<cardNo>a & b</cardNo>",
+            "<cardNo>&#0;</cardNo>",
+            "<cardNo>&#1;</cardNo>",
+            "<cardNo>&#xD800;</cardNo>",
+            "<cardNo>&#xFFFE;</cardNo>",
+            "<cardNo>&#x110000;</cardNo>",
+            "<cardNo>&#99999999999;</cardNo>",
+            "<cardNo>&#X41;</cardNo>",
+            "<cardNo>&#;</cardNo>",
+            "<cardNo>&#x;</cardNo>",
+            "<cardNo>&#-1;</cardNo>",
+            "<cardNo>&#+65;</cardNo>",
+            "<cardNo&foo;>1</cardNo&foo;>",
+            "<cardNo a&b='1'>1</cardNo>",
+            "<cardNo><!-- a -- b --></cardNo>",
+        ] {
+            let xml = DEAL.replace("<cardNo>4580000000000000</cardNo>", bad);
+            assert_eq!(read(xml.as_bytes()), Err(IntInError::Malformed), "{bad}");
+        }
+        for fine in [
+            "<cardNo>&lt;&gt;&amp;&apos;&quot;&#65;&#x41;&#x1F600;&#9;</cardNo>",
+            "<cardNo type='&amp;&#38;' b=\"'\">1</cardNo>",
+            "<cardNo><![CDATA[&foo;]]></cardNo>",
+            "<cardNo><!-- &foo; --></cardNo>",
+        ] {
+            let xml = DEAL.replace("<cardNo>4580000000000000</cardNo>", fine);
+            assert!(read(xml.as_bytes()).is_ok(), "{fine}");
+        }
+    }
+
     proptest! {
         /// Never panics, whatever the input; what it reads is always a plain command word.
         #[test]
         fn any_bytes_are_read_or_refused(xml in proptest::collection::vec(any::<u8>(), 0..200)) {
             if let Ok(int_in) = read(&xml) {
                 prop_assert!(int_in.command.bytes().all(|b| b.is_ascii_alphanumeric()));
+            }
+        }
+
+        /// A terminalNumber made of pieces (text with references, CDATA, comments, elements):
+        /// when payauth reads it, every reader agrees on it (the first text node, the last,
+        /// or all of them joined).
+        #[test]
+        fn a_field_read_is_what_every_reader_reads(pieces in proptest::collection::vec(prop_oneof![
+            "[0-9 \n]{0,4}".prop_map(|t| (t.clone(), t, Piece::Text)),
+            Just(("&#48;".to_owned(), "0".to_owned(), Piece::Text)),
+            Just(("&#x20;".to_owned(), " ".to_owned(), Piece::Text)),
+            "[0-9 ]{0,4}".prop_map(|t| (format!("<![CDATA[{t}]]>"), t, Piece::CData)),
+            Just(("<!--1-->".to_owned(), String::new(), Piece::Markup)),
+            Just(("<?x 1?>".to_owned(), String::new(), Piece::Markup)),
+            Just(("<b>1</b>".to_owned(), "1".to_owned(), Piece::Markup)),
+            Just(("<b/>".to_owned(), String::new(), Piece::Markup)),
+        ], 0..5)) {
+            let element: String = pieces.iter().map(|(raw, _, _)| raw.as_str()).collect();
+            let xml = deal_with(&format!("<terminalNumber>{element}</terminalNumber>"));
+            if let Ok(int_in) = read(xml.as_bytes()) {
+                prop_assert!(pieces.iter().all(|(_, _, kind)| *kind != Piece::Markup));
+                // The nodes a DOM would hold: adjacent text is one node.
+                let mut nodes: Vec<(String, Piece)> = Vec::new();
+                for (_, text, kind) in &pieces {
+                    match nodes.last_mut() {
+                        Some((last, Piece::Text)) if *kind == Piece::Text => last.push_str(text),
+                        _ => nodes.push((text.clone(), *kind)),
+                    }
+                }
+                let trim = |t: &str| t.trim_matches(is_xml_space).to_owned();
+                let texts: Vec<String> = nodes.iter().map(|(t, _)| trim(t)).filter(|t| !t.is_empty()).collect();
+                prop_assert!(texts.len() <= 1);
+                let all = trim(&nodes.iter().map(|(t, _)| t.as_str()).collect::<String>());
+                prop_assert_eq!(int_in.terminal.as_ref().map_or("", TerminalNumber::as_str), all.as_str());
+                prop_assert_eq!(texts.first().map_or("", String::as_str), all.as_str());
             }
         }
 
