@@ -60,6 +60,7 @@ pub mod forward;
 pub mod guard;
 pub mod metrics;
 pub mod number;
+pub mod path;
 pub mod proxy;
 pub mod secret;
 pub mod sidecar;
