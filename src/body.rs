@@ -1,8 +1,10 @@
 //! Bounded bodies: buffering requests so they can be replayed, and looking into answers small
 //! enough to inspect while streaming larger ones through untouched.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
@@ -101,14 +103,29 @@ where
 
 pin_project! {
     /// The body of an answer passed to the app: either bytes payauth has in hand or the
-    /// gateway's own stream (after any bytes already read from it).
+    /// gateway's own stream (after any bytes already read from it), optionally with a limit on
+    /// how long the stream may stall between two chunks.
     #[derive(Debug)]
     pub struct ResponseBody<B> {
         prefix: Option<Bytes>,
         #[pin]
         inner: Option<B>,
+        idle: Option<Idle>,
     }
 }
+
+/// The stall limit of a streamed body: the timer is pushed back by every chunk.
+#[derive(Debug)]
+struct Idle {
+    limit: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// A streamed answer stalled longer than its idle limit; the app's connection is cut rather
+/// than held open.
+#[derive(Debug, thiserror::Error)]
+#[error("the gateway stalled for over {0:?} in the middle of an answer")]
+pub struct Stalled(pub Duration);
 
 impl<B> ResponseBody<B> {
     /// A body of bytes in hand.
@@ -116,6 +133,7 @@ impl<B> ResponseBody<B> {
         Self {
             prefix: (!bytes.is_empty()).then_some(bytes),
             inner: None,
+            idle: None,
         }
     }
 
@@ -124,7 +142,19 @@ impl<B> ResponseBody<B> {
         Self {
             prefix: prefix.filter(|p| !p.is_empty()),
             inner: Some(inner),
+            idle: None,
         }
+    }
+
+    /// Fails the stream with [`Stalled`] when `inner` yields nothing for `limit`.
+    pub fn with_idle_timeout(mut self, limit: Duration) -> Self {
+        if self.inner.is_some() {
+            self.idle = Some(Idle {
+                limit,
+                timer: Box::pin(tokio::time::sleep(limit)),
+            });
+        }
+        self
     }
 }
 
@@ -140,13 +170,32 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
+        let mut this = self.project();
         if let Some(prefix) = this.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
-        match this.inner.as_pin_mut() {
-            None => Poll::Ready(None),
-            Some(inner) => inner.poll_frame(cx).map_err(Into::into),
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(idle) = this.idle.as_mut() {
+                    let next = tokio::time::Instant::now() + idle.limit;
+                    idle.timer.as_mut().reset(next);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let Some(idle) = this.idle.as_mut() else {
+                    return Poll::Pending;
+                };
+                if idle.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let limit = idle.limit;
+                this.inner.set(None);
+                Poll::Ready(Some(Err(Stalled(limit).into())))
+            }
         }
     }
 

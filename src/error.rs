@@ -160,6 +160,30 @@ impl Error {
         }
         response
     }
+
+    /// The SOAP 1.1 Fault a WCF client can read, with the same status and `x-payauth-error`
+    /// header as [`to_response`](Self::to_response): `faultcode` is `soap:Client` for 4xx codes
+    /// and `soap:Server` for the others, `faultstring` the message, and `detail` holds
+    /// `<payauthError xmlns="urn:payauth"><code>..</code><gateway>..</gateway></payauthError>`.
+    pub fn to_soap_response(&self) -> Response<Full<Bytes>> {
+        let mut response = self.to_response();
+        *response.body_mut() = Full::new(self.soap_fault());
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/xml; charset=utf-8"),
+        );
+        response
+    }
+
+    /// The body of [`to_soap_response`](Self::to_soap_response).
+    pub fn soap_fault(&self) -> Bytes {
+        crate::number::wire::soap_fault(
+            self.code.as_str(),
+            &self.gateway,
+            &self.message,
+            self.code.status().is_client_error(),
+        )
+    }
 }
 
 /// A boxed error, as tower uses.
@@ -180,6 +204,37 @@ mod tests {
             assert_eq!(body["error"]["code"], code.as_str());
             assert_eq!(body["error"]["gateway"], "number");
             assert_eq!(body["error"]["message"], "something happened");
+        }
+    }
+
+    #[test]
+    fn soap_faults_are_well_formed_and_escaped() {
+        for code in ErrorCode::ALL {
+            let err = Error::new(code, "number-soap", "a <b> & \"c\"");
+            let response = err.to_soap_response();
+            assert_eq!(response.status(), code.status());
+            assert_eq!(response.headers()[ERROR_HEADER], code.as_str());
+            let body = err.soap_fault();
+            let text = std::str::from_utf8(&body).expect("utf-8");
+            assert!(text.contains("a &lt;b&gt; &amp; &quot;c&quot;"), "{text}");
+            assert!(text.contains(&format!("<code>{}</code>", code.as_str())));
+            let expected = if code.status().is_client_error() {
+                "soap:Client"
+            } else {
+                "soap:Server"
+            };
+            assert!(text.contains(expected));
+            let mut reader = quick_xml::Reader::from_reader(&body[..]);
+            let mut depth = 0i32;
+            loop {
+                match reader.read_event().expect("well-formed") {
+                    quick_xml::events::Event::Start(_) => depth += 1,
+                    quick_xml::events::Event::End(_) => depth -= 1,
+                    quick_xml::events::Event::Eof => break,
+                    _ => {}
+                }
+            }
+            assert_eq!(depth, 0);
         }
     }
 }

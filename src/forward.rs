@@ -12,12 +12,18 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tower::{Service, ServiceExt};
 
+use crate::body::{content_length, read_bounded, Inspected};
 use crate::error::{BoxError, Error, ErrorCode};
 
 /// Response extension set by the layers when the call was replayed once after the gateway
 /// refused it unprocessed (for the access log).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Replayed(pub bool);
+
+/// Response extension set by the layers on answers payauth gave itself (the app's own
+/// Authenticate or `getSessionId`), for the access log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnsweredLocally;
 
 /// Response extension set by the layers: the time the gateway took to answer, over all attempts
 /// (for the access log).
@@ -155,27 +161,72 @@ fn handshake_refused(error: &rustls::Error) -> bool {
     )
 }
 
-/// Sends `request` through `client`, waiting at most `timeout` for the answer's head.
-pub async fn send<S, ResB>(
+/// Sends `request` through `client` and reads the answer within `timeout`: the head, then the
+/// body up to `inspect_limit` bytes. A larger answer comes back streaming, and may then stall for
+/// at most `timeout` between two chunks (its total time is not bounded: a large answer that keeps
+/// coming is not cut off).
+///
+/// A stall after the request was handed to the client is [`Failure::TimedOut`]: the call may
+/// have been executed.
+pub async fn call<S, ResB>(
     client: S,
     request: Request<Full<Bytes>>,
     timeout: Duration,
-) -> Result<Response<ResB>, Failure>
+    inspect_limit: usize,
+) -> Result<(http::response::Parts, Inspected<ResB>), Failure>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
+    ResB: http_body::Body<Data = Bytes> + Unpin,
+    ResB::Error: Into<BoxError>,
 {
-    match tokio::time::timeout(timeout, client.oneshot(request)).await {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) => {
+    let exchange = async {
+        let response = client.oneshot(request).await.map_err(|e| {
             let e: BoxError = e.into();
             let failure = classify(e.as_ref());
-            // The cause (connection refused, a certificate from an unknown issuer, ...) is what an
-            // operator needs. Client errors carry no request data.
+            // The cause (connection refused, a certificate from an unknown issuer, ...) is what
+            // an operator needs. Client errors carry no request data.
             tracing::warn!(error = %Causes(e.as_ref()), ?failure, "upstream call failed");
-            Err(failure)
+            failure
+        })?;
+        let (head, body) = response.into_parts();
+        let body = read_bounded(body, inspect_limit, content_length(&head.headers))
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %Causes(e.as_ref()), "the gateway's answer was cut off");
+                Failure::Unknown
+            })?;
+        Ok((head, body))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok((head, Inspected::Streaming(body)))) => {
+            Ok((head, Inspected::Streaming(body.with_idle_timeout(timeout))))
         }
+        Ok(result) => result,
         Err(_elapsed) => Err(Failure::TimedOut),
+    }
+}
+
+/// Like [`call`], for answers payauth must read whole (authentications): an answer over `limit`
+/// bytes is a failure with an unknown outcome.
+pub async fn call_whole<S, ResB>(
+    client: S,
+    request: Request<Full<Bytes>>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<(http::response::Parts, Bytes), Failure>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    ResB: http_body::Body<Data = Bytes> + Unpin,
+    ResB::Error: Into<BoxError>,
+{
+    match call(client, request, timeout, limit).await? {
+        (head, Inspected::Buffered(bytes)) => Ok((head, bytes)),
+        (_, Inspected::Streaming(_)) => {
+            tracing::warn!(limit, "the gateway's answer is larger than payauth reads");
+            Err(Failure::Unknown)
+        }
     }
 }
 

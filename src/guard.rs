@@ -161,10 +161,22 @@ impl FileGuardStore {
 
     fn read(path: &Path) -> io::Result<GuardFile> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the lockout record {} is corrupt ({e}); payauth will not guess how many \
+                         authentications it holds. Check it, and delete it only if this gateway's \
+                         credentials were never rejected",
+                        path.display()
+                    ),
+                )
+            }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(GuardFile::default()),
-            Err(e) => Err(e),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("cannot read the lockout record {}: {e}", path.display()),
+            )),
         }
     }
 }

@@ -88,6 +88,7 @@ pub struct Metrics {
     auth_attempts: IntCounterVec,
     reauth: IntCounterVec,
     replays: IntCounterVec,
+    young_key_refusals: IntCounterVec,
     auth_locked: IntGaugeVec,
     session_pool_size: IntGaugeVec,
     sessions_wasted: IntCounterVec,
@@ -135,6 +136,14 @@ impl Metrics {
                 ),
                 gw,
             )?,
+            young_key_refusals: IntCounterVec::new(
+                Opts::new(
+                    "payauth_young_key_refusals_total",
+                    "Session keys the gateway refused (5030/5050) younger than \
+                     renewal_min_key_age: a gateway anomaly that engages the renewal brake.",
+                ),
+                gw,
+            )?,
             auth_locked: IntGaugeVec::new(
                 Opts::new(
                     "payauth_auth_locked",
@@ -176,6 +185,7 @@ impl Metrics {
         registry.register(Box::new(m.auth_attempts.clone()))?;
         registry.register(Box::new(m.reauth.clone()))?;
         registry.register(Box::new(m.replays.clone()))?;
+        registry.register(Box::new(m.young_key_refusals.clone()))?;
         registry.register(Box::new(m.auth_locked.clone()))?;
         registry.register(Box::new(m.session_pool_size.clone()))?;
         registry.register(Box::new(m.sessions_wasted.clone()))?;
@@ -202,6 +212,7 @@ impl Metrics {
             reauth_5050: reauth(ReauthReason::IpChanged5050),
             reauth_456: reauth(ReauthReason::SessionTimeout456),
             replays: self.replays.with_label_values(l),
+            young_key_refusals: self.young_key_refusals.with_label_values(l),
             auth_locked: self.auth_locked.with_label_values(l),
             session_pool_size: self.session_pool_size.with_label_values(l),
             sessions_wasted: self.sessions_wasted.with_label_values(l),
@@ -230,6 +241,7 @@ struct Handles {
     reauth_5050: IntCounter,
     reauth_456: IntCounter,
     replays: IntCounter,
+    young_key_refusals: IntCounter,
     auth_locked: IntGauge,
     session_pool_size: IntGauge,
     sessions_wasted: IntCounter,
@@ -298,6 +310,11 @@ impl GatewayMetrics {
             ReauthReason::IpChanged5050 => self.0.reauth_5050.inc(),
             ReauthReason::SessionTimeout456 => self.0.reauth_456.inc(),
         }
+    }
+
+    /// Counts a session key refused younger than the renewal brake's minimum age.
+    pub fn young_key_refused(&self) {
+        self.0.young_key_refusals.inc();
     }
 
     /// Counts a replay.

@@ -11,7 +11,7 @@ use prometheus::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, ServiceExt};
+use tower::Layer;
 
 use crate::config::{
     read_secret, Config, CreditGuardSettings, GatewayConfig, GatewayKind, NumberSettings,
@@ -133,11 +133,17 @@ impl Sidecar {
             let addr = listener
                 .local_addr()
                 .map_err(|e| StartError(e.to_string()))?;
+            let soap_errors = matches!(&gateway.kind, GatewayKind::Number(n) if n.protocol == crate::number::Protocol::Soap);
             let front = Front::new(
                 &gateway.name,
                 gateway.upstream.clone(),
                 service,
-                gateway.max_concurrency,
+                proxy::FrontLimits {
+                    max_concurrency: gateway.max_concurrency,
+                    max_request_bytes: gateway.max_request_bytes,
+                    body_timeout: gateway.request_timeout,
+                    soap_errors,
+                },
                 gw_metrics.clone(),
             );
             tasks.spawn(proxy::serve(
@@ -272,9 +278,7 @@ fn build_gateway(
             let layer = NumberAuthLayer::with_state(config, credentials, store, metrics)
                 .map_err(|e| e.to_string())?;
             let control = Control::Number(layer.handle());
-            let service = layer
-                .layer(client)
-                .map_request(|r: http::Request<hyper::body::Incoming>| r);
+            let service = layer.layer(client);
             Ok((BoxCloneSyncService::new(service), control))
         }
         GatewayKind::CreditGuard(settings) => {
@@ -340,6 +344,7 @@ fn number_config(gateway: &GatewayConfig, settings: &NumberSettings) -> NumberCo
         max_request_bytes: gateway.max_request_bytes,
         inspect_limit_bytes: gateway.inspect_limit_bytes,
         request_timeout: gateway.request_timeout,
+        renewal_min_key_age: settings.renewal_min_key_age,
     }
 }
 

@@ -27,13 +27,14 @@ pub struct PortalToken {
     pub expires_at: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+// No Debug: the posted tokens are plain strings until they are wrapped in `Secret`.
+#[derive(Deserialize)]
 struct Posted {
     #[serde(rename = "Tokens")]
     tokens: Vec<PostedToken>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct PostedToken {
     #[serde(rename = "TokenID", default)]
     token_id: Option<serde_json::Value>,

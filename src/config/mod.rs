@@ -115,6 +115,8 @@ pub struct NumberSettings {
     pub user_id: Option<u64>,
     /// When the token expires, if known (Unix seconds).
     pub token_expires_at: Option<i64>,
+    /// Keys refused younger than this engage the renewal brake.
+    pub renewal_min_key_age: Duration,
 }
 
 /// CreditGuard's settings.
@@ -213,6 +215,7 @@ struct RawGateway {
     hmac_secret_file: Option<PathBuf>,
     user_id: Option<toml::Value>,
     token_expires_at: Option<toml::Value>,
+    renewal_min_key_age_secs: Option<f64>,
     // creditguard
     relay_path: Option<String>,
     user: Option<String>,
@@ -632,6 +635,12 @@ fn validate_number(
             "gateway {name:?}: token_expires_at must be a date like 2027-05-01T00:00:00Z"
         ));
     }
+    let renewal_min_key_age = secs(
+        &format!("gateway {name:?}: renewal_min_key_age_secs"),
+        g.renewal_min_key_age_secs,
+        30.0,
+        problems,
+    );
     if problems.len() > before {
         return None;
     }
@@ -644,6 +653,7 @@ fn validate_number(
         hmac_secret_file: g.hmac_secret_file.clone(),
         user_id,
         token_expires_at,
+        renewal_min_key_age,
     })
 }
 
@@ -658,6 +668,10 @@ fn validate_creditguard(
         ("account_code", g.account_code.is_some()),
         ("token_file", g.token_file.is_some()),
         ("hmac_secret_file", g.hmac_secret_file.is_some()),
+        (
+            "renewal_min_key_age_secs",
+            g.renewal_min_key_age_secs.is_some(),
+        ),
     ] {
         if present {
             problems.push(format!(

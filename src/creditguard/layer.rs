@@ -24,9 +24,7 @@ use super::pool::{
 use super::scope::{Scope, ScopeCmd, SessionScope};
 use super::wire::{self, ResultCode, SessionAnswer};
 use super::CreditGuardCredentials;
-use crate::body::{
-    collect_limited, content_length, read_bounded, CollectError, Inspected, ResponseBody,
-};
+use crate::body::{collect_limited, content_length, CollectError, Inspected, ResponseBody};
 use crate::error::{BoxError, Error, ErrorCode};
 use crate::forward::{self, BoxFuture, Client, Failure, GatewayBody, Replayed, UpstreamLatency};
 use crate::guard::{AuthGuard, GuardStore, MemoryGuardStore, Refusal};
@@ -334,6 +332,18 @@ impl Shared {
         Error::new(code, self.config.name.clone(), message)
     }
 
+    /// The configured relay URI with `query`.
+    fn relay_uri_with(&self, query: Option<&str>) -> Result<Uri, http::Error> {
+        match query {
+            None => Ok(self.relay_uri.clone()),
+            Some(query) => {
+                let mut parts = self.relay_uri.clone().into_parts();
+                parts.path_and_query = Some(format!("{}?{query}", self.relay_uri.path()).parse()?);
+                Ok(Uri::from_parts(parts)?)
+            }
+        }
+    }
+
     fn bad_request(&self, message: impl Into<Cow<'static, str>>) -> Error {
         self.error(ErrorCode::BadRequest, message)
     }
@@ -349,8 +359,10 @@ impl Shared {
         B::Error: Into<BoxError>,
         ResB: GatewayBody,
     {
-        let (parts, body) = request.into_parts();
-        if parts.uri.path() != self.config.relay_path {
+        let (mut parts, body) = request.into_parts();
+        let on_relay = crate::path::canonicalize(parts.uri.path())
+            .is_ok_and(|path| path.eq_ignore_ascii_case(&self.config.relay_path));
+        if !on_relay {
             return Err(self.bad_request(format!(
                 "payauth relays only POST {}; other paths (the SOAP relay included) are not \
                  forwarded",
@@ -360,11 +372,22 @@ impl Shared {
         if parts.method != Method::POST {
             return Err(self.bad_request("the relay takes a POST form; nothing was forwarded"));
         }
+        if !is_form(&parts.headers) {
+            return Err(self.bad_request(
+                "the relay takes a form: Content-Type must be application/x-www-form-urlencoded; \
+                 nothing was forwarded",
+            ));
+        }
         if query_has_relay_fields(parts.uri.query()) {
             return Err(self.bad_request(
                 "the relay fields belong in the POST body, not the query string; nothing was forwarded",
             ));
         }
+        // The gateway gets the relay path exactly as configured, whatever spelling of it the app
+        // used: what payauth checked is what is sent.
+        parts.uri = self.relay_uri_with(parts.uri.query()).map_err(|_| {
+            self.bad_request("the query string is not valid; nothing was forwarded")
+        })?;
         let limit = self.config.max_request_bytes;
         let body = collect_limited(body, limit, content_length(&parts.headers))
             .await
@@ -416,20 +439,17 @@ impl Shared {
         loop {
             let outgoing = outgoing(&parts, &form, &lease);
             let sent_at = Instant::now();
-            let response = forward::send(client.clone(), outgoing, self.config.request_timeout)
-                .await
-                .map_err(|failure| self.failed(failure, replayed))?;
+            let (head, inspected) = forward::call(
+                client.clone(),
+                outgoing,
+                self.config.request_timeout,
+                self.config.inspect_limit_bytes,
+            )
+            .await
+            .map_err(|failure| self.failed(failure, replayed))?;
             upstream += sent_at.elapsed();
             self.metrics
                 .upstream_duration(sent_at.elapsed().as_secs_f64());
-            let (head, body) = response.into_parts();
-            let inspected = read_bounded(
-                body,
-                self.config.inspect_limit_bytes,
-                content_length(&head.headers),
-            )
-            .await
-            .map_err(|_| self.failed(Failure::Unknown, replayed))?;
             let bytes = match inspected {
                 Inspected::Streaming(body) => return answer(head, body, replayed, upstream),
                 Inspected::Buffered(bytes) => bytes,
@@ -586,8 +606,15 @@ impl Shared {
         );
         tracing::debug!(gateway = name, terminal = %key.terminal, scope = %key.scope, "requesting a session");
         let started = Instant::now();
-        let response = match forward::send(client, request, self.config.request_timeout).await {
-            Ok(response) => response,
+        let answer = forward::call_whole(
+            client,
+            request,
+            self.config.request_timeout,
+            self.config.inspect_limit_bytes,
+        )
+        .await;
+        let bytes = match answer {
+            Ok((_, bytes)) => bytes,
             Err(Failure::NotSent) => {
                 attempt.not_sent();
                 return Err(all(self.error(
@@ -596,21 +623,13 @@ impl Shared {
                 )));
             }
             Err(_) => {
+                // Sent, with no usable answer in time: the gateway may have counted it.
                 attempt.unknown();
                 return Err(all(self.error(
                     ErrorCode::AuthUnavailable,
                     "the session request got no usable answer in time",
                 )));
             }
-        };
-        let answer =
-            collect_limited(response.into_body(), self.config.inspect_limit_bytes, None).await;
-        let Ok(bytes) = answer else {
-            attempt.unknown();
-            return Err(all(self.error(
-                ErrorCode::AuthUnavailable,
-                "the session answer was cut off or too large",
-            )));
         };
         let elapsed = started.elapsed();
         match wire::parse_get_session(&bytes) {
@@ -797,14 +816,30 @@ fn terminal_disabled(gateway: &str) -> Error {
     )
 }
 
-/// Whether a query string carries a relay field (the gateway would read it; payauth would not).
+/// Whether the request declares exactly one Content-Type, `application/x-www-form-urlencoded`
+/// (parameters such as a charset allowed): the gateway reads the fields only then, and a
+/// multipart body would hide them from payauth.
+fn is_form(headers: &http::HeaderMap) -> bool {
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    match (types.next(), types.next()) {
+        (Some(value), None) => value.to_str().is_ok_and(|v| {
+            v.split(';').next().is_some_and(|t| {
+                t.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+        }),
+        _ => false,
+    }
+}
+
+/// Whether a query string carries a relay field (the gateway would read it, and a servlet
+/// container puts query parameters ahead of the body's; payauth would not), under any spelling
+/// (names read as [`super::form::relay_field`] reads them; a bad escape counts as one).
 fn query_has_relay_fields(query: Option<&str>) -> bool {
     query.is_some_and(|q| {
         q.split('&').any(|pair| {
             let name = pair.split('=').next().unwrap_or("");
-            ["user", "password", "sessionId", "int_in"]
-                .iter()
-                .any(|f| name.eq_ignore_ascii_case(f))
+            !matches!(super::form::relay_field(name.as_bytes()), Ok(None))
         })
     })
 }
@@ -823,6 +858,7 @@ fn outgoing(parts: &http::request::Parts, form: &RelayForm, lease: &Lease) -> Re
 fn local_answer<ResB>(body: Bytes) -> Response<ResponseBody<ResB>> {
     let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = StatusCode::OK;
+    response.extensions_mut().insert(forward::AnsweredLocally);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/xml; charset=UTF-8"),

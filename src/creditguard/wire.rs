@@ -155,7 +155,8 @@ fn tag(name: &[u8]) -> Tag {
     }
 }
 
-#[derive(Debug, Default)]
+// No Debug: `session_id` is a plain string until it is wrapped in `Secret`.
+#[derive(Default)]
 struct AnswerFields {
     result: Option<String>,
     session_id: Option<String>,

@@ -13,6 +13,8 @@ pub(crate) struct KeyState {
     /// Increases with every authentication: a caller that saw an older generation than the
     /// current one replays with the current key without authenticating.
     pub(crate) generation: u64,
+    /// When the gateway issued it (for the renewal brake).
+    pub(crate) obtained: tokio::time::Instant,
     plain: HeaderValue,
     signer: Option<Signer>,
     signatures: SignatureCache,
@@ -40,6 +42,7 @@ impl KeyState {
         key: Secret<String>,
         generation: u64,
         signer: Option<Signer>,
+        obtained: tokio::time::Instant,
     ) -> Result<Self, SignError> {
         let mut plain = HeaderValue::from_str(key.expose()).map_err(|_| SignError::BadKey)?;
         plain.set_sensitive(true);
@@ -50,6 +53,7 @@ impl KeyState {
         Ok(Self {
             key,
             generation,
+            obtained,
             plain,
             signer,
             signatures: SignatureCache::default(),

@@ -10,17 +10,16 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::keys::{KeyInfo, KeyState};
 use super::signer::Signer;
 use super::wire::{self, AuthAnswer, SoapNames, SoapRequest};
 use super::NumberCredentials;
-use crate::body::{
-    collect_limited, content_length, read_bounded, CollectError, Inspected, ResponseBody,
-};
+use crate::body::{collect_limited, content_length, CollectError, Inspected, ResponseBody};
 use crate::error::{BoxError, Error, ErrorCode};
 use crate::forward::{self, BoxFuture, Client, Failure, GatewayBody, Replayed, UpstreamLatency};
 use crate::guard::{AuthGuard, GuardStore, MemoryGuardStore};
@@ -55,8 +54,13 @@ pub struct NumberConfig {
     pub max_request_bytes: usize,
     /// Answers up to this size are inspected for 5030/5050; larger ones stream through.
     pub inspect_limit_bytes: usize,
-    /// How long to wait for an answer's head.
+    /// How long a call may take to answer, head and body (a larger streamed answer may stall
+    /// this long between chunks); also the bound on an authentication and on waiting for one.
     pub request_timeout: Duration,
+    /// A key refused (5030/5050) younger than this is a gateway anomaly: a second one in a row
+    /// makes further renewals back off exponentially (1 s doubling to 5 min, jittered), calls
+    /// failing fast with `auth_unavailable` meanwhile (default 30 s).
+    pub renewal_min_key_age: Duration,
 }
 
 impl NumberConfig {
@@ -73,6 +77,7 @@ impl NumberConfig {
             max_request_bytes: 1 << 20,
             inspect_limit_bytes: 64 << 10,
             request_timeout: Duration::from_secs(30),
+            renewal_min_key_age: Duration::from_secs(30),
         }
     }
 
@@ -105,6 +110,7 @@ struct Shared {
     credentials: ArcSwap<CredState>,
     key: ArcSwapOption<KeyState>,
     flight: Mutex<Option<Flight>>,
+    brake: Mutex<Brake>,
     generations: AtomicU64,
     guard: Arc<AuthGuard>,
     metrics: GatewayMetrics,
@@ -172,6 +178,7 @@ impl NumberAuthLayer {
                 credentials: ArcSwap::from_pointee(cred_state),
                 key: ArcSwapOption::empty(),
                 flight: Mutex::new(None),
+                brake: Mutex::new(Brake::default()),
                 generations: AtomicU64::new(0),
                 guard,
                 metrics,
@@ -219,7 +226,12 @@ impl NumberHandle {
             // The key's signer is part of the key state: re-derive it with the new secret.
             if let Some(current) = self.shared.key.load_full() {
                 let signer = self.shared.credentials.load().signer.clone();
-                if let Ok(next) = KeyState::new(current.key_clone(), current.generation, signer) {
+                if let Ok(next) = KeyState::new(
+                    current.key_clone(),
+                    current.generation,
+                    signer,
+                    current.obtained,
+                ) {
                     self.shared.key.store(Some(Arc::new(next)));
                 }
             }
@@ -291,6 +303,28 @@ where
     }
 }
 
+/// The largest Authenticate answer read (merchant lists can be long).
+const AUTH_ANSWER_LIMIT: usize = 1 << 20;
+
+/// The renewal brake's wait after the `n`th young refusal past the first: 1 s doubling to 5 min,
+/// ±20% so that replicas do not renew in step.
+fn brake_backoff(n: u32) -> Duration {
+    let base =
+        Duration::from_secs(1u64 << n.saturating_sub(1).min(9)).min(Duration::from_secs(300));
+    base.mul_f64(0.8 + 0.4 * fastrand::f64())
+}
+
+/// Consecutive refusals of young keys; see [`Shared::brake`].
+#[derive(Debug, Default)]
+struct Brake {
+    /// Young refusals in a row, all for `reason`.
+    streak: u32,
+    reason: Option<ReauthReason>,
+    /// The newest generation already counted: each key counts once.
+    counted: u64,
+    until: Option<Instant>,
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -314,8 +348,10 @@ impl Shared {
         ResB: GatewayBody,
     {
         let (parts, body) = request.into_parts();
-        let is_auth_path = parts.uri.path().eq_ignore_ascii_case(self.auth_uri.path());
-        if is_auth_path && self.config.protocol == Protocol::Rest {
+        let path = crate::path::canonicalize(parts.uri.path()).map_err(|e| {
+            self.error(ErrorCode::BadRequest, format!("{e}; nothing was forwarded"))
+        })?;
+        if self.config.protocol == Protocol::Rest && self.is_rest_auth(&path) {
             tracing::debug!(gateway = %self.config.name, "answering the app's own Authenticate locally");
             return Ok((
                 self.local_answer(
@@ -346,7 +382,7 @@ impl Shared {
                     .map_err(|e| {
                         self.error(ErrorCode::BadRequest, format!("{e}; nothing was forwarded"))
                     })?;
-                if is_auth_path && self.is_soap_auth(&parts.headers, &request) {
+                if self.is_soap_auth(&parts.headers, &request) {
                     tracing::debug!(gateway = %self.config.name, "answering the app's own Authenticate locally");
                     return Ok((
                         self.local_answer(
@@ -378,20 +414,17 @@ impl Shared {
             })?;
             let outgoing = self.outgoing(&parts, &body, soap.as_ref(), value)?;
             let started = tokio::time::Instant::now();
-            let response = forward::send(client.clone(), outgoing, self.config.request_timeout)
-                .await
-                .map_err(|failure| self.failed(failure, &parts))?;
+            let (head, inspected) = forward::call(
+                client.clone(),
+                outgoing,
+                self.config.request_timeout,
+                self.config.inspect_limit_bytes,
+            )
+            .await
+            .map_err(|failure| self.failed(failure, &parts))?;
             upstream += started.elapsed();
             self.metrics
                 .upstream_duration(started.elapsed().as_secs_f64());
-            let (head, body) = response.into_parts();
-            let inspected = read_bounded(
-                body,
-                self.config.inspect_limit_bytes,
-                content_length(&head.headers),
-            )
-            .await
-            .map_err(|_| self.failed(Failure::Unknown, &parts))?;
             let bytes = match inspected {
                 Inspected::Streaming(body) => return answer(head, body, replayed, upstream),
                 Inspected::Buffered(bytes) => bytes,
@@ -405,7 +438,7 @@ impl Shared {
                 Some(reason) if !replayed => {
                     tracing::debug!(gateway = %self.config.name, reason = reason.as_str(), generation = key.generation,
                         "gateway refused the session key; renewing and replaying once");
-                    key = self.renew(Some((key.generation, reason)), &client).await?;
+                    key = self.renew(Some((&key, reason)), &client).await?;
                     self.metrics.replay();
                     replayed = true;
                 }
@@ -425,12 +458,31 @@ impl Shared {
         failure.into_error(&self.config.name)
     }
 
+    /// Whether a REST call is the app's own Authenticate: its path, as the gateway's server
+    /// routes it, is the configured auth path or ends in an `Authenticate` segment (ASCII case
+    /// ignored), so no spelling of it reaches the gateway with the app's stale token.
+    fn is_rest_auth(&self, path: &crate::path::CanonicalPath<'_>) -> bool {
+        path.eq_ignore_ascii_case(&self.config.auth_path)
+            || path.last_segment().eq_ignore_ascii_case("Authenticate")
+    }
+
+    /// Whether a SOAP call is the app's own Authenticate, whatever path it was sent to: the
+    /// operation is named `Authenticate`, or the SOAPAction is the configured action or ends in
+    /// `/Authenticate` (ASCII case ignored: WCF dispatches on the action).
     fn is_soap_auth(&self, headers: &http::HeaderMap, request: &SoapRequest) -> bool {
         let action = headers
-            .get("soapaction")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim().trim_matches('"'));
-        action == Some(self.config.soap.auth_action.as_str()) || request.operation == "Authenticate"
+            .get_all("soapaction")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|v| v.trim().trim_matches('"').trim());
+        let mut actions = action;
+        request.operation.eq_ignore_ascii_case("Authenticate")
+            || actions.any(|a| {
+                a.eq_ignore_ascii_case(&self.config.soap.auth_action)
+                    || a.rsplit('/')
+                        .next()
+                        .is_some_and(|op| op.eq_ignore_ascii_case("Authenticate"))
+            })
     }
 
     fn user_id(&self) -> Option<u64> {
@@ -449,6 +501,7 @@ impl Shared {
     ) -> Response<ResponseBody<ResB>> {
         let mut response = Response::new(ResponseBody::full(body));
         *response.status_mut() = StatusCode::OK;
+        response.extensions_mut().insert(forward::AnsweredLocally);
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -498,11 +551,11 @@ impl Shared {
 
     /// Gets a key newer than `stale` (any key when `None`): joins the authentication in flight
     /// or starts one. However many callers arrive, one authentication is sent per stale key, and
-    /// all of them share its result, failure included. The caller that starts a renewal counts
-    /// it under the gateway's reason.
+    /// all of them share its result, failure included. A renewal is counted under the gateway's
+    /// reason once the guard lets it be sent. Waiting is bounded by the request timeout.
     async fn renew<S, ResB>(
         self: &Arc<Self>,
-        stale: Option<(u64, ReauthReason)>,
+        stale: Option<(&KeyState, ReauthReason)>,
         client: &S,
     ) -> Result<Arc<KeyState>, Error>
     where
@@ -512,25 +565,28 @@ impl Shared {
         let mut flight = {
             let mut slot = self.flight.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(key) = self.key.load_full() {
-                if stale.is_none_or(|(g, _)| key.generation > g) {
+                if stale.is_none_or(|(refused, _)| key.generation > refused.generation) {
                     return Ok(key);
                 }
+            }
+            if let Some((refused, reason)) = stale {
+                self.brake(refused, reason)?;
             }
             match slot.as_ref() {
                 Some(flight) => flight.clone(),
                 None => {
-                    if let Some((generation, reason)) = stale {
-                        tracing::info!(gateway = %self.config.name, reason = reason.as_str(), generation,
-                            "gateway refused the session key; renewing");
-                        self.metrics.reauth(reason);
+                    if let Some((refused, reason)) = stale {
+                        tracing::info!(gateway = %self.config.name, reason = reason.as_str(),
+                            generation = refused.generation, "gateway refused the session key; renewing");
                     }
+                    let reason = stale.map(|(_, reason)| reason);
                     let (tx, rx) = watch::channel(None);
                     *slot = Some(rx.clone());
                     let shared = Arc::clone(self);
                     let client = client.clone();
                     // Spawned so that a caller going away cannot abandon an attempt halfway.
                     tokio::spawn(async move {
-                        let result = shared.authenticate(client).await;
+                        let result = shared.authenticate(client, reason).await;
                         let mut slot = shared.flight.lock().unwrap_or_else(|p| p.into_inner());
                         if let Ok(key) = &result {
                             shared.key.store(Some(Arc::clone(key)));
@@ -543,20 +599,84 @@ impl Shared {
                 }
             }
         };
-        let outcome = flight.wait_for(Option::is_some).await;
-        match outcome.as_deref() {
-            Ok(Some(result)) => result.clone(),
-            _ => Err(self.error(ErrorCode::AuthUnavailable, "the authentication task failed")),
+        let waited = tokio::time::timeout(
+            self.config.request_timeout,
+            flight.wait_for(Option::is_some),
+        )
+        .await;
+        match waited {
+            Ok(Ok(outcome)) => match outcome.as_ref() {
+                Some(result) => result.clone(),
+                None => Err(self.error(ErrorCode::AuthUnavailable, "the authentication task failed")),
+            },
+            Ok(Err(_)) => Err(self.error(ErrorCode::AuthUnavailable, "the authentication task failed")),
+            Err(_) => Err(self.error(
+                ErrorCode::AuthUnavailable,
+                "no session key could be obtained within the request timeout; nothing was forwarded",
+            )),
         }
     }
 
-    async fn authenticate<S, ResB>(self: &Arc<Self>, client: S) -> Result<Arc<KeyState>, Error>
+    /// The renewal brake. A key refused younger than `renewal_min_key_age` is a gateway anomaly
+    /// (the gateway refuses keys it has just issued: a vendor fault, a clock problem with signed
+    /// keys); from the second such refusal in a row for the same reason, renewals back off
+    /// exponentially and calls fail fast instead of sending one authentication each. Each key
+    /// counts once.
+    fn brake(&self, refused: &KeyState, reason: ReauthReason) -> Result<(), Error> {
+        let now = tokio::time::Instant::now();
+        let mut brake = self.brake.lock().unwrap_or_else(|p| p.into_inner());
+        if refused.generation > brake.counted {
+            brake.counted = refused.generation;
+            let age = now.saturating_duration_since(refused.obtained);
+            if age < self.config.renewal_min_key_age {
+                // The same refusal again: an expiry then an IP change is two events, not a loop.
+                brake.streak = if brake.reason == Some(reason) {
+                    brake.streak + 1
+                } else {
+                    1
+                };
+                brake.reason = Some(reason);
+                self.metrics.young_key_refused();
+                let backoff = (brake.streak >= 2).then(|| brake_backoff(brake.streak - 1));
+                brake.until = backoff.map(|b| now + b);
+                tracing::warn!(gateway = %self.config.name, reason = reason.as_str(),
+                    key_age_ms = age.as_millis() as u64, streak = brake.streak,
+                    backoff_ms = backoff.map(|b| b.as_millis() as u64),
+                    "gateway anomaly: the gateway refused a session key it issued moments ago");
+            } else {
+                *brake = Brake {
+                    counted: refused.generation,
+                    ..Brake::default()
+                };
+            }
+        }
+        match brake.until {
+            Some(until) if now < until => Err(self.error(
+                ErrorCode::AuthUnavailable,
+                format!(
+                    "the gateway keeps refusing session keys it has just issued (a gateway \
+                     anomaly); renewals back off, the next one in {} ms; nothing was forwarded",
+                    (until - now).as_millis()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn authenticate<S, ResB>(
+        self: &Arc<Self>,
+        client: S,
+        reason: Option<ReauthReason>,
+    ) -> Result<Arc<KeyState>, Error>
     where
         S: Client<ResB>,
         ResB: GatewayBody,
     {
         let name = self.config.name.clone();
         let attempt = self.guard.begin().await.map_err(|r| r.into_error(&name))?;
+        if let Some(reason) = reason {
+            self.metrics.reauth(reason);
+        }
         let creds = self.credentials.load_full();
         if attempt.fingerprint() != creds.credentials.fingerprint() {
             // The credentials changed between the two loads; nothing was sent.
@@ -601,8 +721,15 @@ impl Shared {
             }
         }
         tracing::info!(gateway = %name, "authenticating");
-        let response = match forward::send(client, request, self.config.request_timeout).await {
-            Ok(response) => response,
+        let answer = forward::call_whole(
+            client,
+            request,
+            self.config.request_timeout,
+            AUTH_ANSWER_LIMIT,
+        )
+        .await;
+        let bytes = match answer {
+            Ok((_, bytes)) => bytes,
             Err(Failure::NotSent) => {
                 attempt.not_sent();
                 return Err(self.error(
@@ -611,21 +738,14 @@ impl Shared {
                 ));
             }
             Err(_) => {
+                // Sent, with no usable answer in time: the gateway may have counted it.
                 attempt.unknown();
                 return Err(self.error(
                     ErrorCode::AuthUnavailable,
-                    "authentication got no answer in time",
+                    "authentication got no usable answer in time",
                 ));
             }
         };
-        let Ok(collected) = response.into_body().collect().await else {
-            attempt.unknown();
-            return Err(self.error(
-                ErrorCode::AuthUnavailable,
-                "authentication answer was cut off",
-            ));
-        };
-        let bytes = collected.to_bytes();
         let answer = match self.config.protocol {
             Protocol::Rest => wire::parse_rest_auth(&bytes),
             Protocol::Soap => wire::parse_soap_auth(&bytes),
@@ -633,7 +753,7 @@ impl Shared {
         match answer {
             AuthAnswer::Success { key, .. } => {
                 let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-                match KeyState::new(key, generation, creds.signer.clone()) {
+                match KeyState::new(key, generation, creds.signer.clone(), Instant::now()) {
                     Ok(state) => {
                         attempt.success();
                         self.metrics.credential_obtained();

@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -33,8 +34,29 @@ use crate::metrics::{GatewayMetrics, Outcome};
 /// The body of every response the sidecar sends.
 pub type ProxyBody = ResponseBody<Incoming>;
 
-/// A gateway's layer stack around its upstream client, as the listener calls it.
-pub type GatewayService = BoxCloneSyncService<Request<Incoming>, Response<ProxyBody>, Error>;
+/// A gateway's layer stack around its upstream client, as the listener calls it: the request
+/// body is already read (bounded in size and time) by the front.
+pub type GatewayService = BoxCloneSyncService<Request<Full<Bytes>>, Response<ProxyBody>, Error>;
+
+/// How much of an oversized request body is read and discarded after its 413 is sent, so that
+/// clients that write the whole body before reading (Python's http.client, Node's http) see the
+/// 413 instead of a reset connection. Past either bound the connection is closed.
+const DRAIN_LIMIT_BYTES: usize = 64 << 20;
+/// See [`DRAIN_LIMIT_BYTES`].
+const DRAIN_LIMIT_TIME: Duration = Duration::from_secs(10);
+
+/// The limits a front enforces before a request reaches the gateway's layer.
+#[derive(Debug, Clone)]
+pub struct FrontLimits {
+    /// Calls in flight at once; more get 503 `overloaded`.
+    pub max_concurrency: usize,
+    /// Largest request body; larger gets 413 `body_too_large`.
+    pub max_request_bytes: usize,
+    /// How long the app may take to send the request body.
+    pub body_timeout: Duration,
+    /// payauth's own errors as SOAP 1.1 Faults (a Number SOAP gateway) rather than JSON.
+    pub soap_errors: bool,
+}
 
 pub use crate::forward::Replayed;
 
@@ -56,6 +78,7 @@ pub struct Front {
     upstream: Uri,
     service: GatewayService,
     limit: Arc<Semaphore>,
+    limits: FrontLimits,
     metrics: GatewayMetrics,
 }
 
@@ -72,25 +95,69 @@ impl std::fmt::Debug for Front {
 }
 
 impl Front {
-    /// A front for `service`, allowing `max_concurrency` calls at once.
+    /// A front for `service` with these limits.
     pub fn new(
         name: &str,
         upstream: Uri,
         service: GatewayService,
-        max_concurrency: usize,
+        limits: FrontLimits,
         metrics: GatewayMetrics,
     ) -> Self {
         Self {
             name: name.into(),
             upstream,
             service,
-            limit: Arc::new(Semaphore::new(max_concurrency)),
+            limit: Arc::new(Semaphore::new(limits.max_concurrency)),
+            limits,
             metrics,
         }
     }
 
+    fn error(&self, code: ErrorCode, message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+        Error::new(code, self.name.to_string(), message)
+    }
+
+    /// Reads the request body, at most `max_request_bytes` within `body_timeout`. An oversized
+    /// body is drained in the background (bounded) so that the app can read its 413.
+    async fn read_body(
+        &self,
+        headers: &http::HeaderMap,
+        mut body: Incoming,
+    ) -> Result<Bytes, Error> {
+        let limit = self.limits.max_request_bytes;
+        let too_large = || {
+            self.error(
+                ErrorCode::BodyTooLarge,
+                format!("request body over the limit of {limit} bytes; nothing was forwarded"),
+            )
+        };
+        if crate::body::content_length(headers).is_some_and(|len| len > limit as u64) {
+            drain(body);
+            return Err(too_large());
+        }
+        let collect = Limited::new(&mut body, limit).collect();
+        match tokio::time::timeout(self.limits.body_timeout, collect).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.is::<LengthLimitError>() => {
+                drain(body);
+                Err(too_large())
+            }
+            Ok(Err(_)) => Err(self.error(
+                ErrorCode::BadRequest,
+                "the request body could not be read; nothing was forwarded",
+            )),
+            Err(_) => Err(self.error(
+                ErrorCode::BadRequest,
+                format!(
+                    "the request body did not arrive within {} s; nothing was forwarded",
+                    self.limits.body_timeout.as_secs_f64()
+                ),
+            )),
+        }
+    }
+
     /// Handles one request from the app.
-    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let started = tokio::time::Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
@@ -115,22 +182,26 @@ impl Front {
             self.metrics.request(Outcome::Error(ErrorCode::Overloaded));
             return self.finish(Err(error), &method, &path, &request_id, started);
         };
+        let (mut parts, body) = request.into_parts();
         for name in HOP_BY_HOP {
-            request.headers_mut().remove(name);
+            parts.headers.remove(name);
         }
-        request.headers_mut().remove(header::HOST);
-        match self.upstream_uri(request.uri()) {
-            Ok(uri) => *request.uri_mut() = uri,
-            Err(()) => {
-                let error = Error::new(
-                    ErrorCode::BadRequest,
-                    self.name.to_string(),
-                    "the request target is not a path",
-                );
-                self.metrics.request(Outcome::Error(ErrorCode::BadRequest));
+        parts.headers.remove(header::HOST);
+        let prepared = match self.upstream_uri(&parts.uri) {
+            Ok(uri) => {
+                parts.uri = uri;
+                self.read_body(&parts.headers, body).await
+            }
+            Err(()) => Err(self.error(ErrorCode::BadRequest, "the request target is not a path")),
+        };
+        let body = match prepared {
+            Ok(body) => body,
+            Err(error) => {
+                self.metrics.request(Outcome::Error(error.code()));
                 return self.finish(Err(error), &method, &path, &request_id, started);
             }
-        }
+        };
+        let request = Request::from_parts(parts, Full::new(body));
         let result = self.service.clone().oneshot(request).await;
         self.finish(result, &method, &path, &request_id, started)
     }
@@ -148,10 +219,19 @@ impl Front {
                 for name in HOP_BY_HOP {
                     response.headers_mut().remove(name);
                 }
-                (response, "forwarded")
+                let local = response
+                    .extensions()
+                    .get::<crate::forward::AnsweredLocally>()
+                    .is_some();
+                (response, if local { "local" } else { "forwarded" })
             }
             Err(error) => {
-                let (parts, body) = error.to_response().into_parts();
+                let response = if self.limits.soap_errors {
+                    error.to_soap_response()
+                } else {
+                    error.to_response()
+                };
+                let (parts, body) = response.into_parts();
                 let bytes = body_bytes(body);
                 (
                     Response::from_parts(parts, ResponseBody::full(bytes)),
@@ -208,6 +288,22 @@ fn body_bytes(body: http_body_util::Full<Bytes>) -> Bytes {
         std::task::Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
         _ => Bytes::new(),
     }
+}
+
+/// Reads and discards what is left of an oversized request body, within bounds, so that the
+/// connection closes gently after the 413 (see [`DRAIN_LIMIT_BYTES`]).
+fn drain(mut body: Incoming) {
+    tokio::spawn(async move {
+        let mut left = DRAIN_LIMIT_BYTES;
+        let deadline = tokio::time::Instant::now() + DRAIN_LIMIT_TIME;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await {
+            let len = frame.data_ref().map_or(0, Bytes::len);
+            match left.checked_sub(len) {
+                Some(rest) if rest > 0 => left = rest,
+                _ => break,
+            }
+        }
+    });
 }
 
 /// Serves `front` on `listener` until `shutdown` turns true, then lets in-flight calls finish
