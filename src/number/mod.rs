@@ -27,7 +27,7 @@
 //! # Ok(()) }
 //! ```
 
-mod keys;
+pub(crate) mod keys;
 mod layer;
 mod signer;
 pub mod wire;
