@@ -164,6 +164,8 @@ account_code = "EP9116875"
 token_file = "{token}"
 hmac_secret_file = "{hmac}"
 user_id = 2547
+# The demo expires keys on purpose moments after they were issued: not a gateway anomaly here.
+renewal_min_key_age_secs = 0
 [[gateway]]
 name = "creditguard"
 kind = "creditguard"

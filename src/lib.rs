@@ -67,6 +67,7 @@ pub mod sidecar;
 pub mod simulate;
 pub mod telemetry;
 pub mod tokens;
+mod xml;
 
 pub use error::{Error, ErrorCode};
 pub use secret::Secret;

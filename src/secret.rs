@@ -94,8 +94,8 @@ mod every_holder {
             .expect("layer");
         assert_hidden("NumberAuthLayer", both(&layer));
         assert_hidden("NumberHandle", both(&layer.handle()));
-        let signer = Signer::new(&number.signing.as_ref().expect("signing").secret, 2547)
-            .expect("signer");
+        let signer =
+            Signer::new(&number.signing.as_ref().expect("signing").secret, 2547).expect("signer");
         assert_hidden("Signer", both(&signer));
         let key = crate::number::keys::KeyState::new(
             super::Secret::new(SESS_KEY.to_owned()),

@@ -130,6 +130,15 @@ fn trace_logs_of_a_whole_run_hold_no_secret() {
             .any(|l| l.contains("outcome=\"outcome_unknown\"")),
         "the dropped call is logged"
     );
+    let login: Vec<&&str> = access
+        .iter()
+        .filter(|l| l.contains("/Authenticate"))
+        .collect();
+    assert!(!login.is_empty(), "the app's own Authenticate is logged");
+    assert!(
+        login.iter().all(|l| l.contains("outcome=\"local\"")),
+        "the app's own Authenticate is logged as answered locally: {login:?}"
+    );
     for event in [
         "authenticated",
         "renewing",

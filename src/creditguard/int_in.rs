@@ -22,6 +22,8 @@ use std::fmt;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
+use crate::xml;
+
 /// Deepest nesting accepted (real requests nest four or five levels).
 const MAX_DEPTH: usize = 32;
 /// Longest text accepted in a field payauth reads (surrounding whitespace included); real values
@@ -328,43 +330,24 @@ pub fn read(xml: &[u8]) -> Result<IntIn, IntInError> {
     })
 }
 
-/// XML's whitespace (`S`): space, tab, carriage return, line feed.
 fn is_xml_space(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\r' | '\n')
+    u8::try_from(c).is_ok_and(xml::is_space)
 }
 
-/// Names hold no markup (`<a&foo;>` is no element a parser agrees on), attributes are
-/// well-formed (`name="value"`, no duplicates), and their values hold no `<` and only defined
-/// references: the gateway's parser would refuse anything else. Attribute values are not read.
+/// The start tag is well-formed (see [`xml::is_well_formed_start`]): the gateway's parser would
+/// refuse anything else.
 fn well_formed_start(e: &BytesStart<'_>) -> Result<(), IntInError> {
-    if !is_name(e.name().as_ref()) {
-        return Err(IntInError::Malformed);
+    if xml::is_well_formed_start(e) {
+        Ok(())
+    } else {
+        Err(IntInError::Malformed)
     }
-    for attribute in e.attributes() {
-        let attribute = attribute.map_err(|_| IntInError::Malformed)?;
-        if !is_name(attribute.key.as_ref()) || attribute.value.contains(&b'<') {
-            return Err(IntInError::Malformed);
-        }
-        unescape(&attribute.value, None)?;
-    }
-    Ok(())
 }
 
-/// Whether `name` could be an XML name: no ASCII byte other than letters, digits and `-._:`
-/// (other characters, beyond ASCII, are left to the gateway's parser).
-fn is_name(name: &[u8]) -> bool {
-    !name.is_empty()
-        && name.iter().all(|&b| {
-            !b.is_ascii() || b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':')
-        })
-}
-
-/// Checks the references in a text or attribute value and, for a field payauth reads, appends
-/// the text with them resolved to its buffer (refusing it past [`MAX_FIELD`] bytes). The only
-/// references are XML's own, whatever element they are in: a document without a DTD defines
-/// no other entity, and the gateway's parser would refuse one, or read it some other way.
+/// Checks the references in a text and, for a field payauth reads, appends the text with them
+/// resolved to its buffer (refusing it past [`MAX_FIELD`] bytes).
 fn unescape(raw: &[u8], mut out: Option<(&mut Vec<u8>, Wanted)>) -> Result<(), IntInError> {
-    let mut push = |bytes: &[u8]| -> Result<(), IntInError> {
+    xml::resolve_references(raw, IntInError::Malformed, |bytes| {
         if let Some((buf, field)) = out.as_mut() {
             if buf.len() + bytes.len() > MAX_FIELD {
                 return Err(IntInError::FieldTooLong(field.name()));
@@ -372,49 +355,7 @@ fn unescape(raw: &[u8], mut out: Option<(&mut Vec<u8>, Wanted)>) -> Result<(), I
             buf.extend_from_slice(bytes);
         }
         Ok(())
-    };
-    let mut rest = raw;
-    while let Some(amp) = memchr::memchr(b'&', rest) {
-        push(&rest[..amp])?;
-        let after = &rest[amp + 1..];
-        let semicolon = memchr::memchr(b';', after).ok_or(IntInError::Malformed)?;
-        let mut utf8 = [0u8; 4];
-        let resolved: &[u8] = match &after[..semicolon] {
-            b"lt" => b"<",
-            b"gt" => b">",
-            b"amp" => b"&",
-            b"apos" => b"'",
-            b"quot" => b"\"",
-            [b'#', b'x', hex @ ..] => char_ref(hex, 16)?.encode_utf8(&mut utf8).as_bytes(),
-            [b'#', decimal @ ..] => char_ref(decimal, 10)?.encode_utf8(&mut utf8).as_bytes(),
-            _ => return Err(IntInError::Malformed),
-        };
-        push(resolved)?;
-        rest = &after[semicolon + 1..];
-    }
-    push(rest)
-}
-
-/// A character reference's character: digits only (no sign, at least one), and a character
-/// XML 1.0 allows (`Char`: no NUL, no other C0 control but tab, CR and LF, no surrogate, no
-/// U+FFFE/U+FFFF).
-fn char_ref(digits: &[u8], radix: u32) -> Result<char, IntInError> {
-    if digits.is_empty() {
-        return Err(IntInError::Malformed);
-    }
-    let mut code: u32 = 0;
-    for &d in digits {
-        let d = char::from(d).to_digit(radix).ok_or(IntInError::Malformed)?;
-        code = code
-            .checked_mul(radix)
-            .and_then(|c| c.checked_add(d))
-            .ok_or(IntInError::Malformed)?;
-    }
-    let allowed =
-        matches!(code, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x1_0000..=0x10_FFFF);
-    char::from_u32(code)
-        .filter(|_| allowed)
-        .ok_or(IntInError::Malformed)
+    })
 }
 
 #[cfg(test)]

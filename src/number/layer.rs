@@ -467,22 +467,33 @@ impl Shared {
     }
 
     /// Whether a SOAP call is the app's own Authenticate, whatever path it was sent to: the
-    /// operation is named `Authenticate`, or the SOAPAction is the configured action or ends in
-    /// `/Authenticate` (ASCII case ignored: WCF dispatches on the action).
+    /// operation is named `Authenticate`, or an action (the SOAPAction header, or SOAP 1.2's
+    /// `action` parameter of the Content-Type) is the configured one or ends in `/Authenticate`
+    /// (ASCII case ignored: WCF dispatches on the action).
     fn is_soap_auth(&self, headers: &http::HeaderMap, request: &SoapRequest) -> bool {
-        let action = headers
+        let soap_actions = headers
             .get_all("soapaction")
             .iter()
+            .filter_map(|v| v.to_str().ok());
+        let content_type_actions = headers
+            .get_all(header::CONTENT_TYPE)
+            .iter()
             .filter_map(|v| v.to_str().ok())
-            .map(|v| v.trim().trim_matches('"').trim());
-        let mut actions = action;
+            .flat_map(|v| v.split(';'))
+            .filter_map(|param| {
+                let (name, value) = param.split_once('=')?;
+                name.trim().eq_ignore_ascii_case("action").then_some(value)
+            });
+        let is_auth_action = |action: &str| {
+            let action = action.trim().trim_matches('"').trim();
+            action.eq_ignore_ascii_case(&self.config.soap.auth_action)
+                || action
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|op| op.eq_ignore_ascii_case("Authenticate"))
+        };
         request.operation.eq_ignore_ascii_case("Authenticate")
-            || actions.any(|a| {
-                a.eq_ignore_ascii_case(&self.config.soap.auth_action)
-                    || a.rsplit('/')
-                        .next()
-                        .is_some_and(|op| op.eq_ignore_ascii_case("Authenticate"))
-            })
+            || soap_actions.chain(content_type_actions).any(is_auth_action)
     }
 
     fn user_id(&self) -> Option<u64> {

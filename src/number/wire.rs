@@ -9,6 +9,7 @@ use quick_xml::Reader;
 
 use crate::metrics::ReauthReason;
 use crate::secret::Secret;
+use crate::xml;
 
 /// The session key payauth hands an app that still calls Authenticate itself. It is not a real
 /// key: payauth replaces whatever key the app sends.
@@ -393,7 +394,8 @@ impl<'a> Walk<'a> {
             Event::Text(text) => {
                 // Unescaping is what notices an undefined entity (`&foo;`): XML without a
                 // DOCTYPE knows only the five predefined ones and character references.
-                text.unescape().map_err(|_| SoapError::Malformed)?;
+                xml::resolve_references(&text, (), |_| Ok(()))
+                    .map_err(|()| SoapError::Malformed)?;
                 if memchr::memmem::find(&text, b"]]>").is_some() {
                     return Err(SoapError::Malformed);
                 }
@@ -413,7 +415,7 @@ impl<'a> Walk<'a> {
             }
             Event::PI(pi) => {
                 let target = pi.target();
-                if !is_xml_name(target) || target.eq_ignore_ascii_case(b"xml") {
+                if !xml::is_name(target) || target.eq_ignore_ascii_case(b"xml") {
                     return Err(SoapError::Malformed);
                 }
                 Ok(())
@@ -540,54 +542,21 @@ impl<'a> Walk<'a> {
     }
 }
 
-/// Refuses a start tag whose name or attributes are not well-formed: a broken, unquoted or
-/// repeated attribute, a `<` or an undefined entity in a value.
 fn check_element(e: &BytesStart<'_>) -> Result<(), SoapError> {
-    if !is_xml_name(e.name().as_ref()) {
-        return Err(SoapError::Malformed);
-    }
-    // `attributes()` checks for duplicates unless told otherwise.
-    for attribute in e.attributes() {
-        let attribute = attribute.map_err(|_| SoapError::Malformed)?;
-        if !is_xml_name(attribute.key.as_ref()) || attribute.value.contains(&b'<') {
-            return Err(SoapError::Malformed);
-        }
-        attribute
-            .unescape_value()
-            .map_err(|_| SoapError::Malformed)?;
-    }
-    Ok(())
-}
-
-/// XML's `Name` production, with every non-ASCII character accepted (the body is known to be
-/// UTF-8, and XML allows most letters beyond ASCII): enough to refuse `<>`, `< a>` or `<a/ >`.
-fn is_xml_name(name: &[u8]) -> bool {
-    let start = |b: u8| b.is_ascii_alphabetic() || b == b'_' || b == b':' || b >= 0x80;
-    match name.split_first() {
-        Some((&first, rest)) => {
-            start(first)
-                && rest
-                    .iter()
-                    .all(|&b| start(b) || b.is_ascii_digit() || b == b'-' || b == b'.')
-        }
-        None => false,
+    if xml::is_well_formed_start(e) {
+        Ok(())
+    } else {
+        Err(SoapError::Malformed)
     }
 }
 
 fn is_xml_whitespace(bytes: &[u8]) -> bool {
-    bytes
-        .iter()
-        .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-}
-
-/// XML 1.0's `Char` production.
-fn is_xml_char(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+    bytes.iter().copied().all(xml::is_space)
 }
 
 fn check_characters(body: &[u8]) -> Result<(), SoapError> {
     let text = std::str::from_utf8(body).map_err(|_| SoapError::Malformed)?;
-    if text.chars().all(is_xml_char) {
+    if text.chars().all(xml::is_char) {
         Ok(())
     } else {
         Err(SoapError::Malformed)
@@ -645,12 +614,12 @@ pub fn soap_fault(code: &str, gateway: &str, message: &str, client_error: bool) 
 /// `text` ready for an XML element: markup characters escaped, and characters XML cannot carry
 /// at all (control characters) replaced, so the fault stays readable whatever the message holds.
 fn xml_text(text: &str) -> String {
-    if text.chars().all(is_xml_char) {
+    if text.chars().all(xml::is_char) {
         quick_xml::escape::escape(text).into_owned()
     } else {
         let clean: String = text
             .chars()
-            .map(|c| if is_xml_char(c) { c } else { '\u{FFFD}' })
+            .map(|c| if xml::is_char(c) { c } else { '\u{FFFD}' })
             .collect();
         quick_xml::escape::escape(clean.as_str()).into_owned()
     }
