@@ -637,6 +637,14 @@ async fn a_gateway_that_refuses_every_new_key_is_braked() {
             .await,
         (auths - 1) as f64
     );
+    // While braked, a call with the refused key is not sent at all (it carries card data to a
+    // gateway known to refuse it): each key is tried by at most the call that renewed it, its
+    // replay, and the call whose refusal engaged the brake.
+    let calls = gateway.calls();
+    assert!(
+        calls <= 3 * auths,
+        "{calls} API calls reached the gateway for {auths} keys during the brake"
+    );
     h.stop().await;
 }
 

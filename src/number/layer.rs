@@ -397,6 +397,9 @@ impl Shared {
         };
 
         let mut key = self.current_key(&client).await?;
+        // A key the gateway already refused while renewals are braked would only be refused
+        // again: the call (card data included) is not sent at all.
+        self.check_brake(&key)?;
         let mut replayed = false;
         let mut upstream = Duration::ZERO;
         let answer = |head, body, replayed, upstream| {
@@ -662,16 +665,35 @@ impl Shared {
             }
         }
         match brake.until {
-            Some(until) if now < until => Err(self.error(
-                ErrorCode::AuthUnavailable,
-                format!(
-                    "the gateway keeps refusing session keys it has just issued (a gateway \
-                     anomaly); renewals back off, the next one in {} ms; nothing was forwarded",
-                    (until - now).as_millis()
-                ),
-            )),
+            Some(until) if now < until => Err(self.braked(until - now)),
             _ => Ok(()),
         }
+    }
+
+    /// Refuses a call during the renewal brake when its key is one the gateway refused.
+    fn check_brake(&self, key: &KeyState) -> Result<(), Error> {
+        let brake = self.brake.lock().unwrap_or_else(|p| p.into_inner());
+        match brake.until {
+            Some(until) if key.generation <= brake.counted => {
+                let now = tokio::time::Instant::now();
+                if now < until {
+                    return Err(self.braked(until - now));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn braked(&self, wait: Duration) -> Error {
+        self.error(
+            ErrorCode::AuthUnavailable,
+            format!(
+                "the gateway keeps refusing session keys it has just issued (a gateway anomaly); \
+                 renewals back off, the next one in {} ms; nothing was forwarded",
+                wait.as_millis()
+            ),
+        )
     }
 
     async fn authenticate<S, ResB>(
