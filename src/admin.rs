@@ -133,7 +133,7 @@ async fn unlock(
         Ok(g) => g,
         Err(response) => return response,
     };
-    match gateway.control.guard().unlock() {
+    match gateway.control.guard().unlock().await {
         Ok(()) => (
             StatusCode::OK,
             Json(json!({"gateway": name, "locked": false})),
@@ -200,7 +200,7 @@ async fn number_tokens(
             "the gateway's signing settings are unusable",
         );
     }
-    if let Err(e) = handle.guard().unlock() {
+    if let Err(e) = handle.guard().unlock().await {
         tracing::error!(gateway = %name, error = %e, "token swapped but the unlock could not be persisted");
     }
     if let Some(at) = portal.expires_at {

@@ -94,6 +94,10 @@ pub struct GuardRecord {
     /// Why the gateway is locked (no secrets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// An attempt with these credentials succeeded and nothing was rejected or unknown since
+    /// (see [`rules`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proven: bool,
 }
 
 /// Where guard records live. The default is [`FileGuardStore`]; a shared backend lets several
@@ -270,6 +274,157 @@ pub struct GuardStatus {
     pub in_flight: u32,
 }
 
+/// What an attempt ended as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The gateway issued a credential.
+    Success,
+    /// The gateway answered and rejected the credentials.
+    Rejected,
+    /// Nothing reached the gateway, or it answered with no verdict on the credentials.
+    NotSent,
+    /// It may have reached the gateway; no usable answer came back.
+    Unknown,
+}
+
+/// How many attempts a guard lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardLimits {
+    /// Rejected attempts in a row that lock (1..=[`MAX_BUDGET`]).
+    pub budget: u32,
+    /// Attempts in flight at once while the credentials are proven (see [`rules`]); 1 keeps
+    /// attempts strictly one at a time always (Number).
+    pub proven_concurrency: u32,
+}
+
+impl GuardLimits {
+    /// Strictly one attempt at a time, with this budget.
+    pub fn serial(budget: u32) -> Self {
+        Self {
+            budget,
+            proven_concurrency: 1,
+        }
+    }
+}
+
+/// The guard's rules as pure functions over a record: what may be sent next, and what an
+/// outcome does to the record. [`AuthGuard`] applies them under its lock and persists the
+/// result; the property test at the end of this file drives them through every interleaving.
+///
+/// * Credentials are **proven** when an attempt with exactly them succeeded and nothing was
+///   rejected or unknown since. While unproven (first start, after a change, a rejection, an
+///   unknown outcome or an unlock), attempts go one at a time. Once proven, up to
+///   `proven_concurrency` may be in flight; the first rejection or unknown outcome makes them
+///   unproven again, so no new attempt starts until every attempt in flight has ended, and the
+///   rejections that come back from those are counted as what they are. Worst case, stated
+///   plainly: if a password is revoked at the gateway while N attempts are in flight, up to N
+///   rejections reach it before the gateway locks.
+/// * Rejected plus unknown attempts in a row never exceed [`VENDOR_CEILING`] through attempts
+///   started while unproven: the one that would is refused and the gateway locks.
+pub mod rules {
+    use super::{AttemptOutcome, GuardLimits, GuardRecord, VENDOR_CEILING};
+
+    /// Whether another attempt may be sent now.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Admit {
+        /// Send it (reserve it first).
+        Send,
+        /// Wait for an attempt in flight to end.
+        Wait,
+        /// Lock the gateway, for this reason.
+        Lock(&'static str),
+    }
+
+    /// Attempts sent whose outcome will never be known (ended unknown, or in flight when a
+    /// process stopped).
+    pub fn unknown(record: &GuardRecord, in_flight: u32) -> u32 {
+        record.unconfirmed.saturating_sub(in_flight)
+    }
+
+    /// May an attempt be sent, given the record and the attempts in flight?
+    pub fn admit(record: &GuardRecord, in_flight: u32, limits: GuardLimits) -> Admit {
+        if record.locked {
+            return Admit::Lock("locked");
+        }
+        let unknown = unknown(record, in_flight);
+        if record.proven && record.rejected == 0 && unknown == 0 {
+            return if in_flight < limits.proven_concurrency.max(1) {
+                Admit::Send
+            } else {
+                Admit::Wait
+            };
+        }
+        if in_flight > 0 {
+            return Admit::Wait;
+        }
+        if record.rejected >= limits.budget {
+            return Admit::Lock("rejected authentications reached the budget");
+        }
+        if record.rejected + unknown >= VENDOR_CEILING {
+            return Admit::Lock("too many authentications with unknown outcome");
+        }
+        Admit::Send
+    }
+
+    /// The record once an attempt is reserved (before it is sent).
+    pub fn reserve(record: &mut GuardRecord) {
+        record.unconfirmed += 1;
+    }
+
+    /// The record once an attempt ended with `outcome`; `in_flight_after` counts the attempts
+    /// still in flight without this one. Returns why the gateway locks now, if it does.
+    pub fn settle(
+        record: &mut GuardRecord,
+        in_flight_after: u32,
+        limits: GuardLimits,
+        outcome: AttemptOutcome,
+    ) -> Option<String> {
+        match outcome {
+            AttemptOutcome::Success => {
+                record.unconfirmed = record.unconfirmed.saturating_sub(1);
+                if !record.locked {
+                    // The gateway's count of failures in a row starts again: earlier unknown
+                    // outcomes no longer matter, only attempts still in flight.
+                    record.rejected = 0;
+                    record.unconfirmed = in_flight_after;
+                    record.proven = true;
+                }
+                None
+            }
+            AttemptOutcome::Rejected => {
+                record.unconfirmed = record.unconfirmed.saturating_sub(1);
+                record.rejected += 1;
+                record.proven = false;
+                (record.rejected >= limits.budget && !record.locked).then(|| {
+                    record.locked = true;
+                    let reason = format!(
+                        "{} rejected authentication(s) in a row, budget {}",
+                        record.rejected, limits.budget
+                    );
+                    record.reason = Some(reason.clone());
+                    reason
+                })
+            }
+            AttemptOutcome::NotSent => {
+                record.unconfirmed = record.unconfirmed.saturating_sub(1);
+                None
+            }
+            AttemptOutcome::Unknown => {
+                record.proven = false;
+                None
+            }
+        }
+    }
+
+    /// The record as a new process finds it: attempts that were in flight when the last one
+    /// stopped are unknown, so the credentials are no longer proven.
+    pub fn reopen(record: &mut GuardRecord) {
+        if record.unconfirmed > 0 {
+            record.proven = false;
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     fingerprint: Fingerprint,
@@ -277,41 +432,59 @@ struct Inner {
     in_flight: u32,
     transport_failures: u32,
     not_before: Option<Instant>,
+    /// Bumped by every change to `record`; the writer knows what it has persisted.
+    version: u64,
 }
 
-/// The lockout guard of one gateway.
+/// The lockout guard of one gateway; see the [module docs](self).
 #[derive(Debug)]
 pub struct AuthGuard {
     gateway: String,
-    budget: u32,
+    limits: GuardLimits,
     store: Arc<dyn GuardStore>,
     metrics: GatewayMetrics,
     inner: Mutex<Inner>,
     settled: Notify,
+    /// One write at a time, off the tokio workers; a write carries every change made before it
+    /// started (group commit), so attempts reserved together cost one write.
+    writer: tokio::sync::Mutex<Persisted>,
+}
+
+/// What [`AuthGuard::reserve`] decided.
+enum Reserve {
+    Reserved(Fingerprint, u64),
+    Wait,
+    Refused(Refusal),
+    LockedNow(Refusal, Fingerprint, u64),
+}
+
+/// What the writer last stored.
+#[derive(Debug, Default)]
+struct Persisted {
+    fingerprint: Option<Fingerprint>,
+    version: u64,
 }
 
 impl AuthGuard {
     /// Opens the guard of `gateway` for the credentials `fingerprint`, loading its record.
     pub fn open(
         gateway: &str,
-        budget: u32,
+        limits: GuardLimits,
         fingerprint: Fingerprint,
         store: Arc<dyn GuardStore>,
         metrics: GatewayMetrics,
     ) -> io::Result<Arc<Self>> {
-        let budget = budget.clamp(1, MAX_BUDGET);
-        let record = store.load(gateway, fingerprint)?;
+        let limits = GuardLimits {
+            budget: limits.budget.clamp(1, MAX_BUDGET),
+            proven_concurrency: limits.proven_concurrency.max(1),
+        };
+        let mut record = store.load(gateway, fingerprint)?;
+        rules::reopen(&mut record);
         metrics.set_locked(record.locked);
-        if record.locked {
-            tracing::warn!(
-                gateway,
-                reason = record.reason.as_deref().unwrap_or(""),
-                "gateway starts locked: a previous run recorded a rejected authentication"
-            );
-        }
+        report_on_open(gateway, &record);
         Ok(Arc::new(Self {
             gateway: gateway.to_owned(),
-            budget,
+            limits,
             store,
             metrics,
             inner: Mutex::new(Inner {
@@ -320,24 +493,27 @@ impl AuthGuard {
                 in_flight: 0,
                 transport_failures: 0,
                 not_before: None,
+                version: 0,
             }),
             settled: Notify::new(),
+            writer: tokio::sync::Mutex::new(Persisted::default()),
         }))
     }
 
     /// The configured budget.
     pub fn budget(&self) -> u32 {
-        self.budget
+        self.limits.budget
     }
 
-    /// Asks to send one authentication. Waits while other attempts in flight use up what the
-    /// budget allows; refuses at once when locked, backing off or unable to persist.
+    /// Asks to send one authentication. Waits while attempts in flight use up what the rules
+    /// allow; refuses at once when locked, backing off or unable to persist. The attempt is on
+    /// disk when this returns.
     pub async fn begin(self: &Arc<Self>) -> Result<Attempt, Refusal> {
         loop {
             let notified = self.settled.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.try_begin() {
+            match self.try_begin().await {
                 Ok(Some(attempt)) => return Ok(attempt),
                 Ok(None) => notified.await,
                 Err(refusal) => return Err(refusal),
@@ -346,59 +522,95 @@ impl AuthGuard {
     }
 
     /// Like [`begin`](Self::begin) but answers `Ok(None)` instead of waiting.
-    pub fn try_begin(self: &Arc<Self>) -> Result<Option<Attempt>, Refusal> {
+    pub async fn try_begin(self: &Arc<Self>) -> Result<Option<Attempt>, Refusal> {
+        let (fingerprint, version) = match self.reserve() {
+            Reserve::Reserved(fingerprint, version) => (fingerprint, version),
+            Reserve::Wait => return Ok(None),
+            Reserve::Refused(refusal) => return Err(refusal),
+            Reserve::LockedNow(refusal, fingerprint, version) => {
+                // Best effort: the lock is also re-derived from the record on restart.
+                let _ = self.persist(fingerprint, version).await;
+                return Err(refusal);
+            }
+        };
+        let attempt = Attempt {
+            guard: Arc::clone(self),
+            fingerprint,
+            settled: false,
+        };
+        if self.persist(fingerprint, version).await.is_err() {
+            tracing::error!(gateway = %self.gateway, "cannot persist the lockout guard; authentication not sent");
+            attempt.settle_now(AttemptOutcome::NotSent, false);
+            return Err(Refusal::Storage);
+        }
+        Ok(Some(attempt))
+    }
+
+    /// Applies the rules under the lock (never held across an await).
+    fn reserve(&self) -> Reserve {
         let mut inner = lock(&self.inner);
         if inner.record.locked {
-            return Err(Refusal::Locked(
-                inner
-                    .record
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| "rejected".into()),
-            ));
+            return Reserve::Refused(self.locked_refusal(&inner));
         }
         if let Some(not_before) = inner.not_before {
             let now = Instant::now();
             if now < not_before {
-                return Err(Refusal::Backoff(not_before - now));
+                return Reserve::Refused(Refusal::Backoff(not_before - now));
             }
         }
-        if inner.record.rejected + inner.in_flight >= self.budget {
-            return Ok(None);
+        match rules::admit(&inner.record, inner.in_flight, self.limits) {
+            rules::Admit::Wait => Reserve::Wait,
+            rules::Admit::Lock(reason) => {
+                self.lock_record(&mut inner, reason);
+                Reserve::LockedNow(
+                    self.locked_refusal(&inner),
+                    inner.fingerprint,
+                    inner.version,
+                )
+            }
+            rules::Admit::Send => {
+                rules::reserve(&mut inner.record);
+                inner.in_flight += 1;
+                inner.version += 1;
+                Reserve::Reserved(inner.fingerprint, inner.version)
+            }
         }
-        if inner.record.rejected + inner.record.unconfirmed >= VENDOR_CEILING {
-            // Only reachable through unknown outcomes: lock rather than risk the sixth.
-            self.lock_record(&mut inner, "too many authentications with unknown outcome");
-            self.persist(&inner);
-            return Err(Refusal::Locked(
-                inner.record.reason.clone().unwrap_or_default(),
-            ));
-        }
-        inner.record.unconfirmed += 1;
-        if self
-            .store
-            .save(&self.gateway, inner.fingerprint, &inner.record)
-            .is_err()
-        {
-            inner.record.unconfirmed -= 1;
-            tracing::error!(gateway = %self.gateway, "cannot persist the lockout guard; authentication not sent");
-            return Err(Refusal::Storage);
-        }
-        inner.in_flight += 1;
-        Ok(Some(Attempt {
-            guard: Arc::clone(self),
-            fingerprint: inner.fingerprint,
-            settled: false,
-        }))
     }
 
-    /// The credentials changed: from now on the record of `fingerprint` applies.
+    /// Writes the record of `fingerprint` if the store holds an older version than `version`.
+    /// Runs the write on the blocking pool; concurrent callers share one write.
+    async fn persist(&self, fingerprint: Fingerprint, version: u64) -> io::Result<()> {
+        let mut persisted = self.writer.lock().await;
+        let (record, latest) = {
+            let inner = lock(&self.inner);
+            if inner.fingerprint != fingerprint {
+                // The credentials changed since: their record was written when it changed.
+                return Ok(());
+            }
+            if persisted.fingerprint == Some(fingerprint) && persisted.version >= version {
+                return Ok(());
+            }
+            (inner.record.clone(), inner.version)
+        };
+        let store = Arc::clone(&self.store);
+        let gateway = self.gateway.clone();
+        tokio::task::spawn_blocking(move || store.save(&gateway, fingerprint, &record))
+            .await
+            .map_err(io::Error::other)??;
+        *persisted = Persisted {
+            fingerprint: Some(fingerprint),
+            version: latest,
+        };
+        Ok(())
+    }
+
+    /// The credentials changed: from now on the record of `fingerprint` applies. (Reads the
+    /// record once, outside the guard's lock; credentials change rarely.)
     pub fn change_credentials(&self, fingerprint: Fingerprint) {
-        let mut inner = lock(&self.inner);
-        if inner.fingerprint == fingerprint {
+        if lock(&self.inner).fingerprint == fingerprint {
             return;
         }
-        let record = match self.store.load(&self.gateway, fingerprint) {
+        let mut record = match self.store.load(&self.gateway, fingerprint) {
             Ok(record) => record,
             Err(e) => {
                 tracing::error!(gateway = %self.gateway, error = %e, "cannot read the lockout guard; treating new credentials as locked");
@@ -409,11 +621,14 @@ impl AuthGuard {
                 }
             }
         };
+        rules::reopen(&mut record);
+        let mut inner = lock(&self.inner);
         inner.fingerprint = fingerprint;
         inner.record = record;
         inner.in_flight = 0;
         inner.transport_failures = 0;
         inner.not_before = None;
+        inner.version += 1;
         self.metrics.set_locked(inner.record.locked);
         if inner.record.locked {
             tracing::warn!(gateway = %self.gateway, "new credentials were rejected before; gateway stays locked");
@@ -424,20 +639,23 @@ impl AuthGuard {
         self.settled.notify_waiters();
     }
 
-    /// An operator vouches for the credentials: forget rejections and unknown outcomes.
-    pub fn unlock(&self) -> io::Result<()> {
-        let mut inner = lock(&self.inner);
-        let record = GuardRecord {
-            unconfirmed: inner.in_flight,
-            ..GuardRecord::default()
+    /// An operator vouches for the credentials: forget rejections and unknown outcomes. The
+    /// credentials are unproven until an attempt succeeds.
+    pub async fn unlock(&self) -> io::Result<()> {
+        let (fingerprint, version) = {
+            let mut inner = lock(&self.inner);
+            inner.record = GuardRecord {
+                unconfirmed: inner.in_flight,
+                ..GuardRecord::default()
+            };
+            inner.transport_failures = 0;
+            inner.not_before = None;
+            inner.version += 1;
+            (inner.fingerprint, inner.version)
         };
-        self.store.save(&self.gateway, inner.fingerprint, &record)?;
-        inner.record = record;
-        inner.transport_failures = 0;
-        inner.not_before = None;
+        self.persist(fingerprint, version).await?;
         self.metrics.set_locked(false);
         tracing::warn!(gateway = %self.gateway, "gateway unlocked by an operator");
-        drop(inner);
         self.settled.notify_waiters();
         Ok(())
     }
@@ -466,78 +684,68 @@ impl AuthGuard {
         }
     }
 
-    fn settle(&self, fingerprint: Fingerprint, outcome: AttemptOutcome) {
+    fn locked_refusal(&self, inner: &Inner) -> Refusal {
+        Refusal::Locked(
+            inner
+                .record
+                .reason
+                .clone()
+                .unwrap_or_else(|| "rejected".into()),
+        )
+    }
+
+    /// Applies `outcome` in memory; returns what to persist, if anything.
+    fn settle(&self, fingerprint: Fingerprint, outcome: AttemptOutcome) -> Option<u64> {
+        self.metrics.auth_attempt(match outcome {
+            AttemptOutcome::Success => AuthResult::Success,
+            AttemptOutcome::Rejected => AuthResult::Rejected,
+            AttemptOutcome::NotSent | AttemptOutcome::Unknown => AuthResult::Error,
+        });
         let mut inner = lock(&self.inner);
         if inner.fingerprint != fingerprint {
             drop(inner);
             self.settle_stale(fingerprint, outcome);
             self.settled.notify_waiters();
-            return;
+            return None;
         }
         inner.in_flight = inner.in_flight.saturating_sub(1);
+        let in_flight = inner.in_flight;
+        if let Some(reason) = rules::settle(&mut inner.record, in_flight, self.limits, outcome) {
+            self.announce_lock(&reason);
+        }
         match outcome {
             AttemptOutcome::Success => {
-                self.metrics.auth_attempt(AuthResult::Success);
-                inner.record = GuardRecord {
-                    unconfirmed: inner.in_flight,
-                    ..GuardRecord::default()
-                };
                 inner.transport_failures = 0;
                 inner.not_before = None;
             }
-            AttemptOutcome::Rejected => {
-                self.metrics.auth_attempt(AuthResult::Rejected);
-                inner.record.unconfirmed = inner.record.unconfirmed.saturating_sub(1);
-                inner.record.rejected += 1;
-                if inner.record.rejected >= self.budget {
-                    let reason = format!(
-                        "{} rejected authentication(s) in a row, budget {}",
-                        inner.record.rejected, self.budget
-                    );
-                    self.lock_record(&mut inner, &reason);
-                }
-            }
-            AttemptOutcome::NotSent => {
-                self.metrics.auth_attempt(AuthResult::Error);
-                inner.record.unconfirmed = inner.record.unconfirmed.saturating_sub(1);
-                self.back_off(&mut inner);
-            }
-            AttemptOutcome::Unknown => {
-                self.metrics.auth_attempt(AuthResult::Error);
-                self.back_off(&mut inner);
-            }
+            AttemptOutcome::NotSent | AttemptOutcome::Unknown => self.back_off(&mut inner),
+            AttemptOutcome::Rejected => {}
         }
-        self.persist(&inner);
+        inner.version += 1;
+        let version = inner.version;
         drop(inner);
         self.settled.notify_waiters();
+        Some(version)
     }
 
-    /// An attempt made with credentials that have since been replaced still updates their record.
+    /// An attempt made with credentials that have since been replaced still updates their
+    /// record, by the same rules (nothing of theirs is in flight any more).
     fn settle_stale(&self, fingerprint: Fingerprint, outcome: AttemptOutcome) {
         let Ok(mut record) = self.store.load(&self.gateway, fingerprint) else {
             return;
         };
-        match outcome {
-            AttemptOutcome::Success => record = GuardRecord::default(),
-            AttemptOutcome::Rejected => {
-                record.unconfirmed = record.unconfirmed.saturating_sub(1);
-                record.rejected += 1;
-                if record.rejected >= self.budget {
-                    record.locked = true;
-                    record.reason = Some("rejected".into());
-                }
-            }
-            AttemptOutcome::NotSent => {
-                record.unconfirmed = record.unconfirmed.saturating_sub(1);
-            }
-            AttemptOutcome::Unknown => {}
-        }
+        rules::settle(&mut record, 0, self.limits, outcome);
         let _ = self.store.save(&self.gateway, fingerprint, &record);
     }
 
     fn lock_record(&self, inner: &mut Inner, reason: &str) {
         inner.record.locked = true;
         inner.record.reason = Some(reason.to_owned());
+        inner.version += 1;
+        self.announce_lock(reason);
+    }
+
+    fn announce_lock(&self, reason: &str) {
         self.metrics.set_locked(true);
         tracing::error!(
             gateway = %self.gateway,
@@ -559,27 +767,34 @@ impl AuthGuard {
         tracing::warn!(gateway = %self.gateway, failures = inner.transport_failures,
             backoff_ms = wait.as_millis() as u64, "authentication failed in transport; backing off");
     }
+}
 
-    fn persist(&self, inner: &Inner) {
-        if let Err(e) = self
-            .store
-            .save(&self.gateway, inner.fingerprint, &inner.record)
-        {
-            tracing::error!(gateway = %self.gateway, error = %e, "cannot persist the lockout guard");
-        }
+/// Says at start what an earlier run left in the record, and what to do about it.
+fn report_on_open(gateway: &str, record: &GuardRecord) {
+    if record.locked {
+        tracing::warn!(
+            gateway,
+            reason = record.reason.as_deref().unwrap_or(""),
+            rejected = record.rejected,
+            unknown = record.unconfirmed,
+            "gateway starts locked. If it was locked by rejected authentications, fix the \
+             credentials (a new secret file unlocks); if by unknown outcomes (no rejection), \
+             check the gateway is reachable, then POST /admin/<gateway>/unlock"
+        );
+    } else if record.rejected > 0 || record.unconfirmed > 0 {
+        tracing::warn!(
+            gateway,
+            rejected = record.rejected,
+            unknown = record.unconfirmed,
+            "an earlier run left rejected or unknown-outcome authentications on record; they \
+             count toward the lockout until an authentication succeeds"
+        );
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AttemptOutcome {
-    Success,
-    Rejected,
-    NotSent,
-    Unknown,
-}
-
-/// Permission to send one authentication. Settle it with what happened; dropping it unsettled
-/// counts as an unknown outcome (the request may have been sent).
+/// Permission to send one authentication, on disk before it is sent. Settle it with what
+/// happened; dropping it unsettled counts as an unknown outcome (the request may have been
+/// sent), which is what the record on disk already says.
 #[derive(Debug)]
 #[must_use = "an attempt must be settled with its outcome"]
 pub struct Attempt {
@@ -595,47 +810,73 @@ impl Attempt {
     }
 
     /// The gateway issued a credential.
-    pub fn success(mut self) {
-        self.finish(AttemptOutcome::Success);
+    pub async fn success(self) {
+        self.finish(AttemptOutcome::Success).await;
     }
 
-    /// The gateway answered and rejected the credentials.
-    pub fn rejected(mut self) {
-        self.finish(AttemptOutcome::Rejected);
+    /// The gateway answered and rejected the credentials. Persisted before this returns, so
+    /// that no restart can send the same credentials again.
+    pub async fn rejected(self) {
+        self.finish(AttemptOutcome::Rejected).await;
     }
 
     /// Nothing reached the gateway (connection refused, DNS failure).
-    pub fn not_sent(mut self) {
-        self.finish(AttemptOutcome::NotSent);
+    pub async fn not_sent(self) {
+        self.finish(AttemptOutcome::NotSent).await;
     }
 
     /// The gateway answered with an error that is no verdict on the credentials (busy, session
     /// generation failed, not enabled): it counts toward nothing, and the guard backs off.
-    pub fn declined(mut self) {
-        self.finish(AttemptOutcome::NotSent);
+    pub async fn declined(self) {
+        self.finish(AttemptOutcome::NotSent).await;
     }
 
     /// The request may have reached the gateway, but no usable answer came back.
-    pub fn unknown(mut self) {
-        self.finish(AttemptOutcome::Unknown);
+    pub async fn unknown(self) {
+        self.finish(AttemptOutcome::Unknown).await;
     }
 
-    fn finish(&mut self, outcome: AttemptOutcome) {
-        if !self.settled {
-            self.settled = true;
-            self.guard.settle(self.fingerprint, outcome);
+    /// Settles with `outcome` and waits until the record is on disk.
+    pub async fn finish(mut self, outcome: AttemptOutcome) {
+        self.settled = true;
+        if let Some(version) = self.guard.settle(self.fingerprint, outcome) {
+            if let Err(e) = self.guard.persist(self.fingerprint, version).await {
+                tracing::error!(gateway = %self.guard.gateway, error = %e, "cannot persist the lockout guard");
+            }
+        }
+    }
+
+    /// Settles in memory only (the record on disk is already on the safe side of `outcome`,
+    /// or `persist` says so).
+    fn settle_now(mut self, outcome: AttemptOutcome, persist: bool) {
+        self.settled = true;
+        if let Some(version) = self.guard.settle(self.fingerprint, outcome) {
+            if persist {
+                let guard = Arc::clone(&self.guard);
+                let fingerprint = self.fingerprint;
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let _ = guard.persist(fingerprint, version).await;
+                    });
+                }
+            }
         }
     }
 }
 
 impl Drop for Attempt {
     fn drop(&mut self) {
-        self.finish(AttemptOutcome::Unknown);
+        if !self.settled {
+            self.settled = true;
+            // The record on disk already counts this attempt as unconfirmed: an unknown outcome
+            // needs no write, only the in-memory bookkeeping (and the backoff).
+            let _ = self.guard.settle(self.fingerprint, AttemptOutcome::Unknown);
+        }
     }
 }
 
 /// Locks a std mutex, recovering from poisoning: the guard's data stays consistent because every
-/// update is a plain assignment.
+/// update is a plain assignment. Never held across an await.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -648,7 +889,7 @@ mod tests {
     fn guard(budget: u32, store: Arc<dyn GuardStore>) -> Arc<AuthGuard> {
         AuthGuard::open(
             "gw",
-            budget,
+            GuardLimits::serial(budget),
             Fingerprint::of(&[b"acct", b"token"]),
             store,
             GatewayMetrics::unregistered("gw"),
@@ -659,8 +900,8 @@ mod tests {
     #[tokio::test]
     async fn one_rejection_locks_with_the_default_budget() {
         let g = guard(1, Arc::new(MemoryGuardStore::default()));
-        g.begin().await.expect("first attempt").rejected();
-        assert!(matches!(g.try_begin(), Err(Refusal::Locked(_))));
+        g.begin().await.expect("first attempt").rejected().await;
+        assert!(matches!(g.try_begin().await, Err(Refusal::Locked(_))));
         assert!(g.is_locked());
     }
 
@@ -672,7 +913,8 @@ mod tests {
             .begin()
             .await
             .expect("attempt")
-            .rejected();
+            .rejected()
+            .await;
         let reopened = guard(1, Arc::new(FileGuardStore::new(dir.path()).expect("store")));
         assert!(reopened.is_locked());
         reopened.change_credentials(Fingerprint::of(&[b"acct", b"new-token"]));
@@ -680,7 +922,7 @@ mod tests {
         // Going back to the rejected token finds it locked again.
         reopened.change_credentials(Fingerprint::of(&[b"acct", b"token"]));
         assert!(reopened.is_locked());
-        reopened.unlock().expect("unlock");
+        reopened.unlock().await.expect("unlock");
         assert!(!reopened.is_locked());
     }
 
@@ -698,37 +940,103 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn transport_errors_back_off_and_then_allow() {
         let g = guard(1, Arc::new(MemoryGuardStore::default()));
-        g.begin().await.expect("attempt").not_sent();
-        assert!(matches!(g.try_begin(), Err(Refusal::Backoff(_))));
+        g.begin().await.expect("attempt").not_sent().await;
+        assert!(matches!(g.try_begin().await, Err(Refusal::Backoff(_))));
         tokio::time::sleep(Duration::from_secs(2)).await;
-        g.begin().await.expect("after backoff").success();
-        assert_eq!(g.status().record, GuardRecord::default());
+        g.begin().await.expect("after backoff").success().await;
+        assert_eq!(
+            g.status().record,
+            GuardRecord {
+                proven: true,
+                ..GuardRecord::default()
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn clearing_the_backoff_allows_an_attempt_at_once() {
         let g = guard(1, Arc::new(MemoryGuardStore::default()));
-        g.begin().await.expect("attempt").not_sent();
-        assert!(matches!(g.try_begin(), Err(Refusal::Backoff(_))));
+        g.begin().await.expect("attempt").not_sent().await;
+        assert!(matches!(g.try_begin().await, Err(Refusal::Backoff(_))));
         g.clear_backoff();
-        assert!(matches!(g.try_begin(), Ok(Some(_))));
+        assert!(matches!(g.try_begin().await, Ok(Some(_))));
     }
 
     #[tokio::test(start_paused = true)]
     async fn unknown_outcomes_lock_before_the_vendor_ceiling() {
         let g = guard(1, Arc::new(MemoryGuardStore::default()));
         for _ in 0..VENDOR_CEILING {
-            g.begin().await.expect("attempt").unknown();
+            g.begin().await.expect("attempt").unknown().await;
             tokio::time::sleep(BACKOFF_MAX).await;
         }
-        assert!(matches!(g.try_begin(), Err(Refusal::Locked(_))));
+        assert!(matches!(g.try_begin().await, Err(Refusal::Locked(_))));
+    }
+
+    fn guard_with(limits: GuardLimits, store: Arc<dyn GuardStore>) -> Arc<AuthGuard> {
+        AuthGuard::open(
+            "gw",
+            limits,
+            Fingerprint::of(&[b"acct", b"token"]),
+            store,
+            GatewayMetrics::unregistered("gw"),
+        )
+        .expect("open")
+    }
+
+    #[tokio::test]
+    async fn proven_credentials_fetch_in_parallel_and_a_rejection_stops_new_ones() {
+        let limits = GuardLimits {
+            budget: 1,
+            proven_concurrency: 4,
+        };
+        let g = guard_with(limits, Arc::new(MemoryGuardStore::default()));
+        // Unproven: one at a time.
+        let first = g.try_begin().await.expect("allowed").expect("first");
+        assert!(g.try_begin().await.expect("no refusal").is_none());
+        first.success().await;
+        // Proven: up to four at once.
+        let mut flying = Vec::new();
+        for _ in 0..4 {
+            flying.push(g.try_begin().await.expect("allowed").expect("proven"));
+        }
+        assert!(g.try_begin().await.expect("no refusal").is_none());
+        // The first rejection stops new attempts at once, and the rest count as what they are.
+        flying.pop().expect("one").rejected().await;
+        assert!(g.is_locked());
+        assert!(matches!(g.try_begin().await, Err(Refusal::Locked(_))));
+        for attempt in flying {
+            attempt.rejected().await;
+        }
+        assert_eq!(g.status().record.rejected, 4);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_outcome_makes_proven_credentials_unproven() {
+        let limits = GuardLimits {
+            budget: 2,
+            proven_concurrency: 4,
+        };
+        let g = guard_with(limits, Arc::new(MemoryGuardStore::default()));
+        g.begin().await.expect("first").success().await;
+        let a = g.try_begin().await.expect("allowed").expect("a");
+        let b = g.try_begin().await.expect("allowed").expect("b");
+        drop(a); // a crash-like unknown outcome
+        assert!(!g.status().record.proven);
+        assert!(
+            !matches!(g.try_begin().await, Ok(Some(_))),
+            "no new attempt beside b"
+        );
+        b.not_sent().await;
+        assert!(!g.status().record.proven);
     }
 
     #[derive(Debug, Clone)]
     enum Step {
-        /// Start `n` concurrent attempts, which end with these outcomes (0 success, 1 rejected,
-        /// 2 not sent, 3 unknown, 4 crash).
-        Burst(Vec<u8>),
+        /// Ask for one attempt.
+        Begin,
+        /// Settle the attempt at this index (modulo the attempts in flight) with an outcome (0
+        /// success, 1 rejected, 2 not sent, 3 unknown, 4 crash: forgotten without settling).
+        Settle(usize, u8),
         Restart,
         Wait,
         Unlock,
@@ -736,7 +1044,8 @@ mod tests {
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            6 => proptest::collection::vec(0u8..5, 1..6).prop_map(Step::Burst),
+            5 => Just(Step::Begin),
+            5 => (0usize..8, 0u8..5).prop_map(|(i, o)| Step::Settle(i, o)),
             1 => Just(Step::Restart),
             2 => Just(Step::Wait),
             1 => Just(Step::Unlock),
@@ -744,51 +1053,99 @@ mod tests {
     }
 
     proptest! {
-        /// For any sequence of outcomes, restarts and concurrent attempts, the rejections in a row
-        /// the gateway sees never exceed the budget, and rejected-or-unknown attempts in a row never
-        /// exceed the vendor ceiling. Unlocks are operator actions and start a new run.
+        /// For any interleaving of attempts, outcomes, crashes, restarts and unlocks:
+        /// * while the credentials are unproven, attempts go strictly one at a time;
+        /// * the rejections in a row the gateway sees never exceed the budget, or the proven
+        ///   concurrency (the documented worst case of a password revoked while that many
+        ///   attempts are in flight), whichever is larger;
+        /// * rejected-or-unknown attempts in a row never exceed the vendor ceiling, or the proven
+        ///   concurrency, whichever is larger.
+        /// Unlocks are operator actions and start a new run.
         #[test]
-        fn budget_is_never_exceeded(budget in 1u32..=5, steps in proptest::collection::vec(step(), 1..40)) {
+        fn the_budget_holds_proven_or_not(
+            budget in 1u32..=5,
+            concurrency in 1u32..=8,
+            steps in proptest::collection::vec(step(), 1..60),
+        ) {
             let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("rt");
             rt.block_on(async {
+                let limits = GuardLimits { budget, proven_concurrency: concurrency };
                 let store: Arc<dyn GuardStore> = Arc::new(MemoryGuardStore::default());
-                let mut g = guard(budget, Arc::clone(&store));
-                // What the gateway counts: rejections since the last success.
+                let mut g = guard_with(limits, Arc::clone(&store));
+                let mut flying: Vec<Attempt> = Vec::new();
+                // What the gateway counts: failures since the last success.
                 let mut rejected_in_row = 0u32;
                 let mut failed_or_unknown_in_row = 0u32;
                 for step in steps {
                     match step {
-                        Step::Burst(outcomes) => {
-                            let mut attempts = Vec::new();
-                            for o in outcomes {
-                                if let Ok(Some(a)) = g.try_begin() {
-                                    attempts.push((a, o));
-                                }
-                            }
-                            for (a, o) in attempts {
-                                match o {
-                                    0 => { rejected_in_row = 0; failed_or_unknown_in_row = 0; a.success() }
-                                    1 => { rejected_in_row += 1; failed_or_unknown_in_row += 1; a.rejected() }
-                                    2 => a.not_sent(),
-                                    // Unknown and crash: assume the worst, the gateway rejected it.
-                                    3 => { failed_or_unknown_in_row += 1; a.unknown() }
-                                    _ => { failed_or_unknown_in_row += 1; std::mem::forget(a) }
-                                }
-                                prop_assert!(rejected_in_row <= budget, "{rejected_in_row} rejections in a row > budget {budget}");
-                                prop_assert!(failed_or_unknown_in_row <= VENDOR_CEILING);
+                        Step::Begin => {
+                            let proven = g.status().record.proven;
+                            let in_flight = g.status().in_flight;
+                            if let Ok(Some(a)) = g.try_begin().await {
+                                prop_assert!(proven || in_flight == 0, "an unproven attempt ran beside {in_flight} others");
+                                prop_assert!(in_flight < concurrency.max(1));
+                                flying.push(a);
                             }
                         }
-                        Step::Restart => g = guard(budget, Arc::clone(&store)),
+                        Step::Settle(i, o) => {
+                            if flying.is_empty() {
+                                continue;
+                            }
+                            let a = flying.remove(i % flying.len());
+                            match o {
+                                0 => { rejected_in_row = 0; failed_or_unknown_in_row = 0; a.success().await }
+                                1 => { rejected_in_row += 1; failed_or_unknown_in_row += 1; a.rejected().await }
+                                2 => a.not_sent().await,
+                                // Unknown and crash: assume the worst, the gateway rejected it.
+                                3 => { failed_or_unknown_in_row += 1; a.unknown().await }
+                                _ => { failed_or_unknown_in_row += 1; std::mem::forget(a) }
+                            }
+                            prop_assert!(rejected_in_row <= budget.max(concurrency), "{rejected_in_row} rejections in a row, budget {budget}, concurrency {concurrency}");
+                            prop_assert!(failed_or_unknown_in_row <= VENDOR_CEILING.max(concurrency));
+                        }
+                        Step::Restart => {
+                            // A crash: what is in flight is never settled.
+                            failed_or_unknown_in_row += flying.len() as u32;
+                            for a in flying.drain(..) {
+                                std::mem::forget(a);
+                            }
+                            g = guard_with(limits, Arc::clone(&store));
+                        }
                         Step::Wait => tokio::time::sleep(BACKOFF_MAX).await,
                         Step::Unlock => {
-                            g.unlock().expect("unlock");
+                            g.unlock().await.expect("unlock");
                             rejected_in_row = 0;
-                            failed_or_unknown_in_row = 0;
+                            failed_or_unknown_in_row = flying.len() as u32;
                         }
                     }
                 }
                 Ok(())
             })?;
         }
+    }
+
+    #[test]
+    fn the_rules_are_pure_and_lock_at_the_budget() {
+        let limits = GuardLimits::serial(2);
+        let mut record = GuardRecord::default();
+        assert_eq!(rules::admit(&record, 0, limits), rules::Admit::Send);
+        rules::reserve(&mut record);
+        assert_eq!(rules::admit(&record, 1, limits), rules::Admit::Wait);
+        assert_eq!(
+            rules::settle(&mut record, 0, limits, AttemptOutcome::Rejected),
+            None
+        );
+        rules::reserve(&mut record);
+        assert!(rules::settle(&mut record, 0, limits, AttemptOutcome::Rejected).is_some());
+        assert!(record.locked);
+        // A crash leaves attempts unconfirmed; reopening makes the credentials unproven.
+        let mut record = GuardRecord {
+            proven: true,
+            unconfirmed: 1,
+            ..GuardRecord::default()
+        };
+        rules::reopen(&mut record);
+        assert!(!record.proven);
+        assert_eq!(rules::unknown(&record, 0), 1);
     }
 }

@@ -115,11 +115,12 @@ impl Sidecar {
         let mut tasks = JoinSet::new();
         let mut gateways = Vec::new();
         let mut gateway_addrs = Vec::new();
+        let mut warm_ups = Vec::new();
         for gateway in &config.gateways {
             let gw_metrics = metrics.gateway(&gateway.name);
             let client = UpstreamClient::new(&gateway.tls, gateway.connect_timeout)
                 .map_err(|e| StartError(format!("gateway {:?}: {e}", gateway.name)))?;
-            let (service, control) = build_gateway(
+            let (service, control, warm_up) = build_gateway(
                 gateway,
                 &config.state_dir,
                 client.clone(),
@@ -127,6 +128,7 @@ impl Sidecar {
                 gw_metrics.clone(),
             )
             .map_err(|e| StartError(format!("gateway {:?}: {e}", gateway.name)))?;
+            warm_ups.extend(warm_up);
             let listener = proxy::bind(&format!("gateway {:?}", gateway.name), gateway.listen)
                 .await
                 .map_err(|e| StartError(e.to_string()))?;
@@ -175,6 +177,10 @@ impl Sidecar {
             .local_addr()
             .map_err(|e| StartError(e.to_string()))?;
         tracing::info!(%admin_addr, "admin listening");
+        // Every listener is bound: nothing can fail the start any more.
+        for warm_up in warm_ups {
+            warm_up();
+        }
         let admin_task = tokio::spawn(crate::admin::serve(admin_listener, shared.clone()));
         let tls_files = shared.gateways.iter().map(|g| {
             (
@@ -238,8 +244,9 @@ impl Sidecar {
         self.begin_shutdown();
         while self.tasks.join_next().await.is_some() {}
         for gateway in self.shared.gateways.iter() {
-            if let Control::CreditGuard(handle) = &gateway.control {
-                handle.stop().await;
+            match &gateway.control {
+                Control::CreditGuard(handle) => handle.stop().await,
+                Control::Number(handle) => handle.wait_idle(Duration::from_secs(5)).await,
             }
         }
         self.admin_task.abort();
@@ -248,13 +255,16 @@ impl Sidecar {
     }
 }
 
+/// Starts a gateway's background credential work (the CreditGuard session pool).
+type WarmUp = Box<dyn FnOnce() + Send>;
+
 fn build_gateway(
     gateway: &GatewayConfig,
     state_dir: &std::path::Path,
     client: UpstreamClient,
     store: Arc<dyn GuardStore>,
     metrics: GatewayMetrics,
-) -> Result<(GatewayService, Control), String> {
+) -> Result<(GatewayService, Control, Option<WarmUp>), String> {
     match &gateway.kind {
         GatewayKind::Number(settings) => {
             let mut credentials = number_credentials(settings).map_err(|e| e.to_string())?;
@@ -279,7 +289,7 @@ fn build_gateway(
                 .map_err(|e| e.to_string())?;
             let control = Control::Number(layer.handle());
             let service = layer.layer(client);
-            Ok((BoxCloneSyncService::new(service), control))
+            Ok((BoxCloneSyncService::new(service), control, None))
         }
         GatewayKind::CreditGuard(settings) => {
             let credentials = creditguard_credentials(settings).map_err(|e| e.to_string())?;
@@ -293,6 +303,7 @@ fn build_gateway(
                 max_request_bytes: gateway.max_request_bytes,
                 inspect_limit_bytes: gateway.inspect_limit_bytes,
                 request_timeout: gateway.request_timeout,
+                session_fetch_concurrency: settings.session_fetch_concurrency,
                 pool: PoolConfig {
                     min: settings.pool_min,
                     max: settings.pool_max,
@@ -303,9 +314,11 @@ fn build_gateway(
                 .map_err(|e| e.to_string())?;
             let control = Control::CreditGuard(layer.handle());
             let service = layer.layer(client);
-            // Sessions are fetched ahead of the first call, off the request path.
-            service.warm_up();
-            Ok((BoxCloneSyncService::new(service), control))
+            // Sessions are fetched ahead of the first call, off the request path, but only once
+            // every listener is bound: a start that fails must not have sent a getSessionId.
+            let warm = service.clone();
+            let warm_up: WarmUp = Box::new(move || warm.warm_up());
+            Ok((BoxCloneSyncService::new(service), control, Some(warm_up)))
         }
     }
 }

@@ -138,6 +138,8 @@ pub struct CreditGuardSettings {
     pub pool_max: usize,
     /// Sessions are discarded this long before they expire.
     pub session_expiry_margin: Duration,
+    /// `getSessionId`s in flight at once while the credentials are proven.
+    pub session_fetch_concurrency: u32,
 }
 
 /// Everything wrong with a configuration.
@@ -225,6 +227,7 @@ struct RawGateway {
     pool_min: Option<usize>,
     pool_max: Option<usize>,
     session_expiry_margin_secs: Option<f64>,
+    session_fetch_concurrency: Option<u32>,
 }
 
 /// Where the config is read from when `--config` is not given.
@@ -569,6 +572,16 @@ fn validate_number(
         ("password_file", g.password_file.is_some()),
         ("terminals", g.terminals.is_some()),
         ("scope", g.scope.is_some()),
+        ("pool_min", g.pool_min.is_some()),
+        ("pool_max", g.pool_max.is_some()),
+        (
+            "session_expiry_margin_secs",
+            g.session_expiry_margin_secs.is_some(),
+        ),
+        (
+            "session_fetch_concurrency",
+            g.session_fetch_concurrency.is_some(),
+        ),
     ] {
         if present {
             problems.push(format!(
@@ -722,6 +735,12 @@ fn validate_creditguard(
         30.0,
         problems,
     );
+    let session_fetch_concurrency = g.session_fetch_concurrency.unwrap_or(8);
+    if !(1..=64).contains(&session_fetch_concurrency) {
+        problems.push(format!(
+            "gateway {name:?}: session_fetch_concurrency {session_fetch_concurrency} must be 1..=64"
+        ));
+    }
     if problems.len() > before {
         return None;
     }
@@ -734,6 +753,7 @@ fn validate_creditguard(
         pool_min,
         pool_max,
         session_expiry_margin: margin,
+        session_fetch_concurrency,
     })
 }
 

@@ -27,7 +27,7 @@ use super::CreditGuardCredentials;
 use crate::body::{collect_limited, content_length, CollectError, Inspected, ResponseBody};
 use crate::error::{BoxError, Error, ErrorCode};
 use crate::forward::{self, BoxFuture, Client, Failure, GatewayBody, Replayed, UpstreamLatency};
-use crate::guard::{AuthGuard, GuardStore, MemoryGuardStore, Refusal};
+use crate::guard::{AuthGuard, GuardLimits, GuardStore, MemoryGuardStore, Refusal};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 
 /// Settings of one CreditGuard gateway.
@@ -52,6 +52,11 @@ pub struct CreditGuardConfig {
     pub inspect_limit_bytes: usize,
     /// How long to wait for an answer's head, and at most for a session (default 30 s).
     pub request_timeout: Duration,
+    /// `getSessionId`s in flight at once once the credentials are proven (a `getSessionId`
+    /// with exactly them succeeded and nothing was rejected or unknown since); one at a time
+    /// while unproven (default 8). Worst case: a password revoked at the gateway while N are in
+    /// flight gets up to N rejections before the gateway locks.
+    pub session_fetch_concurrency: u32,
     /// Bounds of the session pool.
     pub pool: PoolConfig,
 }
@@ -70,6 +75,7 @@ impl CreditGuardConfig {
             max_request_bytes: 1 << 20,
             inspect_limit_bytes: 64 << 10,
             request_timeout: Duration::from_secs(30),
+            session_fetch_concurrency: 8,
             pool: PoolConfig::default(),
         }
     }
@@ -170,7 +176,10 @@ impl CreditGuardSessionLayer {
         }
         let guard = AuthGuard::open(
             &config.name,
-            config.auth_failure_budget,
+            GuardLimits {
+                budget: config.auth_failure_budget,
+                proven_concurrency: config.session_fetch_concurrency,
+            },
             credentials.fingerprint(),
             store,
             metrics.clone(),
@@ -582,10 +591,18 @@ impl Shared {
             Refusal::Locked(_) => all(refusal.into_error(name)),
             Refusal::Storage => one(refusal.into_error(name)),
         })?;
+        if self.stopped.load(Ordering::Acquire) {
+            // Shutting down: a fetch that waited for its turn is not sent at all.
+            attempt.not_sent().await;
+            return Err(one(self.error(
+                ErrorCode::AuthUnavailable,
+                "payauth is shutting down; no session was requested",
+            )));
+        }
         let credentials = self.credentials.load_full();
         if attempt.fingerprint() != credentials.fingerprint() {
             // The credentials changed between the two loads; nothing was sent.
-            attempt.not_sent();
+            attempt.not_sent().await;
             return Err(one(self.error(
                 ErrorCode::AuthUnavailable,
                 "the credentials changed while a session was being requested; retry",
@@ -616,7 +633,7 @@ impl Shared {
         let bytes = match answer {
             Ok((_, bytes)) => bytes,
             Err(Failure::NotSent) => {
-                attempt.not_sent();
+                attempt.not_sent().await;
                 return Err(all(self.error(
                     ErrorCode::AuthUnavailable,
                     "could not connect to the gateway to request a session",
@@ -624,7 +641,7 @@ impl Shared {
             }
             Err(_) => {
                 // Sent, with no usable answer in time: the gateway may have counted it.
-                attempt.unknown();
+                attempt.unknown().await;
                 return Err(all(self.error(
                     ErrorCode::AuthUnavailable,
                     "the session request got no usable answer in time",
@@ -638,7 +655,7 @@ impl Shared {
                 expiration,
                 reusable,
             } => {
-                attempt.success();
+                attempt.success().await;
                 *lock(&self.last_failure) = None;
                 self.metrics.credential_obtained();
                 self.pool().observe_latency(elapsed);
@@ -653,7 +670,7 @@ impl Shared {
                 })
             }
             SessionAnswer::Refused(code) if code == ResultCode::AUTH_FAILED => {
-                attempt.rejected();
+                attempt.rejected().await;
                 tracing::error!(gateway = name, result = %code,
                     "the gateway rejected the credentials (405); not retrying");
                 Err(all(if self.guard.is_locked() {
@@ -671,7 +688,7 @@ impl Shared {
             }
             SessionAnswer::Refused(code) if code == ResultCode::SESSIONS_NOT_SUPPORTED => {
                 // An answer, not a rejection: it does not count toward the lockout.
-                attempt.declined();
+                attempt.declined().await;
                 self.pool().disable_terminal(&key.terminal, Instant::now());
                 tracing::error!(gateway = name, terminal = %key.terminal, result = %code,
                     "the terminal is not enabled for session ids (455); ask CreditGuard to enable it");
@@ -679,7 +696,7 @@ impl Shared {
             }
             SessionAnswer::Refused(code) => {
                 // 457 (transient) and general errors: the guard backs off (bounded, jittered).
-                attempt.declined();
+                attempt.declined().await;
                 let what = if code == ResultCode::SESSION_GENERATION_FAILED {
                     "session id generation failed at the gateway (457); backing off"
                 } else if code.is_general_error() {
@@ -694,7 +711,7 @@ impl Shared {
                 )))
             }
             SessionAnswer::Unreadable => {
-                attempt.unknown();
+                attempt.unknown().await;
                 tracing::error!(gateway = name, "the getSessionId answer could not be read");
                 Err(all(self.error(
                     ErrorCode::AuthUnavailable,
@@ -762,8 +779,9 @@ impl Shared {
     }
 }
 
-/// The filler: keeps every active key at its target, one `getSessionId` at a time (the guard
-/// serialises them anyway with the default budget). Ends when the layer is gone.
+/// The filler: keeps every active key at its target, with up to `session_fetch_concurrency`
+/// `getSessionId`s on their way at once (the guard lets them through in parallel only once the
+/// credentials are proven, and one at a time until then). Ends when the layer is gone.
 async fn fill<S, ResB>(shared: Weak<Shared>, client: S, demand: Arc<Notify>)
 where
     S: Client<ResB>,
@@ -776,28 +794,43 @@ where
         if strong.stopped.load(Ordering::Acquire) {
             return;
         }
-        let next = {
+        let starts = {
             let now = Instant::now();
             let locked = strong.guard.is_locked();
             let mut pool = strong.pool();
             pool.tick(now);
+            let mut room = (strong.config.session_fetch_concurrency as usize)
+                .saturating_sub(pool.stats().fetching);
+            let mut starts = Vec::new();
             // A locked gateway sends nothing; pooled sessions are still served.
-            let next = pool.deficits(now).into_iter().next().filter(|_| !locked);
-            if let Some((key, _)) = &next {
-                pool.fetch_started(key, now);
+            if !locked {
+                for (key, deficit) in pool.deficits(now) {
+                    for _ in 0..deficit.min(room) {
+                        pool.fetch_started(&key, now);
+                        starts.push(key.clone());
+                    }
+                    room = room.saturating_sub(deficit);
+                    if room == 0 {
+                        break;
+                    }
+                }
             }
-            next
+            starts
         };
-        let brought = match next {
-            Some((key, _)) => Arc::clone(&strong).fetch(key, client.clone()).await,
-            None => false,
-        };
-        drop(strong);
-        if brought {
-            continue;
+        for key in starts {
+            let shared = Arc::clone(&strong);
+            let client = client.clone();
+            let demand = Arc::clone(&demand);
+            tokio::spawn(async move {
+                if shared.fetch(key, client).await {
+                    // A session came: look at the pool again at once.
+                    demand.notify_one();
+                }
+            });
         }
-        // Nothing to do, or the gateway refused (locked, backing off, an error): wait for a
-        // request or the next tick; the guard decides when an attempt may be sent again.
+        drop(strong);
+        // Wait for a request, a fetch that brought a session, or the next tick; the guard
+        // decides when an attempt may be sent again after a refusal.
         let _ = tokio::time::timeout(TICK, demand.notified()).await;
     }
 }

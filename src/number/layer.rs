@@ -22,7 +22,7 @@ use super::NumberCredentials;
 use crate::body::{collect_limited, content_length, CollectError, Inspected, ResponseBody};
 use crate::error::{BoxError, Error, ErrorCode};
 use crate::forward::{self, BoxFuture, Client, Failure, GatewayBody, Replayed, UpstreamLatency};
-use crate::guard::{AuthGuard, GuardStore, MemoryGuardStore};
+use crate::guard::{AuthGuard, GuardLimits, GuardStore, MemoryGuardStore};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 
 /// Which of Number's APIs the gateway speaks.
@@ -163,9 +163,11 @@ impl NumberAuthLayer {
         let auth_uri = config
             .auth_uri()
             .map_err(|e| invalid(format!("auth path: {e}")))?;
+        // Number's authentications are rare and its lock at 6 is the vendor's rule: strictly one
+        // at a time, always.
         let guard = AuthGuard::open(
             &config.name,
-            config.auth_failure_budget,
+            GuardLimits::serial(config.auth_failure_budget),
             credentials.fingerprint(),
             store,
             metrics.clone(),
@@ -242,6 +244,15 @@ impl NumberHandle {
     /// The gateway's lockout guard (unlock, status).
     pub fn guard(&self) -> &Arc<AuthGuard> {
         &self.shared.guard
+    }
+
+    /// Resolves once no authentication is in flight (or after `limit`), so that a process
+    /// stopping records the real outcome of its last authentication rather than an unknown one.
+    pub async fn wait_idle(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.shared.guard.status().in_flight > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The current key, if any.
@@ -713,7 +724,7 @@ impl Shared {
         let creds = self.credentials.load_full();
         if attempt.fingerprint() != creds.credentials.fingerprint() {
             // The credentials changed between the two loads; nothing was sent.
-            attempt.not_sent();
+            attempt.not_sent().await;
             return Err(self.error(
                 ErrorCode::AuthUnavailable,
                 "credentials changed during authentication; retry",
@@ -764,7 +775,7 @@ impl Shared {
         let bytes = match answer {
             Ok((_, bytes)) => bytes,
             Err(Failure::NotSent) => {
-                attempt.not_sent();
+                attempt.not_sent().await;
                 return Err(self.error(
                     ErrorCode::AuthUnavailable,
                     "could not connect to the gateway to authenticate",
@@ -772,7 +783,7 @@ impl Shared {
             }
             Err(_) => {
                 // Sent, with no usable answer in time: the gateway may have counted it.
-                attempt.unknown();
+                attempt.unknown().await;
                 return Err(self.error(
                     ErrorCode::AuthUnavailable,
                     "authentication got no usable answer in time",
@@ -788,14 +799,14 @@ impl Shared {
                 let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
                 match KeyState::new(key, generation, creds.signer.clone(), Instant::now()) {
                     Ok(state) => {
-                        attempt.success();
+                        attempt.success().await;
                         self.metrics.credential_obtained();
                         tracing::info!(gateway = %name, generation, "authenticated");
                         Ok(Arc::new(state))
                     }
                     Err(_) => {
                         // Authenticated, but the key is not usable: not a rejection, not retried blindly.
-                        attempt.success();
+                        attempt.success().await;
                         Err(self.error(
                             ErrorCode::AuthUnavailable,
                             "the gateway issued a session key payauth cannot use",
@@ -804,7 +815,7 @@ impl Shared {
                 }
             }
             AuthAnswer::Rejected { err_code } => {
-                attempt.rejected();
+                attempt.rejected().await;
                 tracing::error!(gateway = %name, err_code, "the gateway rejected the credentials; not retrying");
                 if self.guard.is_locked() {
                     Err(self.error(ErrorCode::AuthLocked, "the gateway rejected the credentials; authentication is locked until the token changes or an operator unlocks it"))
@@ -816,7 +827,7 @@ impl Shared {
                 }
             }
             AuthAnswer::Unreadable => {
-                attempt.unknown();
+                attempt.unknown().await;
                 tracing::error!(gateway = %name, status = %"unreadable", "the Authenticate answer could not be read");
                 Err(self.error(
                     ErrorCode::AuthUnavailable,

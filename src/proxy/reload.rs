@@ -200,7 +200,7 @@ mod tests {
         let client = UpstreamClient::new(&files, Duration::from_secs(1)).unwrap();
         let guard = AuthGuard::open(
             "g",
-            1,
+            crate::guard::GuardLimits::serial(1),
             crate::guard::Fingerprint::of(&[b"x"]),
             Arc::new(crate::guard::MemoryGuardStore::default()),
             crate::metrics::GatewayMetrics::unregistered("g"),
