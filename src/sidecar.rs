@@ -304,6 +304,7 @@ fn build_gateway(
                 inspect_limit_bytes: gateway.inspect_limit_bytes,
                 request_timeout: gateway.request_timeout,
                 session_fetch_concurrency: settings.session_fetch_concurrency,
+                session_wait: settings.session_wait,
                 pool: PoolConfig {
                     min: settings.pool_min,
                     max: settings.pool_max,

@@ -140,6 +140,8 @@ pub struct CreditGuardSettings {
     pub session_expiry_margin: Duration,
     /// `getSessionId`s in flight at once while the credentials are proven.
     pub session_fetch_concurrency: u32,
+    /// How long a call waits for a session when its pool is empty.
+    pub session_wait: Duration,
 }
 
 /// Everything wrong with a configuration.
@@ -228,6 +230,7 @@ struct RawGateway {
     pool_max: Option<usize>,
     session_expiry_margin_secs: Option<f64>,
     session_fetch_concurrency: Option<u32>,
+    session_wait_secs: Option<f64>,
 }
 
 /// Where the config is read from when `--config` is not given.
@@ -582,6 +585,7 @@ fn validate_number(
             "session_fetch_concurrency",
             g.session_fetch_concurrency.is_some(),
         ),
+        ("session_wait_secs", g.session_wait_secs.is_some()),
     ] {
         if present {
             problems.push(format!(
@@ -741,6 +745,12 @@ fn validate_creditguard(
             "gateway {name:?}: session_fetch_concurrency {session_fetch_concurrency} must be 1..=64"
         ));
     }
+    let session_wait = secs(
+        &format!("gateway {name:?}: session_wait_secs"),
+        g.session_wait_secs,
+        10.0,
+        problems,
+    );
     if problems.len() > before {
         return None;
     }
@@ -754,6 +764,7 @@ fn validate_creditguard(
         pool_max,
         session_expiry_margin: margin,
         session_fetch_concurrency,
+        session_wait,
     })
 }
 

@@ -57,6 +57,9 @@ pub struct CreditGuardConfig {
     /// while unproven (default 8). Worst case: a password revoked at the gateway while N are in
     /// flight gets up to N rejections before the gateway locks.
     pub session_fetch_concurrency: u32,
+    /// How long a call waits for a session when its pool is empty (capped by
+    /// `request_timeout`) before it gets 503 `overloaded` (default 10 s).
+    pub session_wait: Duration,
     /// Bounds of the session pool.
     pub pool: PoolConfig,
 }
@@ -76,6 +79,7 @@ impl CreditGuardConfig {
             inspect_limit_bytes: 64 << 10,
             request_timeout: Duration::from_secs(30),
             session_fetch_concurrency: 8,
+            session_wait: Duration::from_secs(10),
             pool: PoolConfig::default(),
         }
     }
@@ -518,7 +522,8 @@ impl Shared {
     }
 
     async fn wait(&self, mut rx: oneshot::Receiver<Result<Lease, Error>>) -> Result<Lease, Error> {
-        match tokio::time::timeout(self.config.request_timeout, &mut rx).await {
+        let bound = self.config.session_wait.min(self.config.request_timeout);
+        match tokio::time::timeout(bound, &mut rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(self.error(
                 ErrorCode::AuthUnavailable,
@@ -530,9 +535,15 @@ impl Shared {
                 if let Ok(result) = rx.try_recv() {
                     return result;
                 }
+                // Sessions are coming (a refusal would have said so), just not fast enough for
+                // the demand: shed the call rather than queue it without end.
                 Err(self.error(
-                    ErrorCode::AuthUnavailable,
-                    "no CreditGuard session could be obtained within the request timeout; nothing was forwarded",
+                    ErrorCode::Overloaded,
+                    format!(
+                        "no CreditGuard session within {} ms: calls arrive faster than sessions \
+                         can be fetched (raise session_fetch_concurrency?); nothing was forwarded",
+                        bound.as_millis()
+                    ),
                 ))
             }
         }
