@@ -1120,3 +1120,24 @@ async fn no_secret_or_card_data_reaches_a_log_even_at_trace() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_call_waits_for_a_session_at_most_session_wait_then_is_shed() {
+    let sim = start(CreditGuardSimConfig::default()).await;
+    // Sessions come far slower than the call may wait.
+    sim.set_latency(Duration::from_secs(3), Duration::ZERO);
+    let mut config = config(&sim);
+    config.session_wait = Duration::from_millis(300);
+    let gw = gateway_with(config, credentials(), None);
+    let answer = tokio::time::timeout(Duration::from_secs(10), post(&gw, &sim, raw_form(&deal())))
+        .await
+        .expect("the wait is bounded");
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.error_code(), Some("overloaded"), "{}", answer.text());
+    assert!(
+        answer.text().contains("session_fetch_concurrency"),
+        "{}",
+        answer.text()
+    );
+    assert!(calls(&sim).is_empty(), "nothing was forwarded");
+}
