@@ -2,8 +2,10 @@
 //!
 //! For each request: refuse it with 503 `overloaded` when the gateway's concurrency limit is
 //! reached (no unbounded queue), drop hop-by-hop headers and `Host`, point the URI at the
-//! upstream (the path and query are kept as the app sent them), hand it to the layer, and turn
-//! payauth's errors into the contract's responses. One access line per request.
+//! upstream (the path and query are kept as the app sent them), read the body (at most
+//! `max_request_bytes`, within the request timeout; an oversized one gets 413 and is drained,
+//! bounded, so that the app can read the 413), hand it to the layer, and turn payauth's errors
+//! into the contract's responses (SOAP Faults on a SOAP gateway). One access line per request.
 
 pub mod client;
 pub mod reload;
