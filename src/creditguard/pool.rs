@@ -6,8 +6,9 @@
 //! # Sizing
 //!
 //! Each key (terminal and [`SessionScope`]) keeps an estimate of its request rate λ, measured
-//! over windows of [`RATE_WINDOW`]: it rises at once to a higher measured rate and decays
-//! towards a lower one with a time constant of [`RATE_DECAY`] (bursts are served at once, a lull
+//! over windows of [`RATE_WINDOW`]: it rises at once to a higher measured rate (already after
+//! [`RATE_EARLY_LOOK`] into a window) and decays towards a lower one with a time constant of
+//! [`RATE_DECAY`] (bursts are served at once, a lull
 //! does not empty the pool). The pool also keeps an average of the measured `getSessionId`
 //! latency L. A key's target is
 //!
@@ -54,6 +55,8 @@ use crate::secret::Secret;
 pub(crate) const TICK: Duration = Duration::from_millis(250);
 /// Request rates are measured over windows this long.
 pub const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// Within a window, a rate measured over at least this long may raise the estimate at once.
+pub const RATE_EARLY_LOOK: Duration = Duration::from_millis(250);
 /// A lower rate replaces a higher estimate with this time constant.
 pub const RATE_DECAY: Duration = Duration::from_secs(30);
 /// Extra sessions beyond the expected need.
@@ -502,6 +505,13 @@ impl Pool {
                 kp.arrivals = 0;
             }
             self.last_rate_update = now;
+        } else if dt >= RATE_EARLY_LOOK {
+            // A rate already higher within the window counts at once (the window goes on): a
+            // pool going from idle to full load must not wait a whole window to grow.
+            let secs = dt.as_secs_f64();
+            for kp in self.keys.values_mut() {
+                kp.rate = kp.rate.max(kp.arrivals as f64 / secs);
+            }
         }
         let mut wasted = 0;
         for kp in self.keys.values_mut() {
@@ -761,6 +771,27 @@ mod tests {
         assert!(p
             .deficits(now + IDLE_KEY + Duration::from_secs(2))
             .is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rising_rate_grows_the_target_within_the_window() {
+        let mut p = pool(2, 32);
+        p.observe_latency(Duration::from_millis(300));
+        let now = Instant::now();
+        let k = key("1");
+        p.register(k.clone(), now);
+        p.tick(now + RATE_WINDOW);
+        let start = now + RATE_WINDOW;
+        // 20 requests/s from idle: after 300 ms, not a whole window, the target has grown.
+        let mut waiting = Vec::new();
+        for i in 0..6 {
+            waiting.push(p.acquire(&k, start + Duration::from_millis(i * 50)));
+        }
+        let at = start + Duration::from_millis(300);
+        p.tick(at);
+        let deficits = p.deficits(at);
+        // Rate 6 / 0.3 s = 20/s → target 1.5 × 20 × 1.3 = 39 → 32; six waiters have fetches.
+        assert_eq!(deficits, vec![(k, 32)], "{deficits:?}");
     }
 
     #[tokio::test(start_paused = true)]
