@@ -165,8 +165,7 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    let checked = Config::load(path).and_then(|config| config.check_secrets().map(|()| config));
-    match checked {
+    match Config::check(path) {
         Ok(config) => {
             println!("{} is valid.\n{}", path.display(), config.summary());
             ExitCode::SUCCESS

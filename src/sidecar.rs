@@ -298,7 +298,7 @@ fn build_gateway(
                 upstream: gateway.upstream.clone(),
                 relay_path: settings.relay_path.clone(),
                 terminals: settings.terminals.clone(),
-                scope: settings.scope.parse().map_err(|e| format!("scope: {e}"))?,
+                scope: settings.scope,
                 auth_failure_budget: gateway.auth_failure_budget,
                 max_request_bytes: gateway.max_request_bytes,
                 inspect_limit_bytes: gateway.inspect_limit_bytes,

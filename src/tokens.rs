@@ -81,43 +81,48 @@ pub fn parse_portal(body: &[u8], account_code: &str) -> Result<PortalToken, Stri
     })
 }
 
-/// Reads an `ExpirationDate`: ISO 8601 (`2027-05-01T00:00:00`), WCF's `/Date(ms)/`, US
-/// `M/D/YYYY [h:mm:ss AM]`, or Unix seconds.
+/// Reads an `ExpirationDate`: ISO 8601 (`2027-05-01T00:00:00`, as the portal sends it: without
+/// an offset it is read as UTC, see [`crate::config::parse_timestamp`]), WCF's
+/// `/Date(ms[+hhmm])/`, US `M/D/YYYY [h:mm[:ss] AM|PM]` (UTC too), or Unix seconds.
 pub fn parse_expiration(value: &serde_json::Value) -> Option<i64> {
     if let Some(n) = value.as_i64() {
         return Some(n);
     }
     let s = value.as_str()?.trim();
-    if let Some(ms) = s.strip_prefix("/Date(").and_then(|r| r.strip_suffix(")/")) {
-        let digits: String = ms
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '-')
-            .collect();
-        return digits.parse::<i64>().ok().map(|ms| ms / 1000);
+    if let Some(wcf) = s.strip_prefix("/Date(").and_then(|r| r.strip_suffix(")/")) {
+        // Milliseconds since the epoch (UTC); the optional offset after them is informational.
+        let sign = usize::from(wcf.starts_with('-'));
+        let end = sign
+            + wcf[sign..]
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(wcf.len() - sign);
+        return wcf[..end].parse::<i64>().ok().map(|ms| ms.div_euclid(1000));
     }
-    if let Some(t) = crate::config::parse_rfc3339(s) {
-        return Some(t);
-    }
-    // M/D/YYYY with an optional time.
-    let (date, time) = s.split_once(' ').map_or((s, ""), |(d, t)| (d, t));
-    let mut parts = date.split('/');
-    let (m, d, y) = (parts.next()?, parts.next()?, parts.next()?);
-    let day = crate::config::parse_rfc3339(&format!("{y}-{m:0>2}-{d:0>2}"))?;
-    let mut secs = 0;
-    if !time.is_empty() {
-        let (clock, meridiem) = time.split_once(' ').unwrap_or((time, ""));
-        let mut c = clock.split(':');
-        let mut h: i64 = c.next()?.parse().ok()?;
-        let mi: i64 = c.next().unwrap_or("0").parse().ok()?;
-        let se: i64 = c.next().unwrap_or("0").parse().ok()?;
-        match meridiem.to_ascii_uppercase().as_str() {
-            "PM" if h < 12 => h += 12,
-            "AM" if h == 12 => h = 0,
-            _ => {}
-        }
-        secs = h * 3600 + mi * 60 + se;
-    }
-    Some(day + secs)
+    crate::config::parse_timestamp(s).or_else(|| parse_us_date(s))
+}
+
+/// `12/14/2023`, `12/14/2023 2:56:29 PM`, `12/14/2023 14:56`, read as UTC.
+fn parse_us_date(s: &str) -> Option<i64> {
+    use time::format_description::parse_borrowed;
+    use time::{Date, PrimitiveDateTime};
+    const DAY: &str = "[month padding:none]/[day padding:none]/[year]";
+    const TIMES: [&str; 4] = [
+        "[hour repr:12 padding:none]:[minute]:[second] [period case_sensitive:false]",
+        "[hour repr:12 padding:none]:[minute] [period case_sensitive:false]",
+        "[hour padding:none]:[minute]:[second]",
+        "[hour padding:none]:[minute]",
+    ];
+    let at = TIMES.iter().find_map(|time| {
+        let format = format!("{DAY} {time}");
+        PrimitiveDateTime::parse(s, &parse_borrowed::<2>(&format).ok()?).ok()
+    });
+    let at = match at {
+        Some(at) => at,
+        None => Date::parse(s, &parse_borrowed::<2>(DAY).ok()?)
+            .ok()?
+            .midnight(),
+    };
+    Some(at.assume_utc().unix_timestamp())
 }
 
 #[derive(Serialize, Deserialize)]
@@ -208,8 +213,16 @@ mod tests {
         assert_eq!(v("2023-12-14T14:56:29Z"), Some(1_702_565_789));
         assert_eq!(v("12/14/2023 2:56:29 PM"), Some(1_702_565_789));
         assert_eq!(v("12/14/2023"), Some(1_702_512_000));
+        assert_eq!(v("12/14/2023 14:56"), Some(1_702_565_760));
+        assert_eq!(v("2/31/2027"), None);
         assert_eq!(v("/Date(1702565789000)/"), Some(1_702_565_789));
+        assert_eq!(v("/Date(1702565789000-0500)/"), Some(1_702_565_789));
+        assert_eq!(v("/Date(1702565789000+0200)/"), Some(1_702_565_789));
         assert_eq!(v("soon"), None);
+        // The portal's own form: no offset, read as UTC.
+        assert_eq!(v("2027-05-01T00:00:00"), Some(1_809_129_600));
+        assert_eq!(v("2026-01-01T00:00:00+02:00"), Some(1_767_218_400));
+        assert_eq!(v("2026-01-01T00:00:00-05:00"), Some(1_767_243_600));
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! only the paths of files holding them (mounted Kubernetes Secrets); the files are re-read while
 //! running (see [`crate::sidecar`]).
 
+mod date;
+mod raw;
+mod source;
+mod validate;
+
 use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -12,11 +17,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Uri;
-use serde::Deserialize;
 
-use crate::guard::MAX_BUDGET;
+use crate::creditguard::Scope;
 use crate::number::SoapNames;
 use crate::secret::Secret;
+
+pub use date::parse_timestamp;
+pub use source::Position;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -130,8 +137,8 @@ pub struct CreditGuardSettings {
     pub password_file: PathBuf,
     /// Allowed terminals.
     pub terminals: Vec<String>,
-    /// `none` | `command` | `full`.
-    pub scope: String,
+    /// How narrowly sessions are scoped.
+    pub scope: Scope,
     /// Sessions kept ready per (terminal, scope), at least.
     pub pool_min: usize,
     /// Sessions kept ready per (terminal, scope), at most.
@@ -144,9 +151,35 @@ pub struct CreditGuardSettings {
     pub session_wait: Duration,
 }
 
+/// One thing wrong with a configuration, and where in the file, when it is about one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: the key, or its table when the key is missing.
+    pub at: Option<Position>,
+    /// What, with no secret in it (secrets are only ever in files, never read into messages).
+    pub message: String,
+}
+
+impl Problem {
+    fn whole(message: String) -> Self {
+        Self { at: None, message }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            // Keys start their line; the column says something only inside a line.
+            Some(at) if at.column > 1 => write!(f, "{at}: {}", self.message),
+            Some(at) => write!(f, "line {}: {}", at.line, self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
 /// Everything wrong with a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<String>);
+pub struct ConfigErrors(pub Vec<Problem>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -162,169 +195,35 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    admin: Option<RawAdmin>,
-    state: Option<RawState>,
-    proxy: Option<RawProxy>,
-    #[serde(default)]
-    gateway: Vec<RawGateway>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    listen: Option<String>,
-    token_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawState {
-    dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProxy {
-    shutdown_grace_secs: Option<f64>,
-    secret_poll_secs: Option<f64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGateway {
-    name: Option<String>,
-    kind: Option<String>,
-    listen: Option<String>,
-    upstream: Option<String>,
-    auth_failure_budget: Option<u32>,
-    max_request_bytes: Option<usize>,
-    inspect_limit_bytes: Option<usize>,
-    connect_timeout_secs: Option<f64>,
-    request_timeout_secs: Option<f64>,
-    max_concurrency: Option<usize>,
-    ca_file: Option<PathBuf>,
-    client_cert_file: Option<PathBuf>,
-    client_key_file: Option<PathBuf>,
-    // number
-    protocol: Option<String>,
-    auth_path: Option<String>,
-    soap_namespace: Option<String>,
-    soap_auth_action: Option<String>,
-    soap_session_element: Option<String>,
-    account_code: Option<String>,
-    token_file: Option<PathBuf>,
-    hmac_secret_file: Option<PathBuf>,
-    user_id: Option<toml::Value>,
-    token_expires_at: Option<toml::Value>,
-    renewal_min_key_age_secs: Option<f64>,
-    // creditguard
-    relay_path: Option<String>,
-    user: Option<String>,
-    password_file: Option<PathBuf>,
-    terminals: Option<Vec<String>>,
-    scope: Option<String>,
-    pool_min: Option<usize>,
-    pool_max: Option<usize>,
-    session_expiry_margin_secs: Option<f64>,
-    session_fetch_concurrency: Option<u32>,
-    session_wait_secs: Option<f64>,
-}
-
 /// Where the config is read from when `--config` is not given.
 pub const CONFIG_ENV: &str = "PAYAUTH_CONFIG";
 
 impl Config {
     /// Reads and validates a config file. Secret files are not read here (see
-    /// [`Config::check_secrets`]).
+    /// [`Config::check_secrets`] and [`Config::check`]).
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![format!("cannot read config {}: {e}", path.display())])
-        })?;
-        Self::parse(&text)
+        Self::parse(&read_config(path)?)
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text, reporting every problem with its line.
     pub fn parse(text: &str) -> Result<Self, ConfigErrors> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigErrors(vec![format!("invalid TOML: {}", e.message())]))?;
-        let mut problems = Vec::new();
-        let admin = raw.admin.unwrap_or(RawAdmin {
-            listen: None,
-            token_file: None,
-        });
-        let admin_listen = parse_addr(
-            "admin.listen",
-            admin.listen.as_deref().unwrap_or("127.0.0.1:9901"),
-            &mut problems,
-        );
-        let proxy = raw.proxy.unwrap_or(RawProxy {
-            shutdown_grace_secs: None,
-            secret_poll_secs: None,
-        });
-        let proxy = ProxyConfig {
-            shutdown_grace: secs(
-                "proxy.shutdown_grace_secs",
-                proxy.shutdown_grace_secs,
-                25.0,
-                &mut problems,
-            ),
-            secret_poll_interval: secs(
-                "proxy.secret_poll_secs",
-                proxy.secret_poll_secs,
-                2.0,
-                &mut problems,
-            ),
-        };
-        let state_dir = raw
-            .state
-            .and_then(|s| s.dir)
-            .unwrap_or_else(|| PathBuf::from("/var/lib/payauth"));
-        if raw.gateway.is_empty() {
-            problems.push("no [[gateway]] configured".into());
-        }
-        let mut gateways = Vec::new();
-        for (i, g) in raw.gateway.into_iter().enumerate() {
-            if let Some(gw) = validate_gateway(i, g, &mut problems) {
-                gateways.push(gw);
-            }
-        }
-        let mut names = std::collections::HashSet::new();
-        let mut addrs = std::collections::HashSet::new();
-        addrs.insert(admin_listen);
-        for g in &gateways {
-            if !names.insert(g.name.clone()) {
-                problems.push(format!("gateway name {:?} is used twice", g.name));
-            }
-            if g.listen.port() != 0 && !addrs.insert(g.listen) {
-                problems.push(format!(
-                    "gateway {:?}: listen {} is already used",
-                    g.name, g.listen
-                ));
-            }
-        }
-        if !problems.is_empty() {
-            return Err(ConfigErrors(problems));
-        }
-        Ok(Config {
-            admin: AdminConfig {
-                listen: admin_listen,
-                token_file: admin.token_file,
-            },
-            state_dir,
-            proxy,
-            gateways,
-        })
+        validate::validate(text, validate::Checks::Text)
+    }
+
+    /// What `payauth check` does: reads and validates a config file, and checks everything
+    /// `payauth run` needs from the file system (secret files readable and not empty,
+    /// certificate files usable, the state dir writable, its lockout records readable). Every
+    /// problem found is reported, each with its line.
+    pub fn check(path: &Path) -> Result<Self, ConfigErrors> {
+        validate::validate(&read_config(path)?, validate::Checks::Files)
     }
 
     /// Reads every secret file the config names and reports every problem (unreadable, empty).
     pub fn check_secrets(&self) -> Result<(), ConfigErrors> {
         let mut problems = Vec::new();
-        let check = |problems: &mut Vec<String>, what: String, path: &Path| {
+        let check = |problems: &mut Vec<Problem>, what: String, path: &Path| {
             if let Err(e) = read_secret(path) {
-                problems.push(format!("{what}: {e}"));
+                problems.push(Problem::whole(format!("{what}: {e}")));
             }
         };
         if let Some(path) = &self.admin.token_file {
@@ -359,7 +258,7 @@ impl Config {
                 problems.extend(
                     tls_problems
                         .into_iter()
-                        .map(|p| format!("gateway {:?}: {p}", g.name)),
+                        .map(|p| Problem::whole(format!("gateway {:?}: {p}", g.name))),
                 );
             }
         }
@@ -415,396 +314,13 @@ impl Config {
     }
 }
 
-fn parse_addr(what: &str, value: &str, problems: &mut Vec<String>) -> SocketAddr {
-    value.parse().unwrap_or_else(|_| {
-        problems.push(format!(
-            "{what}: {value:?} is not an address like 127.0.0.1:8081"
-        ));
-        SocketAddr::from(([127, 0, 0, 1], 0))
+fn read_config(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![Problem::whole(format!(
+            "cannot read config {}: {e}",
+            path.display()
+        ))])
     })
-}
-
-fn secs(what: &str, value: Option<f64>, default: f64, problems: &mut Vec<String>) -> Duration {
-    let v = value.unwrap_or(default);
-    Duration::try_from_secs_f64(v).unwrap_or_else(|_| {
-        problems.push(format!("{what}: {v} is not a number of seconds"));
-        Duration::from_secs_f64(default)
-    })
-}
-
-fn validate_gateway(i: usize, g: RawGateway, problems: &mut Vec<String>) -> Option<GatewayConfig> {
-    let name = match g.name.as_deref() {
-        Some(n)
-            if !n.is_empty()
-                && n.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
-        {
-            n.to_owned()
-        }
-        Some(n) => {
-            problems.push(format!(
-                "gateway #{}: name {n:?} must be letters, digits, '-' or '_'",
-                i + 1
-            ));
-            format!("#{}", i + 1)
-        }
-        None => {
-            problems.push(format!("gateway #{}: name is missing", i + 1));
-            format!("#{}", i + 1)
-        }
-    };
-    let before = problems.len();
-    let mut missing =
-        |field: &str| problems_push(problems, format!("gateway {name:?}: {field} is missing"));
-    let kind = g.kind.clone();
-    if kind.is_none() {
-        missing("kind");
-    }
-    if g.listen.is_none() {
-        missing("listen");
-    }
-    if g.upstream.is_none() {
-        missing("upstream");
-    }
-    let listen = parse_addr(
-        &format!("gateway {name:?}: listen"),
-        g.listen.as_deref().unwrap_or("127.0.0.1:0"),
-        problems,
-    );
-    let upstream = match g.upstream.as_deref().map(str::parse::<Uri>) {
-        Some(Ok(u))
-            if matches!(u.scheme_str(), Some("http" | "https"))
-                && u.authority().is_some()
-                && matches!(u.path(), "" | "/") =>
-        {
-            Some(u)
-        }
-        Some(_) => {
-            problems.push(format!(
-                "gateway {name:?}: upstream must be a base URL like https://host[:port] (no path)"
-            ));
-            None
-        }
-        None => None,
-    };
-    let budget = g.auth_failure_budget.unwrap_or(1);
-    if !(1..=MAX_BUDGET).contains(&budget) {
-        problems.push(format!(
-            "gateway {name:?}: auth_failure_budget {budget} must be 1..={MAX_BUDGET} (the gateway locks the IP at 6)"
-        ));
-    }
-    if g.client_cert_file.is_some() != g.client_key_file.is_some() {
-        problems.push(format!(
-            "gateway {name:?}: client_cert_file and client_key_file go together"
-        ));
-    }
-    let max_concurrency = g.max_concurrency.unwrap_or(256);
-    if max_concurrency == 0 {
-        problems.push(format!(
-            "gateway {name:?}: max_concurrency must be at least 1"
-        ));
-    }
-    let kind = match kind.as_deref() {
-        Some("number") => validate_number(&name, &g, problems).map(GatewayKind::Number),
-        Some("creditguard") => {
-            validate_creditguard(&name, &g, problems).map(GatewayKind::CreditGuard)
-        }
-        Some(other) => {
-            problems.push(format!(
-                "gateway {name:?}: kind {other:?} must be \"number\" or \"creditguard\""
-            ));
-            None
-        }
-        None => None,
-    };
-    if problems.len() > before {
-        return None;
-    }
-    Some(GatewayConfig {
-        name: name.clone(),
-        listen,
-        upstream: upstream?,
-        auth_failure_budget: budget,
-        max_request_bytes: g.max_request_bytes.unwrap_or(1 << 20),
-        inspect_limit_bytes: g.inspect_limit_bytes.unwrap_or(64 << 10),
-        connect_timeout: secs(
-            &format!("gateway {name:?}: connect_timeout_secs"),
-            g.connect_timeout_secs,
-            5.0,
-            problems,
-        ),
-        request_timeout: secs(
-            &format!("gateway {name:?}: request_timeout_secs"),
-            g.request_timeout_secs,
-            30.0,
-            problems,
-        ),
-        max_concurrency,
-        tls: TlsFiles {
-            ca_file: g.ca_file,
-            client_cert_file: g.client_cert_file,
-            client_key_file: g.client_key_file,
-        },
-        kind: kind?,
-    })
-}
-
-fn problems_push(problems: &mut Vec<String>, p: String) {
-    problems.push(p);
-}
-
-fn validate_number(
-    name: &str,
-    g: &RawGateway,
-    problems: &mut Vec<String>,
-) -> Option<NumberSettings> {
-    let before = problems.len();
-    let protocol = match g.protocol.as_deref().unwrap_or("rest") {
-        "rest" => crate::number::Protocol::Rest,
-        "soap" => crate::number::Protocol::Soap,
-        other => {
-            problems.push(format!(
-                "gateway {name:?}: protocol {other:?} must be \"rest\" or \"soap\""
-            ));
-            crate::number::Protocol::Rest
-        }
-    };
-    for (field, present) in [
-        ("relay_path", g.relay_path.is_some()),
-        ("user", g.user.is_some()),
-        ("password_file", g.password_file.is_some()),
-        ("terminals", g.terminals.is_some()),
-        ("scope", g.scope.is_some()),
-        ("pool_min", g.pool_min.is_some()),
-        ("pool_max", g.pool_max.is_some()),
-        (
-            "session_expiry_margin_secs",
-            g.session_expiry_margin_secs.is_some(),
-        ),
-        (
-            "session_fetch_concurrency",
-            g.session_fetch_concurrency.is_some(),
-        ),
-        ("session_wait_secs", g.session_wait_secs.is_some()),
-    ] {
-        if present {
-            problems.push(format!(
-                "gateway {name:?}: {field} is a creditguard setting, not number's"
-            ));
-        }
-    }
-    let auth_path = match (&g.auth_path, protocol) {
-        (Some(p), _) => p.clone(),
-        (None, crate::number::Protocol::Rest) => "/APIcardProcREST/v1.0.0/Authenticate".into(),
-        (None, crate::number::Protocol::Soap) => {
-            problems.push(format!("gateway {name:?}: auth_path (the SOAP service path) is required with protocol = \"soap\""));
-            String::new()
-        }
-    };
-    if !auth_path.is_empty() && !auth_path.starts_with('/') {
-        problems.push(format!("gateway {name:?}: auth_path must start with '/'"));
-    }
-    let defaults = SoapNames::default();
-    let soap = SoapNames {
-        namespace: g.soap_namespace.clone().unwrap_or(defaults.namespace),
-        auth_action: g.soap_auth_action.clone().unwrap_or(defaults.auth_action),
-        session_element: g
-            .soap_session_element
-            .clone()
-            .unwrap_or(defaults.session_element),
-    };
-    let account_code = g.account_code.clone().unwrap_or_default();
-    if account_code.is_empty() {
-        problems.push(format!("gateway {name:?}: account_code is missing"));
-    }
-    if g.token_file.is_none() {
-        problems.push(format!("gateway {name:?}: token_file is missing"));
-    }
-    let user_id = match &g.user_id {
-        None => None,
-        Some(toml::Value::Integer(i)) if *i >= 0 => Some(*i as u64),
-        Some(toml::Value::String(s)) => match s.trim().parse() {
-            Ok(v) => Some(v),
-            Err(_) => {
-                problems.push(format!("gateway {name:?}: user_id {s:?} must be a number"));
-                None
-            }
-        },
-        Some(_) => {
-            problems.push(format!("gateway {name:?}: user_id must be a number"));
-            None
-        }
-    };
-    if g.hmac_secret_file.is_some() && user_id.is_none() {
-        problems.push(format!(
-            "gateway {name:?}: user_id is required with hmac_secret_file"
-        ));
-    }
-    let token_expires_at = match &g.token_expires_at {
-        None => None,
-        Some(toml::Value::Datetime(d)) => parse_rfc3339(&d.to_string()),
-        Some(toml::Value::String(s)) => parse_rfc3339(s),
-        Some(toml::Value::Integer(i)) => Some(*i),
-        Some(_) => None,
-    };
-    if g.token_expires_at.is_some() && token_expires_at.is_none() {
-        problems.push(format!(
-            "gateway {name:?}: token_expires_at must be a date like 2027-05-01T00:00:00Z"
-        ));
-    }
-    let renewal_min_key_age = secs(
-        &format!("gateway {name:?}: renewal_min_key_age_secs"),
-        g.renewal_min_key_age_secs,
-        30.0,
-        problems,
-    );
-    if problems.len() > before {
-        return None;
-    }
-    Some(NumberSettings {
-        protocol,
-        auth_path,
-        soap,
-        account_code,
-        token_file: g.token_file.clone()?,
-        hmac_secret_file: g.hmac_secret_file.clone(),
-        user_id,
-        token_expires_at,
-        renewal_min_key_age,
-    })
-}
-
-fn validate_creditguard(
-    name: &str,
-    g: &RawGateway,
-    problems: &mut Vec<String>,
-) -> Option<CreditGuardSettings> {
-    let before = problems.len();
-    for (field, present) in [
-        ("protocol", g.protocol.is_some()),
-        ("account_code", g.account_code.is_some()),
-        ("token_file", g.token_file.is_some()),
-        ("hmac_secret_file", g.hmac_secret_file.is_some()),
-        (
-            "renewal_min_key_age_secs",
-            g.renewal_min_key_age_secs.is_some(),
-        ),
-    ] {
-        if present {
-            problems.push(format!(
-                "gateway {name:?}: {field} is a number setting, not creditguard's"
-            ));
-        }
-    }
-    let user = g.user.clone().unwrap_or_default();
-    if user.is_empty() {
-        problems.push(format!("gateway {name:?}: user is missing"));
-    }
-    if g.password_file.is_none() {
-        problems.push(format!("gateway {name:?}: password_file is missing"));
-    }
-    let terminals = g.terminals.clone().unwrap_or_default();
-    if terminals.is_empty() {
-        problems.push(format!(
-            "gateway {name:?}: terminals must list at least one terminal"
-        ));
-    }
-    for t in &terminals {
-        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            problems.push(format!(
-                "gateway {name:?}: terminal {t:?} must be letters and digits"
-            ));
-        }
-    }
-    let scope = g.scope.clone().unwrap_or_else(|| "command".into());
-    if !matches!(scope.as_str(), "none" | "command" | "full") {
-        problems.push(format!(
-            "gateway {name:?}: scope {scope:?} must be \"none\", \"command\" or \"full\""
-        ));
-    }
-    let relay_path = g.relay_path.clone().unwrap_or_else(|| "/xpo/Relay".into());
-    if !relay_path.starts_with('/') {
-        problems.push(format!("gateway {name:?}: relay_path must start with '/'"));
-    }
-    let pool_min = g.pool_min.unwrap_or(2);
-    let pool_max = g.pool_max.unwrap_or(32);
-    if pool_min > pool_max {
-        problems.push(format!(
-            "gateway {name:?}: pool_min {pool_min} is over pool_max {pool_max}"
-        ));
-    }
-    let margin = secs(
-        &format!("gateway {name:?}: session_expiry_margin_secs"),
-        g.session_expiry_margin_secs,
-        30.0,
-        problems,
-    );
-    let session_fetch_concurrency = g.session_fetch_concurrency.unwrap_or(8);
-    if !(1..=64).contains(&session_fetch_concurrency) {
-        problems.push(format!(
-            "gateway {name:?}: session_fetch_concurrency {session_fetch_concurrency} must be 1..=64"
-        ));
-    }
-    let session_wait = secs(
-        &format!("gateway {name:?}: session_wait_secs"),
-        g.session_wait_secs,
-        10.0,
-        problems,
-    );
-    if problems.len() > before {
-        return None;
-    }
-    Some(CreditGuardSettings {
-        relay_path,
-        user,
-        password_file: g.password_file.clone()?,
-        terminals,
-        scope,
-        pool_min,
-        pool_max,
-        session_expiry_margin: margin,
-        session_fetch_concurrency,
-        session_wait,
-    })
-}
-
-/// Parses `YYYY-MM-DD[THH:MM:SS[Z]]` (UTC) into Unix seconds.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let s = s.trim();
-    let (date, time) = match s.split_once(['T', ' ']) {
-        Some((d, t)) => (d, Some(t)),
-        None => (s, None),
-    };
-    let mut d = date.split('-');
-    let (y, m, day): (i64, i64, i64) = (
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-    );
-    if d.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
-        return None;
-    }
-    let secs_of_day = match time {
-        None => 0,
-        Some(t) => {
-            let t = t.trim_end_matches('Z');
-            let t = t.split(['+', '.']).next()?;
-            let mut p = t.split(':');
-            let h: i64 = p.next()?.parse().ok()?;
-            let mi: i64 = p.next().unwrap_or("0").parse().ok()?;
-            let se: i64 = p.next().unwrap_or("0").parse().ok()?;
-            h * 3600 + mi * 60 + se
-        }
-    };
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + secs_of_day)
 }
 
 /// Reads a secret file: surrounding whitespace (the newline editors and `echo` add) is trimmed;
@@ -914,7 +430,7 @@ scope = "everything"
         let text = errors.to_string();
         for expected in [
             "listen",
-            "upstream must be",
+            "upstream: invalid value: string \"ftp://x/path\"",
             "auth_failure_budget 6",
             "account_code is missing",
             "token_file is missing",
@@ -922,7 +438,7 @@ scope = "everything"
             "user is missing",
             "password_file is missing",
             "terminals must list",
-            "scope \"everything\"",
+            "scope: invalid value: string \"everything\"",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
@@ -932,15 +448,141 @@ scope = "everything"
     fn unknown_keys_are_refused() {
         let errors =
             Config::parse("[admin]\nlisten = \"127.0.0.1:1\"\ntypo = 1\n").expect_err("typo");
-        assert!(errors.to_string().contains("typo"), "{errors}");
+        assert!(
+            errors
+                .to_string()
+                .contains("line 3: [admin]: unknown key `typo`"),
+            "{errors}"
+        );
+        let errors =
+            Config::parse("[admin]\nlisen = \"127.0.0.1:1\"\n[[gateways]]\n").expect_err("typos");
+        let text = errors.to_string();
+        assert!(text.contains("did you mean `listen`?"), "{text}");
+        assert!(text.contains("did you mean `gateway`?"), "{text}");
     }
 
     #[test]
-    fn dates() {
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339("2023-12-14T14:56:29Z"), Some(1_702_565_789));
-        assert_eq!(parse_rfc3339("2023-12-14"), Some(1_702_512_000));
-        assert_eq!(parse_rfc3339("garbage"), None);
+    fn session_settings_are_creditguard_keys_with_their_ranges() {
+        let errors = Config::parse(
+            &GOOD
+                .replace(
+                    "scope = \"full\"",
+                    "scope = \"full\"\nsession_fetch_concurrency = 65\nsession_wait_secs = 2.5",
+                )
+                .replace(
+                    "kind = \"number\"",
+                    "kind = \"number\"\nsession_wait_secs = 1",
+                ),
+        )
+        .expect_err("out of range");
+        let text = errors.to_string();
+        assert!(
+            text.contains("`session_wait_secs` is a creditguard key"),
+            "{text}"
+        );
+        assert!(
+            text.contains("session_fetch_concurrency 65 must be 1..=64"),
+            "{text}"
+        );
+        assert_eq!(errors.0.len(), 2, "{text}");
+    }
+
+    #[test]
+    fn empty_required_strings_are_refused_where_they_are() {
+        let errors = Config::parse(&GOOD.replace("user = \"merchant-user\"", "user = \"\""))
+            .expect_err("empty user");
+        assert_eq!(
+            errors.to_string(),
+            "- line 20: gateway \"creditguard\": user is empty"
+        );
+    }
+
+    #[test]
+    fn scope_and_protocol_are_typed_once() {
+        let config = Config::parse(&GOOD.replace(
+            "kind = \"number\"",
+            "kind = \"number\"\nprotocol = \"soap\"\nauth_path = \"/svc\"",
+        ))
+        .expect("valid");
+        match (&config.gateways[0].kind, &config.gateways[1].kind) {
+            (GatewayKind::Number(n), GatewayKind::CreditGuard(c)) => {
+                assert_eq!(n.protocol, crate::number::Protocol::Soap);
+                assert_eq!(c.scope, Scope::Full);
+            }
+            other => panic!("{other:?}"),
+        }
+        let errors = Config::parse(
+            &GOOD.replace("kind = \"number\"", "kind = \"number\"\nprotocol = \"rpc\""),
+        )
+        .expect_err("bad protocol");
+        assert!(
+            errors
+                .to_string()
+                .contains("protocol: unknown variant `rpc`, expected `rest` or `soap`"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn keys_of_the_other_kind_are_refused() {
+        let errors = Config::parse(
+            &GOOD
+                .replace("kind = \"number\"", "kind = \"number\"\npool_min = 1")
+                .replace("scope = \"full\"", "scope = \"full\"\nuser_id = 1"),
+        )
+        .expect_err("other kind");
+        let text = errors.to_string();
+        assert!(
+            text.contains("line 9: gateway \"number\": `pool_min` is a creditguard key"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway \"creditguard\": `user_id` is a number key"),
+            "{text}"
+        );
+        assert_eq!(errors.0.len(), 2, "{text}");
+    }
+
+    #[test]
+    fn an_unknown_kind_still_gets_its_common_keys_checked() {
+        let errors = Config::parse(
+            "[[gateway]]\nname = \"x\"\nkind = \"nope\"\npool_min = 1\nmax_concurency = 2\n",
+        )
+        .expect_err("unknown kind");
+        let text = errors.to_string();
+        for expected in [
+            "line 3: gateway \"x\": kind \"nope\" must be",
+            "line 5: gateway \"x\": unknown key `max_concurency`; did you mean `max_concurrency`?",
+            "gateway \"x\": listen is missing",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        assert!(!text.contains("pool_min"), "{text}");
+    }
+
+    #[test]
+    fn gateways_may_be_inline_tables_and_dates_take_their_offset() {
+        let config = Config::parse(
+            "gateway = [{ name = \"n\", kind = \"number\", listen = \"127.0.0.1:1\", \
+             upstream = \"http://127.0.0.1:2\", account_code = \"A\", token_file = \"/t\", \
+             token_expires_at = 2026-01-01T00:00:00+02:00 }]\n",
+        )
+        .expect("valid");
+        match &config.gateways[0].kind {
+            GatewayKind::Number(n) => assert_eq!(n.token_expires_at, Some(1_767_218_400)),
+            other => panic!("{other:?}"),
+        }
+        let errors = Config::parse(
+            "gateway = [{ name = \"n\", kind = \"number\", listen = \"127.0.0.1:1\", \
+             upstream = \"http://127.0.0.1:2\", account_code = \"A\", token_file = \"/t\", \
+             token_expires_at = \"2027-02-31T00:00:00Z\" }]\n",
+        )
+        .expect_err("February 31");
+        assert!(
+            errors.to_string().contains("line 1, column "),
+            "an inline key has its column: {errors}"
+        );
+        assert!(errors.to_string().contains("token_expires_at"), "{errors}");
     }
 
     #[test]

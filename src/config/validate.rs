@@ -1,0 +1,782 @@
+//! From config text to a [`Config`], with every problem found in one pass and reported at its
+//! line.
+//!
+//! serde stops at the first error, so the file is first parsed into a TOML document that keeps
+//! the position of every key (a syntax error ends it there). Each table's keys are then checked
+//! one at a time against the raw type of that table ([`super::raw`]): an unknown key, a key of the
+//! other gateway kind or a value of the wrong type is a problem at that key, and the table is
+//! read from its remaining keys, so that the rules across keys (required keys, ranges) and the
+//! files the config names are still checked.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{DeserializeOwned, IntoDeserializer};
+use toml_edit::{ImDocument, InlineTable, Item, TableLike, Value};
+
+use super::raw::{
+    Kind, RawAdmin, RawCommon, RawCreditGuard, RawKind, RawNumber, RawProxy, RawState,
+};
+use super::source::{closest, keys_of, Position, Source};
+use super::{
+    AdminConfig, Config, ConfigErrors, CreditGuardSettings, GatewayConfig, GatewayKind,
+    NumberSettings, Problem, ProxyConfig, TlsFiles,
+};
+use crate::creditguard::Scope;
+use crate::guard::{FileGuardStore, Fingerprint, GuardStore, MAX_BUDGET};
+use crate::number::{Protocol, SoapNames};
+
+/// How far validation goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Checks {
+    /// The text alone.
+    Text,
+    /// The text, and everything `run` needs from the file system: secret and certificate files
+    /// readable, the state dir writable, its lockout records readable.
+    Files,
+}
+
+const SECTIONS: [&str; 4] = ["admin", "state", "proxy", "gateway"];
+
+pub(super) fn validate(text: &str, checks: Checks) -> Result<Config, ConfigErrors> {
+    let source = Source::new(text);
+    let doc = ImDocument::parse(text).map_err(|e| {
+        ConfigErrors(vec![Problem {
+            at: source.position(e.span()),
+            message: format!(
+                "invalid TOML: {}",
+                e.message().trim_end().replace('\n', ": ")
+            ),
+        }])
+    })?;
+    let mut v = Validator {
+        source,
+        checks,
+        problems: Vec::new(),
+    };
+    let config = v.config(doc.as_table());
+    let mut problems = v.problems;
+    if problems.is_empty() {
+        if let Some(config) = config {
+            return Ok(config);
+        }
+        problems.push(Problem {
+            at: None,
+            message: "the config is incomplete".into(),
+        });
+    }
+    // Problems without a line (about the whole file) first, then in the file's order.
+    problems.sort_by_key(|p| p.at);
+    Err(ConfigErrors(problems))
+}
+
+struct Validator<'a> {
+    source: Source<'a>,
+    checks: Checks,
+    problems: Vec<Problem>,
+}
+
+/// One table being checked: where it and its keys are, and which keys already had a problem.
+struct Table<'t> {
+    /// How messages name the table: `[admin]`, `gateway "number"`.
+    label: String,
+    /// How messages name a key of it: `admin.` + key, `gateway "number": ` + key.
+    key_prefix: String,
+    header: Option<Position>,
+    /// Every key of the table, and where it is.
+    keys: HashMap<&'t str, Option<Position>>,
+    bad: HashSet<&'t str>,
+}
+
+impl Table<'_> {
+    /// The position of `key`, or of the table when the key is not there.
+    fn at(&self, key: &str) -> Option<Position> {
+        self.keys.get(key).copied().flatten().or(self.header)
+    }
+
+    /// Whether `key` is absent (not merely wrong, which was reported already).
+    fn missing(&self, key: &str) -> bool {
+        !self.keys.contains_key(key)
+    }
+
+    fn name(&self, key: &str) -> String {
+        format!("{}{key}", self.key_prefix)
+    }
+}
+
+/// What the cross-gateway rules need from a gateway, even an invalid one.
+struct Identity {
+    key_prefix: String,
+    name: Option<(String, Option<Position>)>,
+    listen: Option<(SocketAddr, Option<Position>)>,
+}
+
+impl<'a> Validator<'a> {
+    fn problem(&mut self, at: Option<Position>, message: String) {
+        self.problems.push(Problem { at, message });
+    }
+
+    fn position(&self, span: Option<std::ops::Range<usize>>) -> Option<Position> {
+        self.source.position(span)
+    }
+
+    fn table(
+        &self,
+        label: String,
+        key_prefix: String,
+        header: Option<Position>,
+        body: Option<&'a dyn TableLike>,
+    ) -> Table<'a> {
+        let keys = body
+            .into_iter()
+            .flat_map(|body| body.iter().map(move |(k, _)| (k, body.key(k))))
+            .map(|(k, key)| (k, self.position(key.and_then(|key| key.span()))))
+            .collect();
+        Table {
+            label,
+            key_prefix,
+            header,
+            keys,
+            bad: HashSet::new(),
+        }
+    }
+
+    fn config(&mut self, root: &'a toml_edit::Table) -> Option<Config> {
+        for (key, _) in root.iter() {
+            if !SECTIONS.contains(&key) {
+                let at = self.position(root.key(key).and_then(|k| k.span()));
+                let message = unknown_key("", key, SECTIONS);
+                self.problem(at, message);
+            }
+        }
+        let (admin, admin_table) = self.section::<RawAdmin>(root, "admin");
+        let (state, state_table) = self.section::<RawState>(root, "state");
+        let (proxy, _) = self.section::<RawProxy>(root, "proxy");
+        let admin_listen = admin
+            .listen
+            .map_or(SocketAddr::from(([127, 0, 0, 1], 9901)), |a| a.0);
+        let state_dir = state
+            .dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/payauth"));
+        if self.checks == Checks::Files {
+            if let Some(path) = &admin.token_file {
+                self.secret_file(&admin_table, "token_file", path);
+            }
+            if let Err(e) = check_state_dir(&state_dir) {
+                let at = state_table.at("dir");
+                self.problem(at, format!("state.dir {}: {e}", state_dir.display()));
+            }
+        }
+        let proxy = ProxyConfig {
+            shutdown_grace: proxy
+                .shutdown_grace_secs
+                .map_or(Duration::from_secs(25), |s| s.0),
+            secret_poll_interval: proxy
+                .secret_poll_secs
+                .map_or(Duration::from_secs(2), |s| s.0),
+        };
+        let gateways = self.gateways(root, admin_listen, &state_dir);
+        Some(Config {
+            admin: AdminConfig {
+                listen: admin_listen,
+                token_file: admin.token_file,
+            },
+            state_dir,
+            proxy,
+            gateways: gateways?,
+        })
+    }
+
+    /// `[admin]`, `[state]` or `[proxy]`: absent is all defaults.
+    fn section<T: DeserializeOwned + Default>(
+        &mut self,
+        root: &'a toml_edit::Table,
+        name: &str,
+    ) -> (T, Table<'a>) {
+        let (label, key_prefix) = (format!("[{name}]"), format!("{name}."));
+        let Some((key, item)) = root.get_key_value(name) else {
+            return (T::default(), self.table(label, key_prefix, None, None));
+        };
+        let header = self.position(item.span().or_else(|| key.span()));
+        let Some(body) = item.as_table_like() else {
+            self.problem(header, format!("{name} must be a table: [{name}]"));
+            return (T::default(), self.table(label, key_prefix, header, None));
+        };
+        let mut table = self.table(label, key_prefix, header, Some(body));
+        let known = keys_of::<T>();
+        let mut entries = Vec::new();
+        for (k, value) in body.iter() {
+            if known.contains(&k) {
+                entries.push((k, value));
+            } else {
+                let message = unknown_key(&table.label, k, known.iter().copied());
+                self.problem(table.at(k), message);
+                table.bad.insert(k);
+            }
+        }
+        let good = self.check_values::<T>(&mut table, entries);
+        let value = self.build::<T>(&table, good).unwrap_or_default();
+        (value, table)
+    }
+
+    /// Checks each value against `T` on its own (every field of a raw type is optional, so a
+    /// table of one key deserializes unless its value is wrong) and returns the good ones.
+    fn check_values<T: DeserializeOwned>(
+        &mut self,
+        table: &mut Table<'a>,
+        entries: Vec<(&'a str, &Item)>,
+    ) -> InlineTable {
+        let mut good = InlineTable::new();
+        for (key, item) in entries {
+            let Ok(value) = item.clone().into_value() else {
+                continue;
+            };
+            let mut alone = InlineTable::new();
+            alone.insert(key, value.clone());
+            match T::deserialize(Value::InlineTable(alone).into_deserializer()) {
+                Ok(_) => {
+                    good.insert(key, value);
+                }
+                Err(e) => {
+                    let message = format!("{}: {}", table.name(key), e.message());
+                    self.problem(table.at(key), message);
+                    table.bad.insert(key);
+                }
+            }
+        }
+        good
+    }
+
+    /// Reads `T` from keys that were each found good.
+    fn build<T: DeserializeOwned>(&mut self, table: &Table<'_>, good: InlineTable) -> Option<T> {
+        T::deserialize(Value::InlineTable(good).into_deserializer())
+            .map_err(|e| {
+                let message = format!("{}: {}", table.label, e.message());
+                self.problem(table.header, message);
+            })
+            .ok()
+    }
+
+    fn gateways(
+        &mut self,
+        root: &'a toml_edit::Table,
+        admin_listen: SocketAddr,
+        state_dir: &Path,
+    ) -> Option<Vec<GatewayConfig>> {
+        let mut tables: Vec<(Option<Position>, &'a dyn TableLike)> = Vec::new();
+        match root.get_key_value("gateway") {
+            None => {}
+            Some((_, Item::ArrayOfTables(array))) => {
+                for table in array.iter() {
+                    tables.push((self.position(table.span()), table));
+                }
+            }
+            Some((_, Item::Value(Value::Array(array))))
+                if array.iter().all(|v| v.as_inline_table().is_some()) =>
+            {
+                for value in array.iter() {
+                    if let Some(table) = value.as_inline_table() {
+                        tables.push((self.position(value.span()), table));
+                    }
+                }
+            }
+            Some((key, item)) => {
+                let at = self.position(item.span().or_else(|| key.span()));
+                self.problem(
+                    at,
+                    "gateway must be an array of tables: write each as [[gateway]]".into(),
+                );
+                return None;
+            }
+        }
+        if tables.is_empty() {
+            self.problem(None, "no [[gateway]] configured".into());
+        }
+        let mut gateways = Vec::new();
+        let mut names = HashSet::new();
+        let mut addrs = HashSet::from([admin_listen]);
+        let mut complete = true;
+        for (i, (header, table)) in tables.into_iter().enumerate() {
+            let (gateway, identity) = self.gateway(i, header, table, state_dir);
+            if let Some((name, at)) = identity.name {
+                if !names.insert(name.clone()) {
+                    self.problem(at, format!("gateway name {name:?} is used twice"));
+                }
+            }
+            if let Some((addr, at)) = identity.listen {
+                if addr.port() != 0 && !addrs.insert(addr) {
+                    let message = format!("{}listen {addr} is already used", identity.key_prefix);
+                    self.problem(at, message);
+                }
+            }
+            match gateway {
+                Some(g) => gateways.push(g),
+                None => complete = false,
+            }
+        }
+        complete.then_some(gateways)
+    }
+
+    fn gateway(
+        &mut self,
+        i: usize,
+        header: Option<Position>,
+        body: &'a dyn TableLike,
+        state_dir: &Path,
+    ) -> (Option<GatewayConfig>, Identity) {
+        let before = self.problems.len();
+        let name = body.get("name").and_then(Item::as_str);
+        let label = match name {
+            Some(n) if valid_name(n) => format!("gateway {n:?}"),
+            _ => format!("gateway #{}", i + 1),
+        };
+        let mut table = self.table(label.clone(), format!("{label}: "), header, Some(body));
+        let kind = self.kind(&mut table, body);
+        let (common, specific) = self.split_keys(&mut table, body, kind);
+        let good = self.check_values::<RawCommon>(&mut table, common);
+        let common = self.build::<RawCommon>(&table, good).unwrap_or_default();
+        let kind = kind.and_then(|kind| {
+            let mut good = match kind {
+                Kind::Number => self.check_values::<RawNumber>(&mut table, specific),
+                Kind::CreditGuard => self.check_values::<RawCreditGuard>(&mut table, specific),
+            };
+            good.insert("kind", kind.as_str().into());
+            self.build::<RawKind>(&table, good)
+        });
+        let identity = Identity {
+            key_prefix: table.key_prefix.clone(),
+            name: common
+                .name
+                .clone()
+                .filter(|n| valid_name(n))
+                .map(|n| (n, table.at("name"))),
+            listen: common.listen.map(|a| (a.0, table.at("listen"))),
+        };
+        let gateway = self.gateway_settings(&table, common, kind, state_dir);
+        let gateway = gateway.filter(|_| self.problems.len() == before);
+        (gateway, identity)
+    }
+
+    /// The gateway's `kind`, if it is one payauth knows.
+    fn kind(&mut self, table: &mut Table<'a>, body: &dyn TableLike) -> Option<Kind> {
+        let Some(item) = body.get("kind") else {
+            self.problem(table.header, format!("{}kind is missing", table.key_prefix));
+            return None;
+        };
+        let written = item.as_str();
+        if let Some(kind) = Kind::ALL.into_iter().find(|k| Some(k.as_str()) == written) {
+            return Some(kind);
+        }
+        let message = match written {
+            Some(other) => format!(
+                "{}kind {other:?} must be \"number\" or \"creditguard\"",
+                table.key_prefix
+            ),
+            None => format!(
+                "{}kind must be \"number\" or \"creditguard\"",
+                table.key_prefix
+            ),
+        };
+        self.problem(table.at("kind"), message);
+        table.bad.insert("kind");
+        None
+    }
+
+    /// Splits a gateway's keys into the common ones and those of its kind; reports the others.
+    #[allow(clippy::type_complexity)]
+    fn split_keys(
+        &mut self,
+        table: &mut Table<'a>,
+        body: &'a dyn TableLike,
+        kind: Option<Kind>,
+    ) -> (Vec<(&'a str, &'a Item)>, Vec<(&'a str, &'a Item)>) {
+        let common_keys = keys_of::<RawCommon>();
+        let (mut common, mut specific) = (Vec::new(), Vec::new());
+        for (key, item) in body.iter() {
+            if key == "kind" {
+                continue;
+            }
+            if common_keys.contains(&key) {
+                common.push((key, item));
+                continue;
+            }
+            let owner = Kind::ALL.into_iter().find(|k| k.keys().contains(&key));
+            match (kind, owner) {
+                (Some(kind), Some(owner)) if kind == owner => specific.push((key, item)),
+                (Some(kind), Some(owner)) => {
+                    let message = format!(
+                        "{}: `{key}` is a {} key; a {} gateway does not take it",
+                        table.label,
+                        owner.as_str(),
+                        kind.as_str()
+                    );
+                    self.problem(table.at(key), message);
+                    table.bad.insert(key);
+                }
+                // Without a known kind, a key of either kind cannot be judged.
+                (None, Some(_)) => {}
+                (_, None) => {
+                    // Suggestions come from the keys this gateway may have.
+                    let kinds = kind.as_ref().map_or(&Kind::ALL[..], std::slice::from_ref);
+                    let candidates = common_keys
+                        .iter()
+                        .chain(kinds.iter().flat_map(|k| k.keys()))
+                        .copied()
+                        .chain(["kind"]);
+                    let message = unknown_key(&table.label, key, candidates);
+                    self.problem(table.at(key), message);
+                    table.bad.insert(key);
+                }
+            }
+        }
+        (common, specific)
+    }
+
+    /// The rules across a gateway's keys, and its files.
+    fn gateway_settings(
+        &mut self,
+        table: &Table<'_>,
+        raw: RawCommon,
+        kind: Option<RawKind>,
+        state_dir: &Path,
+    ) -> Option<GatewayConfig> {
+        let name = match raw.name {
+            Some(n) if valid_name(&n) => Some(n),
+            Some(n) => {
+                let message = format!(
+                    "{}name {n:?} must be letters, digits, '-' or '_'",
+                    table.key_prefix
+                );
+                self.problem(table.at("name"), message);
+                None
+            }
+            None => {
+                self.required(table, "name");
+                None
+            }
+        };
+        if raw.listen.is_none() {
+            self.required(table, "listen");
+        }
+        if raw.upstream.is_none() {
+            self.required(table, "upstream");
+        }
+        let budget = raw.auth_failure_budget.map_or(1, |c| c.0);
+        if !(1..=MAX_BUDGET).contains(&budget) {
+            let message = format!(
+                "{}auth_failure_budget {budget} must be 1..={MAX_BUDGET} (the gateway locks the IP at 6)",
+                table.key_prefix
+            );
+            self.problem(table.at("auth_failure_budget"), message);
+        }
+        let max_concurrency = raw.max_concurrency.map_or(256, |c| c.0);
+        if max_concurrency == 0 {
+            let message = format!("{}max_concurrency must be at least 1", table.key_prefix);
+            self.problem(table.at("max_concurrency"), message);
+        }
+        let pair_ok = raw.client_cert_file.is_some() == raw.client_key_file.is_some();
+        if !pair_ok {
+            let message = format!(
+                "{}client_cert_file and client_key_file go together",
+                table.key_prefix
+            );
+            let key = if raw.client_cert_file.is_some() {
+                "client_cert_file"
+            } else {
+                "client_key_file"
+            };
+            self.problem(table.at(key), message);
+        }
+        let tls = TlsFiles {
+            ca_file: raw.ca_file,
+            client_cert_file: raw.client_cert_file,
+            client_key_file: raw.client_key_file,
+        };
+        let kind = match kind {
+            Some(RawKind::Number(n)) => self.number(table, n).map(GatewayKind::Number),
+            Some(RawKind::CreditGuard(c)) => {
+                self.creditguard(table, c).map(GatewayKind::CreditGuard)
+            }
+            None => None,
+        };
+        if self.checks == Checks::Files {
+            self.gateway_files(table, name.as_deref(), &tls, pair_ok, state_dir);
+        }
+        Some(GatewayConfig {
+            name: name?,
+            listen: raw.listen?.0,
+            upstream: raw.upstream?.0,
+            auth_failure_budget: budget,
+            max_request_bytes: raw.max_request_bytes.map_or(1 << 20, |c| c.0),
+            inspect_limit_bytes: raw.inspect_limit_bytes.map_or(64 << 10, |c| c.0),
+            connect_timeout: raw
+                .connect_timeout_secs
+                .map_or(Duration::from_secs(5), |s| s.0),
+            request_timeout: raw
+                .request_timeout_secs
+                .map_or(Duration::from_secs(30), |s| s.0),
+            max_concurrency,
+            tls,
+            kind: kind?,
+        })
+    }
+
+    /// Reports a required key that is absent (a key present with a wrong value was reported).
+    fn required(&mut self, table: &Table<'_>, key: &str) {
+        if table.missing(key) {
+            let message = format!("{} is missing", table.name(key));
+            self.problem(table.header, message);
+        }
+    }
+
+    /// A required string that may not be empty.
+    fn non_empty(&mut self, table: &Table<'_>, key: &str, value: Option<String>) -> Option<String> {
+        match value {
+            Some(v) if !v.is_empty() => return Some(v),
+            Some(_) => {
+                let message = format!("{} is empty", table.name(key));
+                self.problem(table.at(key), message);
+            }
+            None => self.required(table, key),
+        }
+        None
+    }
+
+    fn number(&mut self, table: &Table<'_>, raw: RawNumber) -> Option<NumberSettings> {
+        let before = self.problems.len();
+        let protocol = raw.protocol.map_or(Protocol::Rest, Protocol::from);
+        let auth_path = match (raw.auth_path, protocol) {
+            (Some(path), _) => {
+                self.uri_path(table, "auth_path", &path);
+                path
+            }
+            (None, Protocol::Rest) => "/APIcardProcREST/v1.0.0/Authenticate".into(),
+            (None, Protocol::Soap) => {
+                if table.missing("auth_path") {
+                    let message = format!(
+                        "{}auth_path (the SOAP service path) is required with protocol = \"soap\"",
+                        table.key_prefix
+                    );
+                    self.problem(table.header, message);
+                }
+                String::new()
+            }
+        };
+        let defaults = SoapNames::default();
+        let soap = SoapNames {
+            namespace: raw.soap_namespace.unwrap_or(defaults.namespace),
+            auth_action: raw.soap_auth_action.unwrap_or(defaults.auth_action),
+            session_element: raw.soap_session_element.unwrap_or(defaults.session_element),
+        };
+        let account_code = self.non_empty(table, "account_code", raw.account_code);
+        if raw.token_file.is_none() {
+            self.required(table, "token_file");
+        }
+        if self.checks == Checks::Files {
+            if let Some(path) = &raw.token_file {
+                self.secret_file(table, "token_file", path);
+            }
+            if let Some(path) = &raw.hmac_secret_file {
+                self.secret_file(table, "hmac_secret_file", path);
+            }
+        }
+        let user_id = raw.user_id.map(|u| u.0);
+        if raw.hmac_secret_file.is_some() && user_id.is_none() && table.missing("user_id") {
+            let message = format!(
+                "{}user_id is required with hmac_secret_file",
+                table.key_prefix
+            );
+            self.problem(table.at("hmac_secret_file"), message);
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(NumberSettings {
+            protocol,
+            auth_path,
+            soap,
+            account_code: account_code?,
+            token_file: raw.token_file?,
+            hmac_secret_file: raw.hmac_secret_file,
+            user_id,
+            token_expires_at: raw.token_expires_at.map(|e| e.0),
+            renewal_min_key_age: raw
+                .renewal_min_key_age_secs
+                .map_or(Duration::from_secs(30), |s| s.0),
+        })
+    }
+
+    fn creditguard(
+        &mut self,
+        table: &Table<'_>,
+        raw: RawCreditGuard,
+    ) -> Option<CreditGuardSettings> {
+        let before = self.problems.len();
+        let user = self.non_empty(table, "user", raw.user);
+        match &raw.password_file {
+            None => self.required(table, "password_file"),
+            Some(path) if self.checks == Checks::Files => {
+                self.secret_file(table, "password_file", path);
+            }
+            Some(_) => {}
+        }
+        let terminals = raw.terminals.unwrap_or_default();
+        if terminals.is_empty() && !table.bad.contains("terminals") {
+            let message = format!(
+                "{}terminals must list at least one terminal",
+                table.key_prefix
+            );
+            self.problem(table.at("terminals"), message);
+        }
+        for t in &terminals {
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                let message = format!(
+                    "{}terminal {t:?} must be letters and digits",
+                    table.key_prefix
+                );
+                self.problem(table.at("terminals"), message);
+            }
+        }
+        let relay_path = raw.relay_path.unwrap_or_else(|| "/xpo/Relay".into());
+        self.uri_path(table, "relay_path", &relay_path);
+        let pool_min = raw.pool_min.map_or(2, |c| c.0);
+        let pool_max = raw.pool_max.map_or(32, |c| c.0);
+        if pool_min > pool_max {
+            let message = format!(
+                "{}pool_min {pool_min} is over pool_max {pool_max}",
+                table.key_prefix
+            );
+            self.problem(table.at("pool_min"), message);
+        }
+        let session_fetch_concurrency = raw.session_fetch_concurrency.map_or(8, |c| c.0);
+        if !(1..=64).contains(&session_fetch_concurrency) {
+            let message = format!(
+                "{}session_fetch_concurrency {session_fetch_concurrency} must be 1..=64",
+                table.key_prefix
+            );
+            self.problem(table.at("session_fetch_concurrency"), message);
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(CreditGuardSettings {
+            relay_path,
+            user: user?,
+            password_file: raw.password_file?,
+            terminals,
+            scope: raw.scope.map_or(Scope::default(), |s| s.0),
+            pool_min,
+            pool_max,
+            session_expiry_margin: raw
+                .session_expiry_margin_secs
+                .map_or(Duration::from_secs(30), |s| s.0),
+            session_fetch_concurrency,
+            session_wait: raw
+                .session_wait_secs
+                .map_or(Duration::from_secs(10), |s| s.0),
+        })
+    }
+
+    /// A path the layers append to the upstream: it must start with '/' and be a valid URI path.
+    fn uri_path(&mut self, table: &Table<'_>, key: &str, path: &str) {
+        if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+            let message = format!("{} must be a URL path starting with '/'", table.name(key));
+            self.problem(table.at(key), message);
+        }
+    }
+
+    /// The files a gateway names: secrets readable and not empty, certificates usable, its
+    /// lockout record readable.
+    fn gateway_files(
+        &mut self,
+        table: &Table<'_>,
+        name: Option<&str>,
+        tls: &TlsFiles,
+        pair_ok: bool,
+        state_dir: &Path,
+    ) {
+        // An unpaired certificate or key was reported already; its file is not looked at.
+        let tls = if pair_ok {
+            tls.clone()
+        } else {
+            TlsFiles {
+                ca_file: tls.ca_file.clone(),
+                ..TlsFiles::default()
+            }
+        };
+        if let Err(problems) = crate::proxy::tls::check_files(&tls) {
+            let key = if tls.client_cert_file.is_some() {
+                "client_cert_file"
+            } else {
+                "ca_file"
+            };
+            for p in problems {
+                let message = format!("{}{p}", table.key_prefix);
+                self.problem(table.at(key), message);
+            }
+        }
+        // `run` refuses a lockout record it cannot read: it will not guess how many rejected
+        // authentications it held. Without a state dir there is no record (and check leaves no
+        // directory behind).
+        if !state_dir.is_dir() {
+            return;
+        }
+        if let (Some(name), Ok(store)) = (name, FileGuardStore::new(state_dir)) {
+            if let Err(e) = store.load(name, Fingerprint::of(&[])) {
+                let message = format!("{}{e}", table.key_prefix);
+                self.problem(table.header, message);
+            }
+        }
+    }
+
+    fn secret_file(&mut self, table: &Table<'_>, key: &str, path: &Path) {
+        if let Err(e) = super::read_secret(path) {
+            let message = format!("{}: {e}", table.name(key));
+            self.problem(table.at(key), message);
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `unknown key `pool_mni` (did you mean `pool_min`?)`.
+fn unknown_key<'k>(label: &str, key: &str, known: impl IntoIterator<Item = &'k str>) -> String {
+    let within = if label.is_empty() {
+        String::new()
+    } else {
+        format!("{label}: ")
+    };
+    match closest(key, known) {
+        Some(guess) => format!("{within}unknown key `{key}`; did you mean `{guess}`?"),
+        None => format!("{within}unknown key `{key}`"),
+    }
+}
+
+/// Whether `run` could keep its state in `dir`: it is created if missing, as `run` would, and a
+/// file is created in it; then what was created is removed again.
+fn check_state_dir(dir: &Path) -> Result<(), String> {
+    let created: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot be created: {e}"))?;
+    let probe = dir.join(format!(".payauth-check-{}", std::process::id()));
+    let writable = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map(drop)
+        .map_err(|e| format!("is not writable: {e}"));
+    if writable.is_ok() {
+        let _ = std::fs::remove_file(&probe);
+    }
+    // Deepest first; a directory someone else filled meanwhile stays.
+    for d in created {
+        let _ = std::fs::remove_dir(d);
+    }
+    writable
+}
