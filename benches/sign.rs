@@ -2,8 +2,13 @@
 //! - `hmac_from_scratch`: HMAC-SHA256 keyed per call (what a naive client does), hex-encoded;
 //! - `sha256_3_blocks`: the three SHA-256 block compressions an HMAC of a 56..119-byte message
 //!   needs once the pads are absorbed: the physical bound of a cold signature;
-//! - `signer_cold`: payauth's signature with nothing cached (precomputed keyed state, stack buffer);
-//! - `signer_cached`: the header value for a second already signed (what most requests get).
+//! - `signer_cold`: payauth's signature with nothing cached (the keyed `Hmac<Sha256>` cloned,
+//!   stack buffer);
+//! - `signer_cached`: the owned header value for a second already signed (what most requests
+//!   get), to compare with `header_value_clone_floor` (the bound: within 2x of it);
+//! - `signer_cached_borrowed`: the same, lent to a closure instead of cloned;
+//! - `header_value_clone_floor`: cloning (and dropping) a `HeaderValue`, the floor of handing
+//!   out an owned header value at all.
 
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
