@@ -49,6 +49,7 @@ use hyper::body::Incoming;
 use quick_xml::escape::escape;
 use quick_xml::events::Event;
 use quick_xml::Reader;
+use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
 use crate::creditguard::form::{form_decode, FieldKind, RelayForm};
@@ -442,8 +443,7 @@ impl Shared {
         }
         let ok = match (&user, &password) {
             (Some(u), Some(p)) => {
-                constant_time_eq(u, self.config.user.as_bytes())
-                    & constant_time_eq(p, st.password.as_bytes())
+                bool::from(u.ct_eq(self.config.user.as_bytes()) & p.ct_eq(st.password.as_bytes()))
             }
             _ => false,
         };
@@ -753,13 +753,6 @@ fn new_session_id() -> String {
         &hex[16..20],
         &hex[20..32]
     )
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn is_word(s: &str) -> bool {

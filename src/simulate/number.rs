@@ -47,6 +47,7 @@ use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
 /// `ErrCode` of an Authenticate the simulator cannot read (bad JSON, bad XML fields, missing
@@ -455,8 +456,10 @@ impl Shared {
                 resp_msg: REJECTED_IP_LOCKED,
             };
         }
-        let ok = constant_time_eq(acct.as_bytes(), self.config.account_code.as_bytes())
-            & constant_time_eq(token.as_bytes(), st.token.as_bytes());
+        let ok = bool::from(
+            acct.as_bytes().ct_eq(self.config.account_code.as_bytes())
+                & token.as_bytes().ct_eq(st.token.as_bytes()),
+        );
         if !ok {
             st.reject();
             return AuthAnswer::Rejected {
@@ -659,13 +662,6 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
             Some((hi * 16 + lo) as u8)
         })
         .collect()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `M/D/YYYY h:mm:ss AM` in UTC, the shape of the vendor's `SessKey Expires|...` text.
