@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, ErrorCode};
 use crate::metrics::{AuthResult, GatewayMetrics};
+use crate::sync::lock;
 
 /// Rejected plus unknown authentications in a row never exceed this: the vendor locks at six.
 pub const VENDOR_CEILING: u32 = 5;
@@ -873,12 +874,6 @@ impl Drop for Attempt {
             let _ = self.guard.settle(self.fingerprint, AttemptOutcome::Unknown);
         }
     }
-}
-
-/// Locks a std mutex, recovering from poisoning: the guard's data stays consistent because every
-/// update is a plain assignment. Never held across an await.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

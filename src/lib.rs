@@ -65,6 +65,7 @@ pub mod proxy;
 pub mod secret;
 pub mod sidecar;
 pub mod simulate;
+mod sync;
 pub mod telemetry;
 pub mod tokens;
 mod xml;

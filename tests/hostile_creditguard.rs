@@ -10,7 +10,8 @@
 //! with exactly one `sessionId` (one payauth got from the fake), no `user`, no `password`, and
 //! exactly one `int_in` naming only the allowed terminal.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// `Mutex::lock` is disallowed in favour of payauth's crate-private helper; a test may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -5,7 +5,8 @@
 //! Most tests use the Number simulator; the ones about misbehaving gateways use a tiny hostile
 //! gateway written here (see [`HostileGateway`]).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// `Mutex::lock` is disallowed in favour of payauth's crate-private helper; a test may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod common;
 

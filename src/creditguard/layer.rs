@@ -29,6 +29,7 @@ use crate::error::{BoxError, Error, ErrorCode};
 use crate::forward::{self, BoxFuture, Client, Failure, GatewayBody, Replayed, UpstreamLatency};
 use crate::guard::{AuthGuard, GuardLimits, GuardStore, MemoryGuardStore, Refusal};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
+use crate::sync::lock;
 
 /// Settings of one CreditGuard gateway.
 #[derive(Debug, Clone)]
@@ -337,8 +338,7 @@ struct FetchFailure {
 
 impl Shared {
     fn pool(&self) -> MutexGuard<'_, Pool> {
-        // Every pool update leaves it consistent before it can panic; recover from poisoning.
-        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.pool)
     }
 
     fn error(&self, code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Error {
@@ -844,11 +844,6 @@ where
         // decides when an attempt may be sent again after a refusal.
         let _ = tokio::time::timeout(TICK, demand.notified()).await;
     }
-}
-
-/// Locks a std mutex, recovering from poisoning (every update is a plain assignment).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn terminal_disabled(gateway: &str) -> Error {

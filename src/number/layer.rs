@@ -588,7 +588,7 @@ impl Shared {
         ResB: GatewayBody,
     {
         let mut flight = {
-            let mut slot = self.flight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = crate::sync::lock(&self.flight);
             if let Some(key) = self.key.load_full() {
                 if stale.is_none_or(|(refused, _)| key.generation > refused.generation) {
                     return Ok(key);
@@ -612,7 +612,7 @@ impl Shared {
                     // Spawned so that a caller going away cannot abandon an attempt halfway.
                     tokio::spawn(async move {
                         let result = shared.authenticate(client, reason).await;
-                        let mut slot = shared.flight.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut slot = crate::sync::lock(&shared.flight);
                         if let Ok(key) = &result {
                             shared.key.store(Some(Arc::clone(key)));
                         }
@@ -649,7 +649,7 @@ impl Shared {
     /// counts once.
     fn brake(&self, refused: &KeyState, reason: ReauthReason) -> Result<(), Error> {
         let now = tokio::time::Instant::now();
-        let mut brake = self.brake.lock().unwrap_or_else(|p| p.into_inner());
+        let mut brake = crate::sync::lock(&self.brake);
         if refused.generation > brake.counted {
             brake.counted = refused.generation;
             let age = now.saturating_duration_since(refused.obtained);
@@ -683,7 +683,7 @@ impl Shared {
 
     /// Refuses a call during the renewal brake when its key is one the gateway refused.
     fn check_brake(&self, key: &KeyState) -> Result<(), Error> {
-        let brake = self.brake.lock().unwrap_or_else(|p| p.into_inner());
+        let brake = crate::sync::lock(&self.brake);
         match brake.until {
             Some(until) if key.generation <= brake.counted => {
                 let now = tokio::time::Instant::now();
