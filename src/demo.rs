@@ -1,6 +1,7 @@
 //! `payauth demo`: the simulators and the sidecar on loopback with an embedded config, a short
 //! scenario, and a summary of what happened. No setup, no network beyond 127.0.0.1.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -59,55 +60,49 @@ async fn deal(client: &HttpClient, base: &str, total: u32) -> Result<String, Str
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
+/// A sale as the app posts it, with the stale session key it still has.
+async fn sale(client: &HttpClient, base: &str, amount: u32) -> Result<serde_json::Value, String> {
+    let body = format!(
+        r#"{{"Amount": {amount}.00, "CardNum": "4111111111111111", "ExpMonth": "12", "ExpYear": "30", "CVV": "123"}}"#
+    );
+    let request = Request::post(format!("{base}{REST}/CreditCardSale_Manual"))
+        .header("content-type", "application/json")
+        .header("SessKey", "whatever-the-app-had")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let response = client.request(request).await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| format!("HTTP {status}, not JSON"))?;
+    let ok = status == StatusCode::OK
+        && value["CreditCardSale_ManualResult"]["FunctionOk"].as_bool() == Some(true);
+    if ok {
+        Ok(value)
+    } else {
+        Err(format!("HTTP {status}: {value}"))
+    }
+}
+
+/// The running demo: the simulators and the sidecar, the app's HTTP client, and the tally every
+/// step adds to.
 struct Demo {
+    sim: NumberSim,
+    cg: CreditGuardSim,
+    sidecar: Sidecar,
     client: HttpClient,
+    /// The app's base URL for Number (payauth's listener).
     base: String,
+    /// The app's base URL for CreditGuard (payauth's listener).
+    cg_base: String,
     calls: u64,
     approved: u64,
     failures: Vec<String>,
-}
-
-impl Demo {
-    async fn sale(&mut self, amount: u32) -> Result<serde_json::Value, String> {
-        self.calls += 1;
-        let body = format!(
-            r#"{{"Amount": {amount}.00, "CardNum": "4111111111111111", "ExpMonth": "12", "ExpYear": "30", "CVV": "123"}}"#
-        );
-        let request = Request::post(format!("{}{REST}/CreditCardSale_Manual", self.base))
-            .header("content-type", "application/json")
-            .header("SessKey", "whatever-the-app-had")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|_| format!("HTTP {status}, not JSON"))?;
-        let ok = status == StatusCode::OK
-            && value["CreditCardSale_ManualResult"]["FunctionOk"].as_bool() == Some(true);
-        if ok {
-            self.approved += 1;
-            Ok(value)
-        } else {
-            Err(format!("HTTP {status}: {value}"))
-        }
-    }
-
-    fn expect(&mut self, what: &str, ok: bool) {
-        if !ok {
-            self.failures.push(what.to_owned());
-        }
-        println!("   {} {what}", if ok { "ok  " } else { "FAIL" });
-    }
 }
 
 /// Runs the demo; exit 0 when every step behaved as payauth promises.
@@ -124,6 +119,350 @@ pub async fn run() -> ExitCode {
 
 async fn scenario() -> Result<bool, String> {
     let dir = tempdir()?;
+    let mut demo = Demo::start(&dir).await?;
+
+    demo.app_logs_in_itself().await?;
+    demo.sales_share_one_key().await;
+    demo.key_expires().await;
+    demo.egress_ip_changes().await;
+    demo.concurrent_sales_across_an_expiry().await;
+
+    println!(
+        "\nCreditGuard: the app keeps posting user/password forms; payauth swaps in sessions."
+    );
+    demo.app_asks_for_a_session().await?;
+    demo.raw_form_deals().await;
+    demo.pooled_sessions_time_out().await;
+    demo.concurrent_deals().await;
+
+    demo.summary().await;
+    Ok(demo.finish(&dir).await)
+}
+
+impl Demo {
+    /// Starts the simulators and the sidecar with the embedded config, and prints where they are.
+    async fn start(dir: &Path) -> Result<Self, String> {
+        let (sim, cg) = start_simulators().await?;
+        std::fs::write(dir.join("cg-password"), CG_PASSWORD).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("token"), format!("{TOKEN}\n")).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("hmac"), HMAC_SECRET).map_err(|e| e.to_string())?;
+        let config_text = config_text(dir, &sim.url(), &cg.url());
+        let config = Config::parse(&config_text).map_err(|e| format!("embedded config: {e}"))?;
+        let sidecar = Sidecar::start(config).await.map_err(|e| e.to_string())?;
+        let payauth = sidecar.gateway_addr("number").ok_or("no number listener")?;
+        let payauth_cg = sidecar
+            .gateway_addr("creditguard")
+            .ok_or("no creditguard listener")?;
+        println!("payauth demo");
+        println!("   Number simulator (REST, PCI signing on)  {}", sim.url());
+        println!("   payauth listener for the app             http://{payauth}");
+        println!("   CreditGuard relay simulator              {}", cg.url());
+        println!("   payauth listener for the app             http://{payauth_cg}/xpo/Relay");
+        println!(
+            "   payauth admin (/metrics, /ready)         http://{}\n",
+            sidecar.admin_addr()
+        );
+        Ok(Self {
+            sim,
+            cg,
+            sidecar,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: format!("http://{payauth}"),
+            cg_base: format!("http://{payauth_cg}"),
+            calls: 0,
+            approved: 0,
+            failures: Vec::new(),
+        })
+    }
+
+    /// One sale, counted in the tally.
+    async fn sale(&mut self, amount: u32) -> Result<serde_json::Value, String> {
+        self.calls += 1;
+        let value = sale(&self.client, &self.base, amount).await?;
+        self.approved += 1;
+        Ok(value)
+    }
+
+    /// One deal, counted in the tally.
+    async fn deal(&mut self, total: u32) -> bool {
+        self.calls += 1;
+        let ok = deal(&self.client, &self.cg_base, total).await.is_ok();
+        self.approved += u64::from(ok);
+        ok
+    }
+
+    fn expect(&mut self, what: &str, ok: bool) {
+        if !ok {
+            self.failures.push(what.to_owned());
+        }
+        println!("   {} {what}", if ok { "ok  " } else { "FAIL" });
+    }
+
+    async fn app_logs_in_itself(&mut self) -> Result<(), String> {
+        println!("1. The app still logs in itself, with stale credentials:");
+        let request = Request::post(format!("{}{REST}/Authenticate", self.base))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"AcctCode": "EP9116875", "Token": "stale"}"#,
+            )))
+            .map_err(|e| e.to_string())?;
+        let answer = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = answer.status();
+        let before = self.sim.stats().auth_attempts;
+        self.expect(
+            &format!(
+                "answered by payauth (HTTP {status}); the gateway saw {before} authentications"
+            ),
+            status == StatusCode::OK && before == 0,
+        );
+        Ok(())
+    }
+
+    async fn sales_share_one_key(&mut self) {
+        println!("2. Three sales; payauth authenticates once and signs every call:");
+        for amount in 1..=3 {
+            if let Err(e) = self.sale(amount).await {
+                self.failures.push(format!("sale: {e}"));
+            }
+        }
+        let stats = self.sim.stats();
+        self.expect(
+            &format!(
+                "{} approved, {} authentication, {} bad signatures",
+                stats.calls_ok, stats.auth_attempts, stats.bad_signatures
+            ),
+            stats.calls_ok == 3 && stats.auth_attempts == 1 && stats.bad_signatures == 0,
+        );
+    }
+
+    async fn key_expires(&mut self) {
+        println!("3. The session key expires (the gateway answers 5030):");
+        self.sim.expire_keys();
+        let renewed = self.sale(4).await.is_ok();
+        let stats = self.sim.stats();
+        self.expect(
+            &format!("the app's sale was approved; behind it: one 5030, a renewal, one replay ({} authentications so far)", stats.auth_attempts),
+            renewed && stats.calls_5030 == 1 && stats.auth_attempts == 2,
+        );
+    }
+
+    async fn egress_ip_changes(&mut self) {
+        println!("4. The egress IP changes (the gateway answers 5050):");
+        self.sim.change_ip();
+        let renewed = self.sale(5).await.is_ok();
+        let stats = self.sim.stats();
+        self.expect(
+            &format!(
+                "approved after one 5050 and one renewal ({} authentications so far)",
+                stats.auth_attempts
+            ),
+            renewed && stats.calls_5050 == 1 && stats.auth_attempts == 3,
+        );
+    }
+
+    async fn concurrent_sales_across_an_expiry(&mut self) {
+        println!("5. 32 concurrent sales right across an expiry:");
+        self.sim.expire_keys();
+        let before = self.sim.stats().auth_attempts;
+        let mut tasks = tokio::task::JoinSet::new();
+        for amount in 0..32u32 {
+            let client = self.client.clone();
+            let base = self.base.clone();
+            tasks.spawn(async move { sale(&client, &base, 100 + amount).await.is_ok() });
+        }
+        let ok = self.join_counted(tasks).await;
+        let stats = self.sim.stats();
+        self.expect(
+            &format!(
+                "{ok}/32 approved with {} authentication (single flight)",
+                stats.auth_attempts - before
+            ),
+            ok == 32 && stats.auth_attempts - before == 1,
+        );
+    }
+
+    /// Waits for concurrent calls, counts each in the tally, and returns how many succeeded.
+    async fn join_counted(&mut self, mut tasks: tokio::task::JoinSet<bool>) -> u64 {
+        let mut ok = 0u64;
+        while let Some(result) = tasks.join_next().await {
+            self.calls += 1;
+            ok += u64::from(matches!(result, Ok(true)));
+        }
+        self.approved += ok;
+        ok
+    }
+
+    async fn app_asks_for_a_session(&mut self) -> Result<(), String> {
+        println!("6. The app asks for a session itself:");
+        let request = Request::post(format!("{}/xpo/Relay", self.cg_base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(format!(
+                "user=app&password=dummy&int_in=<ashrait><request><command>getSessionId</command><getSessionId><terminalNumber>{TERMINAL}</terminalNumber></getSessionId></request></ashrait>"
+            ))))
+            .map_err(|e| e.to_string())?;
+        let answer = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let bytes = answer
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let local = String::from_utf8_lossy(&bytes)
+            .contains(crate::creditguard::wire::PLACEHOLDER_SESSION_ID);
+        let from_app = self
+            .cg
+            .received()
+            .iter()
+            .filter(|c| c.body.windows(9).any(|w| w == b"user=app&"))
+            .count();
+        self.expect(&format!("answered by payauth with a placeholder; the gateway saw {from_app} requests with the app's credentials"), local && from_app == 0);
+        Ok(())
+    }
+
+    async fn raw_form_deals(&mut self) {
+        println!("7. Three deals, posted as raw (unencoded) forms:");
+        // Give the pool a moment to fill, as it would between real calls.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut ok = 0;
+        for total in [100, 250, 990] {
+            ok += u32::from(self.deal(total).await);
+        }
+        let received = self.cg.received();
+        let deals: Vec<_> = received
+            .iter()
+            .filter(|c| c.kind == ReceivedKind::Call)
+            .collect();
+        let clean = deals.iter().all(|c| {
+            c.session_id.is_some() && !c.field_names.iter().any(|f| f == "user" || f == "password")
+        });
+        let intact = deals
+            .iter()
+            .zip([100, 250, 990])
+            .all(|(c, total)| c.int_in.as_deref() == Some(deal_int_in(total).as_bytes()));
+        self.expect(&format!("{ok}/3 approved; each carried a fresh sessionId, no user/password, int_in byte for byte"), ok == 3 && clean && intact);
+    }
+
+    async fn pooled_sessions_time_out(&mut self) {
+        println!("8. The gateway times the pooled sessions out (456):");
+        // Let the pool refill, so the next deal takes a session the gateway then refuses.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.cg.expire_sessions();
+        let renewed = self.deal(500).await;
+        let stats = self.cg.stats();
+        self.expect(
+            &format!(
+                "approved after one 456, a new session and one replay ({} answered 456)",
+                stats.calls_456
+            ),
+            renewed && stats.calls_456 == 1,
+        );
+    }
+
+    async fn concurrent_deals(&mut self) {
+        println!("9. 16 concurrent deals:");
+        let mut tasks = tokio::task::JoinSet::new();
+        for total in 0..16u32 {
+            let client = self.client.clone();
+            let base = self.cg_base.clone();
+            tasks.spawn(async move { deal(&client, &base, 1000 + total).await.is_ok() });
+        }
+        let ok = self.join_counted(tasks).await;
+        let sessions: std::collections::HashSet<_> = self
+            .cg
+            .received()
+            .into_iter()
+            .filter(|c| c.kind == ReceivedKind::Call && c.result == "000")
+            .filter_map(|c| c.session_id)
+            .collect();
+        let approved_calls = self.cg.stats().calls_ok;
+        self.expect(
+            &format!(
+                "{ok}/16 approved; {} approved deals used {} distinct single-use sessions",
+                approved_calls,
+                sessions.len()
+            ),
+            ok == 16 && sessions.len() as u64 == approved_calls,
+        );
+    }
+
+    /// Prints the tally, the simulators' counters and payauth's own metrics.
+    async fn summary(&self) {
+        let metrics = fetch_metrics(&self.client, self.sidecar.admin_addr())
+            .await
+            .unwrap_or_default();
+        let pick = |needle: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(needle))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let stats = self.sim.stats();
+        println!("\nSummary");
+        println!("   calls from the app             {}", self.calls);
+        println!("   approved                       {}", self.approved);
+        println!(
+            "   authentications sent           {} (all accepted, {} rejected)",
+            stats.auth_attempts, stats.auth_rejected
+        );
+        println!(
+            "   Number renewals                {} (5030: {}, 5050: {})",
+            pick("payauth_reauth_total{gateway=\"number\""),
+            pick("payauth_reauth_total{gateway=\"number\",reason=\"5030\"}"),
+            pick("payauth_reauth_total{gateway=\"number\",reason=\"5050\"}")
+        );
+        println!(
+            "   replays (both gateways)        {}",
+            pick("payauth_replays_total")
+        );
+        println!(
+            "   calls the gateway received     {} ({} refused with 5030/5050)",
+            stats.calls,
+            stats.calls_5030 + stats.calls_5050
+        );
+        let cg_stats = self.cg.stats();
+        println!("   CreditGuard sessions fetched   {} (getSessionId answered 000), {} in the pool now, {} wasted",
+            cg_stats.get_session_ok, pick("payauth_session_pool_size{gateway=\"creditguard\"}"),
+            pick("payauth_sessions_wasted_total{gateway=\"creditguard\"}"));
+        println!(
+            "   CreditGuard renewals (456)     {}",
+            pick("payauth_reauth_total{gateway=\"creditguard\",reason=\"456\"}")
+        );
+        println!("   secrets the app held           none: token, HMAC secret, password, session keys and ids stayed in payauth");
+    }
+
+    /// Stops everything, removes the demo's files and prints the verdict; true when every step
+    /// behaved as expected.
+    async fn finish(self, dir: &Path) -> bool {
+        self.sidecar.shutdown().await;
+        self.sim.shutdown().await;
+        self.cg.shutdown().await;
+        let _ = std::fs::remove_dir_all(dir);
+        if self.failures.is_empty() {
+            println!("\nAll steps behaved as expected.");
+            true
+        } else {
+            println!(
+                "\n{} step(s) did not behave as expected:",
+                self.failures.len()
+            );
+            for f in &self.failures {
+                println!("   - {f}");
+            }
+            false
+        }
+    }
+}
+
+async fn start_simulators() -> Result<(NumberSim, CreditGuardSim), String> {
     let sim = NumberSim::start(
         ([127, 0, 0, 1], 0).into(),
         NumberSimConfig {
@@ -144,10 +483,12 @@ async fn scenario() -> Result<bool, String> {
     )
     .await
     .map_err(|e| format!("starting the CreditGuard simulator: {e}"))?;
-    std::fs::write(dir.join("cg-password"), CG_PASSWORD).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("token"), format!("{TOKEN}\n")).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("hmac"), HMAC_SECRET).map_err(|e| e.to_string())?;
-    let config_text = format!(
+    Ok((sim, cg))
+}
+
+/// The embedded config: both gateways on loopback, secrets in files under `dir`.
+fn config_text(dir: &Path, upstream: &str, cg: &str) -> String {
+    format!(
         r#"
 [admin]
 listen = "127.0.0.1:0"
@@ -178,287 +519,10 @@ scope = "full"
 pool_min = 4
 "#,
         state = dir.join("state").display(),
-        upstream = sim.url(),
         token = dir.join("token").display(),
         hmac = dir.join("hmac").display(),
-        cg = cg.url(),
         cg_password = dir.join("cg-password").display(),
-    );
-    let config = Config::parse(&config_text).map_err(|e| format!("embedded config: {e}"))?;
-    let sidecar = Sidecar::start(config).await.map_err(|e| e.to_string())?;
-    let payauth = sidecar.gateway_addr("number").ok_or("no number listener")?;
-    let payauth_cg = sidecar
-        .gateway_addr("creditguard")
-        .ok_or("no creditguard listener")?;
-    println!("payauth demo");
-    println!("   Number simulator (REST, PCI signing on)  {}", sim.url());
-    println!("   payauth listener for the app             http://{payauth}");
-    println!("   CreditGuard relay simulator              {}", cg.url());
-    println!("   payauth listener for the app             http://{payauth_cg}/xpo/Relay");
-    println!(
-        "   payauth admin (/metrics, /ready)         http://{}\n",
-        sidecar.admin_addr()
-    );
-
-    let mut demo = Demo {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        base: format!("http://{payauth}"),
-        calls: 0,
-        approved: 0,
-        failures: Vec::new(),
-    };
-
-    println!("1. The app still logs in itself, with stale credentials:");
-    let request = Request::post(format!("{}{REST}/Authenticate", demo.base))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(
-            br#"{"AcctCode": "EP9116875", "Token": "stale"}"#,
-        )))
-        .map_err(|e| e.to_string())?;
-    let answer = demo
-        .client
-        .request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = answer.status();
-    let before = sim.stats().auth_attempts;
-    demo.expect(
-        &format!("answered by payauth (HTTP {status}); the gateway saw {before} authentications"),
-        status == StatusCode::OK && before == 0,
-    );
-
-    println!("2. Three sales; payauth authenticates once and signs every call:");
-    for amount in 1..=3 {
-        if let Err(e) = demo.sale(amount).await {
-            demo.failures.push(format!("sale: {e}"));
-        }
-    }
-    let stats = sim.stats();
-    demo.expect(
-        &format!(
-            "{} approved, {} authentication, {} bad signatures",
-            stats.calls_ok, stats.auth_attempts, stats.bad_signatures
-        ),
-        stats.calls_ok == 3 && stats.auth_attempts == 1 && stats.bad_signatures == 0,
-    );
-
-    println!("3. The session key expires (the gateway answers 5030):");
-    sim.expire_keys();
-    let renewed = demo.sale(4).await.is_ok();
-    let stats = sim.stats();
-    demo.expect(
-        &format!("the app's sale was approved; behind it: one 5030, a renewal, one replay ({} authentications so far)", stats.auth_attempts),
-        renewed && stats.calls_5030 == 1 && stats.auth_attempts == 2,
-    );
-
-    println!("4. The egress IP changes (the gateway answers 5050):");
-    sim.change_ip();
-    let renewed = demo.sale(5).await.is_ok();
-    let stats = sim.stats();
-    demo.expect(
-        &format!(
-            "approved after one 5050 and one renewal ({} authentications so far)",
-            stats.auth_attempts
-        ),
-        renewed && stats.calls_5050 == 1 && stats.auth_attempts == 3,
-    );
-
-    println!("5. 32 concurrent sales right across an expiry:");
-    sim.expire_keys();
-    let before = sim.stats().auth_attempts;
-    let mut tasks = tokio::task::JoinSet::new();
-    for amount in 0..32u32 {
-        let client = demo.client.clone();
-        let base = demo.base.clone();
-        tasks.spawn(async move {
-            let mut one = Demo {
-                client,
-                base,
-                calls: 0,
-                approved: 0,
-                failures: Vec::new(),
-            };
-            one.sale(100 + amount).await.is_ok()
-        });
-    }
-    let mut ok = 0u64;
-    while let Some(result) = tasks.join_next().await {
-        demo.calls += 1;
-        if matches!(result, Ok(true)) {
-            ok += 1;
-        }
-    }
-    demo.approved += ok;
-    let stats = sim.stats();
-    demo.expect(
-        &format!(
-            "{ok}/32 approved with {} authentication (single flight)",
-            stats.auth_attempts - before
-        ),
-        ok == 32 && stats.auth_attempts - before == 1,
-    );
-
-    let cg_base = format!("http://{payauth_cg}");
-    println!(
-        "\nCreditGuard: the app keeps posting user/password forms; payauth swaps in sessions."
-    );
-    println!("6. The app asks for a session itself:");
-    let request = Request::post(format!("{cg_base}/xpo/Relay"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(Full::new(Bytes::from(format!(
-            "user=app&password=dummy&int_in=<ashrait><request><command>getSessionId</command><getSessionId><terminalNumber>{TERMINAL}</terminalNumber></getSessionId></request></ashrait>"
-        ))))
-        .map_err(|e| e.to_string())?;
-    let answer = demo
-        .client
-        .request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let bytes = answer
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let local =
-        String::from_utf8_lossy(&bytes).contains(crate::creditguard::wire::PLACEHOLDER_SESSION_ID);
-    let from_app = cg
-        .received()
-        .iter()
-        .filter(|c| c.body.windows(9).any(|w| w == b"user=app&"))
-        .count();
-    demo.expect(&format!("answered by payauth with a placeholder; the gateway saw {from_app} requests with the app's credentials"), local && from_app == 0);
-
-    println!("7. Three deals, posted as raw (unencoded) forms:");
-    // Give the pool a moment to fill, as it would between real calls.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut ok = 0;
-    for total in [100, 250, 990] {
-        demo.calls += 1;
-        if deal(&demo.client, &cg_base, total).await.is_ok() {
-            ok += 1;
-        }
-    }
-    demo.approved += ok;
-    let received = cg.received();
-    let deals: Vec<_> = received
-        .iter()
-        .filter(|c| c.kind == ReceivedKind::Call)
-        .collect();
-    let clean = deals.iter().all(|c| {
-        c.session_id.is_some() && !c.field_names.iter().any(|f| f == "user" || f == "password")
-    });
-    let intact = deals
-        .iter()
-        .zip([100, 250, 990])
-        .all(|(c, total)| c.int_in.as_deref() == Some(deal_int_in(total).as_bytes()));
-    demo.expect(&format!("{ok}/3 approved; each carried a fresh sessionId, no user/password, int_in byte for byte"), ok == 3 && clean && intact);
-
-    println!("8. The gateway times the pooled sessions out (456):");
-    // Let the pool refill, so the next deal takes a session the gateway then refuses.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    cg.expire_sessions();
-    demo.calls += 1;
-    let renewed = deal(&demo.client, &cg_base, 500).await.is_ok();
-    demo.approved += u64::from(renewed);
-    let stats = cg.stats();
-    demo.expect(
-        &format!(
-            "approved after one 456, a new session and one replay ({} answered 456)",
-            stats.calls_456
-        ),
-        renewed && stats.calls_456 == 1,
-    );
-
-    println!("9. 16 concurrent deals:");
-    let mut tasks = tokio::task::JoinSet::new();
-    for total in 0..16u32 {
-        let client = demo.client.clone();
-        let base = cg_base.clone();
-        tasks.spawn(async move { deal(&client, &base, 1000 + total).await.is_ok() });
-    }
-    let mut ok = 0u64;
-    while let Some(result) = tasks.join_next().await {
-        demo.calls += 1;
-        ok += u64::from(matches!(result, Ok(true)));
-    }
-    demo.approved += ok;
-    let sessions: std::collections::HashSet<_> = cg
-        .received()
-        .into_iter()
-        .filter(|c| c.kind == ReceivedKind::Call && c.result == "000")
-        .filter_map(|c| c.session_id)
-        .collect();
-    let approved_calls = cg.stats().calls_ok;
-    demo.expect(
-        &format!(
-            "{ok}/16 approved; {} approved deals used {} distinct single-use sessions",
-            approved_calls,
-            sessions.len()
-        ),
-        ok == 16 && sessions.len() as u64 == approved_calls,
-    );
-
-    let metrics = fetch_metrics(&demo.client, sidecar.admin_addr())
-        .await
-        .unwrap_or_default();
-    let pick = |needle: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(needle))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    let stats = sim.stats();
-    println!("\nSummary");
-    println!("   calls from the app             {}", demo.calls);
-    println!("   approved                       {}", demo.approved);
-    println!(
-        "   authentications sent           {} (all accepted, {} rejected)",
-        stats.auth_attempts, stats.auth_rejected
-    );
-    println!(
-        "   Number renewals                {} (5030: {}, 5050: {})",
-        pick("payauth_reauth_total{gateway=\"number\""),
-        pick("payauth_reauth_total{gateway=\"number\",reason=\"5030\"}"),
-        pick("payauth_reauth_total{gateway=\"number\",reason=\"5050\"}")
-    );
-    println!(
-        "   replays (both gateways)        {}",
-        pick("payauth_replays_total")
-    );
-    println!(
-        "   calls the gateway received     {} ({} refused with 5030/5050)",
-        stats.calls,
-        stats.calls_5030 + stats.calls_5050
-    );
-    let cg_stats = cg.stats();
-    println!("   CreditGuard sessions fetched   {} (getSessionId answered 000), {} in the pool now, {} wasted",
-        cg_stats.get_session_ok, pick("payauth_session_pool_size{gateway=\"creditguard\"}"),
-        pick("payauth_sessions_wasted_total{gateway=\"creditguard\"}"));
-    println!(
-        "   CreditGuard renewals (456)     {}",
-        pick("payauth_reauth_total{gateway=\"creditguard\",reason=\"456\"}")
-    );
-    println!("   secrets the app held           none: token, HMAC secret, password, session keys and ids stayed in payauth");
-
-    sidecar.shutdown().await;
-    sim.shutdown().await;
-    cg.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    if demo.failures.is_empty() {
-        println!("\nAll steps behaved as expected.");
-        Ok(true)
-    } else {
-        println!(
-            "\n{} step(s) did not behave as expected:",
-            demo.failures.len()
-        );
-        for f in &demo.failures {
-            println!("   - {f}");
-        }
-        Ok(false)
-    }
+    )
 }
 
 async fn fetch_metrics(client: &HttpClient, admin: std::net::SocketAddr) -> Result<String, String> {
