@@ -42,14 +42,7 @@ async fn deal(client: &HttpClient, base: &str, total: u32) -> Result<String, Str
         .header("content-type", "application/x-www-form-urlencoded")
         .body(Full::new(Bytes::from(form)))
         .map_err(|e| e.to_string())?;
-    let response = client.request(request).await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let (status, bytes) = exchange(client, request).await?;
     let text = String::from_utf8_lossy(&bytes).into_owned();
     if status == StatusCode::OK && text.contains("<result>000</result>") {
         Ok(text)
@@ -59,6 +52,22 @@ async fn deal(client: &HttpClient, base: &str, total: u32) -> Result<String, Str
 }
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// Sends `request` and reads the whole answer.
+async fn exchange(
+    client: &HttpClient,
+    request: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes), String> {
+    let response = client.request(request).await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, bytes))
+}
 
 /// A sale as the app posts it, with the stale session key it still has.
 async fn sale(client: &HttpClient, base: &str, amount: u32) -> Result<serde_json::Value, String> {
@@ -70,14 +79,7 @@ async fn sale(client: &HttpClient, base: &str, amount: u32) -> Result<serde_json
         .header("SessKey", "whatever-the-app-had")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    let response = client.request(request).await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let (status, bytes) = exchange(client, request).await?;
     let value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|_| format!("HTTP {status}, not JSON"))?;
     let ok = status == StatusCode::OK
@@ -529,13 +531,7 @@ async fn fetch_metrics(client: &HttpClient, admin: std::net::SocketAddr) -> Resu
     let request = Request::get(format!("http://{admin}/metrics"))
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
-    let response = client.request(request).await.map_err(|e| e.to_string())?;
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let (_, bytes) = exchange(client, request).await?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
