@@ -1,7 +1,7 @@
 //! [`NumberAuthLayer`] and [`NumberAuth`]: the Number middleware.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -111,6 +111,9 @@ struct Shared {
     key: ArcSwapOption<KeyState>,
     flight: Mutex<Option<Flight>>,
     brake: Mutex<Brake>,
+    /// Whether the brake has ever engaged since it was last released: lets every call skip
+    /// the brake's lock while it is off (nearly always).
+    brake_engaged: AtomicBool,
     generations: AtomicU64,
     guard: Arc<AuthGuard>,
     metrics: GatewayMetrics,
@@ -181,6 +184,7 @@ impl NumberAuthLayer {
                 key: ArcSwapOption::empty(),
                 flight: Mutex::new(None),
                 brake: Mutex::new(Brake::default()),
+                brake_engaged: AtomicBool::new(false),
                 generations: AtomicU64::new(0),
                 guard,
                 metrics,
@@ -664,11 +668,15 @@ impl Shared {
                 self.metrics.young_key_refused();
                 let backoff = (brake.streak >= 2).then(|| brake_backoff(brake.streak - 1));
                 brake.until = backoff.map(|b| now + b);
+                if brake.until.is_some() {
+                    self.brake_engaged.store(true, Ordering::Release);
+                }
                 tracing::warn!(gateway = %self.config.name, reason = reason.as_str(),
                     key_age_ms = age.as_millis() as u64, streak = brake.streak,
                     backoff_ms = backoff.map(|b| b.as_millis() as u64),
                     "gateway anomaly: the gateway refused a session key it issued moments ago");
             } else {
+                self.brake_engaged.store(false, Ordering::Release);
                 *brake = Brake {
                     counted: refused.generation,
                     ..Brake::default()
@@ -683,6 +691,9 @@ impl Shared {
 
     /// Refuses a call during the renewal brake when its key is one the gateway refused.
     fn check_brake(&self, key: &KeyState) -> Result<(), Error> {
+        if !self.brake_engaged.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let brake = crate::sync::lock(&self.brake);
         match brake.until {
             Some(until) if key.generation <= brake.counted => {
