@@ -33,7 +33,7 @@ use payauth::creditguard::{
 };
 use payauth::error::ERROR_HEADER;
 use payauth::secret::Secret;
-use payauth::simulate::creditguard::{CreditGuardSim, CreditGuardSimConfig};
+use payauth_sim::creditguard::{CreditGuardSim, CreditGuardSimConfig};
 use tokio::time::{Instant, MissedTickBehavior};
 use tower::{Layer, ServiceExt};
 

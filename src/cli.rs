@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, CONFIG_ENV};
+use payauth::config::{Config, CONFIG_ENV};
 
 /// Exit code for configuration problems (EX_USAGE).
-pub const EXIT_CONFIG: u8 = 64;
+pub(crate) const EXIT_CONFIG: u8 = 64;
 
 /// payauth keeps payment-gateway credentials out of applications.
 #[derive(Debug, Parser)]
 #[command(name = "payauth", version, about, long_about = None)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PAYAUTH_LOG_FORMAT")]
     pub log_format: LogFormat,
@@ -26,7 +26,7 @@ pub struct Cli {
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     Text,
     /// One JSON object per line.
@@ -36,7 +36,7 @@ pub enum LogFormat {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once per process
-pub enum Command {
+pub(crate) enum Command {
     /// Run the sidecar.
     Run {
         /// The TOML config file.
@@ -57,7 +57,7 @@ pub enum Command {
 
 /// `payauth simulate` options.
 #[derive(Debug, clap::Args)]
-pub struct SimulateArgs {
+pub(crate) struct SimulateArgs {
     /// Address of the Number simulator (REST + SOAP).
     #[arg(long, default_value = "127.0.0.1:9001")]
     pub number: SocketAddr,
@@ -114,7 +114,7 @@ pub struct SimulateArgs {
 }
 
 /// Parses the command line and runs it.
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story; its logs stay at warnings unless RUST_LOG says otherwise.
     let default_level = if matches!(cli.command, Command::Demo) {
@@ -144,7 +144,7 @@ async fn dispatch(command: Command) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match crate::sidecar::run(config).await {
+            match payauth::sidecar::run(config).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("payauth: {e}");
@@ -178,8 +178,8 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 async fn simulate(args: SimulateArgs) -> ExitCode {
-    use crate::simulate::creditguard::{CreditGuardSim, CreditGuardSimConfig};
-    use crate::simulate::number::{NumberSim, NumberSimConfig};
+    use payauth_sim::creditguard::{CreditGuardSim, CreditGuardSimConfig};
+    use payauth_sim::number::{NumberSim, NumberSimConfig};
     let pki = match simulate_tls(&args) {
         Ok(pki) => pki,
         Err(code) => return code,
@@ -257,14 +257,14 @@ async fn simulate(args: SimulateArgs) -> ExitCode {
 }
 
 /// `--tls`/`--mtls`: makes the simulator's certificates and writes what a config points at.
-fn simulate_tls(args: &SimulateArgs) -> Result<Option<crate::simulate::tls::DevPki>, ExitCode> {
+fn simulate_tls(args: &SimulateArgs) -> Result<Option<payauth_sim::tls::DevPki>, ExitCode> {
     if !(args.tls || args.mtls) {
         return Ok(None);
     }
     let dir = args.tls_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("payauth-simulate-{}", std::process::id()))
     });
-    crate::simulate::tls::dev_pki(&dir, args.number.ip(), args.mtls)
+    payauth_sim::tls::dev_pki(&dir, args.number.ip(), args.mtls)
         .map(Some)
         .map_err(|e| {
             eprintln!("payauth simulate: {e}");

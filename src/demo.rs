@@ -11,10 +11,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::Config;
-use crate::sidecar::Sidecar;
-use crate::simulate::creditguard::{CreditGuardSim, CreditGuardSimConfig, ReceivedKind};
-use crate::simulate::number::{NumberSim, NumberSimConfig};
+use payauth::config::Config;
+use payauth::sidecar::Sidecar;
+use payauth_sim::creditguard::{CreditGuardSim, CreditGuardSimConfig, ReceivedKind};
+use payauth_sim::number::{NumberSim, NumberSimConfig};
 
 /// The demo's test credentials: the simulator's defaults, public test values from the vendor's
 /// documentation, not real secrets.
@@ -108,7 +108,7 @@ struct Demo {
 }
 
 /// Runs the demo; exit 0 when every step behaved as payauth promises.
-pub async fn run() -> ExitCode {
+pub(crate) async fn run() -> ExitCode {
     match scenario().await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -318,7 +318,7 @@ impl Demo {
             .map_err(|e| e.to_string())?
             .to_bytes();
         let local = String::from_utf8_lossy(&bytes)
-            .contains(crate::creditguard::wire::PLACEHOLDER_SESSION_ID);
+            .contains(payauth::creditguard::wire::PLACEHOLDER_SESSION_ID);
         let from_app = self
             .cg
             .received()

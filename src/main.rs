@@ -1,5 +1,10 @@
-//! The `payauth` binary: parse the command line and hand over.
+//! The `payauth` command: the sidecar (`run`), `check`, the gateway simulators (`simulate`) and
+//! the `demo`. The work itself lives in the `payauth` library and the `payauth-sim` crate.
+
+mod cli;
+mod demo;
+mod telemetry;
 
 fn main() -> std::process::ExitCode {
-    payauth::cli::main()
+    cli::main()
 }

@@ -26,7 +26,7 @@ use payauth::creditguard::{
 use payauth::error::{BoxError, ERROR_HEADER};
 use payauth::guard::{FileGuardStore, GuardStore};
 use payauth::metrics::{render, GatewayMetrics, Metrics};
-use payauth::simulate::creditguard::{
+use payauth_sim::creditguard::{
     CreditGuardSim, CreditGuardSimConfig, ReceivedCall, ReceivedKind, ReceivedScope,
 };
 use tower::{Layer, Service, ServiceExt};

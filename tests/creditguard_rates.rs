@@ -31,7 +31,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use payauth::config::Config;
 use payauth::sidecar::Sidecar;
-use payauth::simulate::creditguard::{CreditGuardSim, CreditGuardSimConfig, ReceivedKind};
+use payauth_sim::creditguard::{CreditGuardSim, CreditGuardSimConfig, ReceivedKind};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use tokio::sync::watch;
 use tokio::task::JoinSet;

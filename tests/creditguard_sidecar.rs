@@ -13,7 +13,7 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use payauth::config::Config;
 use payauth::sidecar::Sidecar;
-use payauth::simulate::creditguard::{CreditGuardSim, CreditGuardSimConfig, ReceivedKind};
+use payauth_sim::creditguard::{CreditGuardSim, CreditGuardSimConfig, ReceivedKind};
 
 const PASSWORD: &str = "s3cret-Passw0rd";
 const TERMINAL: &str = "0882819014";

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use payauth::simulate::number::NumberSimConfig;
+use payauth_sim::number::NumberSimConfig;
 
 #[tokio::test]
 async fn calls_carry_the_key_and_one_authentication_serves_them_all() {

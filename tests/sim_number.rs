@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use payauth::simulate::number::{NumberSim, NumberSimConfig, NumberSimStats};
+use payauth_sim::number::{NumberSim, NumberSimConfig, NumberSimStats};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -13,8 +13,8 @@ use common::*;
 use http::StatusCode;
 use payauth::config::Config;
 use payauth::sidecar::Sidecar;
-use payauth::simulate::number::{NumberSim, NumberSimConfig};
-use payauth::simulate::tls::{CertAndKey, SimCa, SimTls};
+use payauth_sim::number::{NumberSim, NumberSimConfig};
+use payauth_sim::tls::{CertAndKey, SimCa, SimTls};
 
 /// The CA the simulator's server certificate comes from, and the certificate itself.
 struct Pki {
@@ -328,7 +328,7 @@ fn check_refuses_a_client_certificate_with_another_key() {
 
 #[tokio::test]
 async fn creditguard_over_mtls_gets_sessions_and_relays() {
-    use payauth::simulate::creditguard::{CreditGuardSim, CreditGuardSimConfig};
+    use payauth_sim::creditguard::{CreditGuardSim, CreditGuardSimConfig};
     let pki = Pki::new();
     let identity = pki.ca.client_cert("payauth").expect("client cert");
     let sim = CreditGuardSim::start(

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use http::StatusCode;
-use payauth::simulate::number::NumberSimConfig;
+use payauth_sim::number::NumberSimConfig;
 
 const NEW_TOKEN: &str = "9F3C2B1A0E9D8C7B6A5F4E3D2C1B0A99";
 

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use payauth::config::Config;
 use payauth::sidecar::Sidecar;
-use payauth::simulate::number::{NumberSim, NumberSimConfig};
+use payauth_sim::number::{NumberSim, NumberSimConfig};
 
 pub const TOKEN: &str = "2148B239CF6846BDA5D141BF4A4CFBE8";
 pub const HMAC_SECRET: &str = "7D55DBB3D691C9E0FDF341E4AB38C3C9";

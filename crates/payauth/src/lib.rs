@@ -51,10 +51,8 @@
 
 pub mod admin;
 pub mod body;
-pub mod cli;
 pub mod config;
 pub mod creditguard;
-pub mod demo;
 pub mod error;
 pub mod forward;
 pub mod guard;
@@ -64,9 +62,7 @@ pub mod path;
 pub mod proxy;
 pub mod secret;
 pub mod sidecar;
-pub mod simulate;
 mod sync;
-pub mod telemetry;
 pub mod tokens;
 mod xml;
 

@@ -141,7 +141,7 @@ fn snapshot(files: &TlsFiles) -> Vec<Seen> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulate::tls::SimCa;
+    use payauth_sim::tls::SimCa;
 
     fn watched(files: TlsFiles) -> Watched {
         let client = UpstreamClient::new(&files, Duration::from_secs(1)).unwrap();

@@ -6,9 +6,9 @@
 //! tests, `payauth simulate --tls` and any simulator that wants to serve HTTPS.
 //!
 //! ```
-//! use payauth::simulate::tls::SimCa;
+//! use payauth_sim::tls::SimCa;
 //!
-//! # fn main() -> Result<(), payauth::simulate::tls::SimTlsError> {
+//! # fn main() -> Result<(), payauth_sim::tls::SimTlsError> {
 //! let ca = SimCa::new("payauth test CA")?;
 //! let server = ca.server_tls(&["localhost", "127.0.0.1"])?;
 //! let _acceptor = server.acceptor()?; // serve with it; point the client's `ca_file` at ca.cert_pem()
@@ -362,28 +362,5 @@ mod tests {
         tls.key_pem = "not a key".into();
         let err = tls.server_config().unwrap_err().to_string();
         assert!(err.contains("key_pem"), "{err}");
-    }
-
-    #[test]
-    fn dev_pki_writes_the_files_a_config_needs() {
-        let dir = std::env::temp_dir().join(format!("payauth-dev-pki-{}", std::process::id()));
-        let pki = dev_pki(&dir, IpAddr::from([127, 0, 0, 1]), true).unwrap();
-        let ca = std::fs::read_to_string(&pki.ca_file).unwrap();
-        assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
-        let (cert, key) = pki.client_files.clone().unwrap();
-        let files = crate::config::TlsFiles {
-            ca_file: Some(pki.ca_file.clone()),
-            client_cert_file: Some(cert),
-            client_key_file: Some(key.clone()),
-        };
-        crate::proxy::tls::check_files(&files).unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
-            assert_eq!(mode & 0o077, 0, "the client key is private");
-        }
-        assert!(pki.tls.client_ca_pem.is_some());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -16,7 +16,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::error::BoxError;
+/// Any error a connection task can end with.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long in-flight requests may take once a simulator is told to stop.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);

@@ -157,7 +157,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::simulate::tls::SimCa;
+    use payauth_sim::tls::SimCa;
 
     struct Files {
         dir: tempfile::TempDir,
@@ -282,5 +282,29 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("no END line"), "{found:?}");
         assert!(!found[0].contains(secretish));
+    }
+
+    #[test]
+    fn dev_pki_writes_the_files_a_config_needs() {
+        let dir = std::env::temp_dir().join(format!("payauth-dev-pki-{}", std::process::id()));
+        let pki =
+            payauth_sim::tls::dev_pki(&dir, std::net::IpAddr::from([127, 0, 0, 1]), true).unwrap();
+        let ca = std::fs::read_to_string(&pki.ca_file).unwrap();
+        assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
+        let (cert, key) = pki.client_files.clone().unwrap();
+        let files = TlsFiles {
+            ca_file: Some(pki.ca_file.clone()),
+            client_cert_file: Some(cert),
+            client_key_file: Some(key.clone()),
+        };
+        check_files(&files).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "the client key is private");
+        }
+        assert!(pki.tls.client_ca_pem.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
