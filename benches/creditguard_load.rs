@@ -209,7 +209,7 @@ async fn run(concurrency: u32, rate: u32, duration: Duration) -> Row {
     let mut config = CreditGuardConfig::new("cg", sim.url().parse().expect("url"));
     config.terminals = vec![TERMINAL.into()];
     config.session_fetch_concurrency = concurrency;
-    let hang_limit = config.request_timeout * 2;
+    let hang_limit = config.gateway.request_timeout * 2;
     let min = config.pool.min;
     let layer = CreditGuardSessionLayer::new(config, CreditGuardCredentials::new(USER, PASSWORD))
         .expect("layer");

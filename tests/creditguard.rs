@@ -83,7 +83,9 @@ fn gateway_around<S>(
     store: Option<Arc<dyn GuardStore>>,
 ) -> Gateway<S> {
     let registry = prometheus::Registry::new();
-    let metrics: GatewayMetrics = Metrics::new(&registry).unwrap().gateway(&config.name);
+    let metrics: GatewayMetrics = Metrics::new(&registry)
+        .unwrap()
+        .gateway(&config.gateway.name);
     let store = store.unwrap_or_else(|| Arc::new(payauth::guard::MemoryGuardStore::default()));
     let layer = CreditGuardSessionLayer::with_state(config, creds, store, metrics).unwrap();
     Gateway {
@@ -631,7 +633,7 @@ async fn refused_requests_are_never_forwarded() {
     let mut config = config(&sim);
     // Full scope has nothing to pre-warm, so the gateway must see nothing at all.
     config.scope = Scope::Full;
-    config.max_request_bytes = 4096;
+    config.gateway.max_request_bytes = 4096;
     let gw = gateway_with(config, credentials(), None);
 
     let foreign = post(
@@ -903,7 +905,7 @@ async fn after_bytes_were_sent_nothing_is_replayed() {
 
     // A gateway slower than the timeout: 504, and no replay either.
     let mut config = config(&sim);
-    config.request_timeout = Duration::from_millis(300);
+    config.gateway.request_timeout = Duration::from_millis(300);
     let gw = gateway_with(config, credentials(), None);
     assert_eq!(
         post(&gw, &sim, raw_form(&deal())).await.result().as_deref(),

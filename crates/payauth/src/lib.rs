@@ -55,6 +55,7 @@ pub mod config;
 pub mod creditguard;
 pub mod error;
 pub mod forward;
+pub mod gateway;
 pub mod guard;
 pub mod metrics;
 pub mod number;

@@ -294,15 +294,10 @@ fn build_gateway(
         GatewayKind::CreditGuard(settings) => {
             let credentials = creditguard_credentials(settings).map_err(|e| e.to_string())?;
             let config = CreditGuardConfig {
-                name: gateway.name.clone(),
-                upstream: gateway.upstream.clone(),
+                gateway: gateway.settings(),
                 relay_path: settings.relay_path.clone(),
                 terminals: settings.terminals.clone(),
                 scope: settings.scope,
-                auth_failure_budget: gateway.auth_failure_budget,
-                max_request_bytes: gateway.max_request_bytes,
-                inspect_limit_bytes: gateway.inspect_limit_bytes,
-                request_timeout: gateway.request_timeout,
                 session_fetch_concurrency: settings.session_fetch_concurrency,
                 session_wait: settings.session_wait,
                 pool: PoolConfig {
@@ -349,15 +344,10 @@ fn file_credentials(kind: &GatewayKind) -> std::io::Result<FileCredentials> {
 
 fn number_config(gateway: &GatewayConfig, settings: &NumberSettings) -> NumberConfig {
     NumberConfig {
-        name: gateway.name.clone(),
-        upstream: gateway.upstream.clone(),
+        gateway: gateway.settings(),
         protocol: settings.protocol,
         auth_path: settings.auth_path.clone(),
         soap: settings.soap.clone(),
-        auth_failure_budget: gateway.auth_failure_budget,
-        max_request_bytes: gateway.max_request_bytes,
-        inspect_limit_bytes: gateway.inspect_limit_bytes,
-        request_timeout: gateway.request_timeout,
         renewal_min_key_age: settings.renewal_min_key_age,
     }
 }

@@ -83,6 +83,20 @@ pub struct GatewayConfig {
     pub kind: GatewayKind,
 }
 
+impl GatewayConfig {
+    /// The settings every gateway layer takes.
+    pub fn settings(&self) -> crate::gateway::GatewaySettings {
+        crate::gateway::GatewaySettings {
+            name: self.name.clone(),
+            upstream: self.upstream.clone(),
+            auth_failure_budget: self.auth_failure_budget,
+            max_request_bytes: self.max_request_bytes,
+            inspect_limit_bytes: self.inspect_limit_bytes,
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
 /// Certificate files for TLS origination.
 #[derive(Debug, Clone, Default)]
 pub struct TlsFiles {

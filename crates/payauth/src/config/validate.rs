@@ -25,8 +25,9 @@ use super::{
     NumberSettings, Problem, ProxyConfig, TlsFiles,
 };
 use crate::creditguard::Scope;
+use crate::gateway::GatewaySettings;
 use crate::guard::{FileGuardStore, Fingerprint, GuardStore, MAX_BUDGET};
-use crate::number::{Protocol, SoapNames};
+use crate::number::{NumberConfig, Protocol, SoapNames};
 
 /// How far validation goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -509,14 +510,18 @@ impl<'a> Validator<'a> {
             listen: raw.listen?.0,
             upstream: raw.upstream?.0,
             auth_failure_budget: budget,
-            max_request_bytes: raw.max_request_bytes.map_or(1 << 20, |c| c.0),
-            inspect_limit_bytes: raw.inspect_limit_bytes.map_or(64 << 10, |c| c.0),
+            max_request_bytes: raw
+                .max_request_bytes
+                .map_or(GatewaySettings::DEFAULT_MAX_REQUEST_BYTES, |c| c.0),
+            inspect_limit_bytes: raw
+                .inspect_limit_bytes
+                .map_or(GatewaySettings::DEFAULT_INSPECT_LIMIT_BYTES, |c| c.0),
             connect_timeout: raw
                 .connect_timeout_secs
                 .map_or(Duration::from_secs(5), |s| s.0),
             request_timeout: raw
                 .request_timeout_secs
-                .map_or(Duration::from_secs(30), |s| s.0),
+                .map_or(GatewaySettings::DEFAULT_REQUEST_TIMEOUT, |s| s.0),
             max_concurrency,
             tls,
             kind: kind?,
@@ -604,7 +609,7 @@ impl<'a> Validator<'a> {
             token_expires_at: raw.token_expires_at.map(|e| e.0),
             renewal_min_key_age: raw
                 .renewal_min_key_age_secs
-                .map_or(Duration::from_secs(30), |s| s.0),
+                .map_or(NumberConfig::DEFAULT_RENEWAL_MIN_KEY_AGE, |s| s.0),
         })
     }
 

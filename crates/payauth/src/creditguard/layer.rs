@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderValue, Method, Request, Response};
 use http_body::Body;
 use http_body_util::Full;
 use tokio::sync::{oneshot, Notify};
@@ -24,35 +24,29 @@ use super::pool::{
 use super::scope::{Scope, ScopeCmd, SessionScope};
 use super::wire::{self, ResultCode, SessionAnswer};
 use super::CreditGuardCredentials;
-use crate::body::{collect_limited, content_length, CollectError, Inspected, ResponseBody};
+use crate::body::ResponseBody;
 use crate::error::{BoxError, Error, ErrorCode};
-use crate::forward::{self, BoxFuture, Client, Failure, GatewayBody, Replayed, UpstreamLatency};
-use crate::guard::{AuthGuard, GuardLimits, GuardStore, MemoryGuardStore, Refusal};
+use crate::forward::{BoxFuture, Client, GatewayBody};
+use crate::gateway::auth::{Fingerprinted, NotStarted, Verdict, Words};
+use crate::gateway::exchange::{exchange, Exchange};
+use crate::gateway::{self, Core, GatewaySettings};
+use crate::guard::{AuthGuard, Fingerprint, GuardLimits, GuardStore, MemoryGuardStore, Refusal};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 use crate::sync::lock;
 
 /// Settings of one CreditGuard gateway.
 #[derive(Debug, Clone)]
 pub struct CreditGuardConfig {
-    /// The gateway's name in metrics, logs and errors.
-    pub name: String,
-    /// The gateway's base URL (scheme and authority).
-    pub upstream: Uri,
+    /// What every gateway has: name, upstream, budget (rejected `getSessionId`s, 405, in a
+    /// row that lock the gateway), limits (the inspected answers are checked for 456), timeout
+    /// (also the most a call waits for a session).
+    pub gateway: GatewaySettings,
     /// The relay's path (default `/xpo/Relay`). Only this path is relayed.
     pub relay_path: String,
     /// Terminals the app may use; a request for any other gets 403 `terminal_not_allowed`.
     pub terminals: Vec<String>,
     /// How narrowly sessions are scoped (default [`Scope::Command`]).
     pub scope: Scope,
-    /// Rejected `getSessionId`s (405) in a row that lock the gateway (1..=5, default 1).
-    pub auth_failure_budget: u32,
-    /// Largest request body accepted (it is buffered to be read and replayed); larger gets 413
-    /// (default 1 MiB).
-    pub max_request_bytes: usize,
-    /// Answers up to this size are inspected for 456; larger ones stream through (default 64 KiB).
-    pub inspect_limit_bytes: usize,
-    /// How long to wait for an answer's head, and at most for a session (default 30 s).
-    pub request_timeout: Duration,
     /// `getSessionId`s in flight at once once the credentials are proven (a `getSessionId`
     /// with exactly them succeeded and nothing was rejected or unknown since); one at a time
     /// while unproven (default 8). Worst case: a password revoked at the gateway while N are in
@@ -66,39 +60,35 @@ pub struct CreditGuardConfig {
 }
 
 impl CreditGuardConfig {
-    /// Defaults: `/xpo/Relay`, no terminals (add some), scope `command`, budget 1, 1 MiB
-    /// requests, 64 KiB inspected, 30 s timeout, pool 2..=32 with a 30 s expiry margin.
-    pub fn new(name: impl Into<String>, upstream: Uri) -> Self {
+    /// Default of [`Self::relay_path`].
+    pub const DEFAULT_RELAY_PATH: &'static str = "/xpo/Relay";
+    /// Default of [`Self::session_fetch_concurrency`].
+    pub const DEFAULT_SESSION_FETCH_CONCURRENCY: u32 = 8;
+    /// Default of [`Self::session_wait`]: 10 s.
+    pub const DEFAULT_SESSION_WAIT: Duration = Duration::from_secs(10);
+
+    /// Defaults: `/xpo/Relay`, no terminals (add some), scope `command`, 8 fetches in flight,
+    /// 10 s session wait, pool 2..=32 with a 30 s expiry margin, and the [`GatewaySettings`]
+    /// defaults (budget 1, 1 MiB requests, 64 KiB inspected, 30 s timeout).
+    pub fn new(name: impl Into<String>, upstream: http::Uri) -> Self {
         Self {
-            name: name.into(),
-            upstream,
-            relay_path: "/xpo/Relay".into(),
+            gateway: GatewaySettings::new(name, upstream),
+            relay_path: Self::DEFAULT_RELAY_PATH.into(),
             terminals: Vec::new(),
             scope: Scope::Command,
-            auth_failure_budget: 1,
-            max_request_bytes: 1 << 20,
-            inspect_limit_bytes: 64 << 10,
-            request_timeout: Duration::from_secs(30),
-            session_fetch_concurrency: 8,
-            session_wait: Duration::from_secs(10),
+            session_fetch_concurrency: Self::DEFAULT_SESSION_FETCH_CONCURRENCY,
+            session_wait: Self::DEFAULT_SESSION_WAIT,
             pool: PoolConfig::default(),
         }
-    }
-
-    fn relay_uri(&self) -> Result<Uri, http::Error> {
-        let mut parts = self.upstream.clone().into_parts();
-        parts.path_and_query = Some(self.relay_path.parse()?);
-        Ok(Uri::from_parts(parts)?)
     }
 }
 
 struct Shared {
+    core: Core,
     config: CreditGuardConfig,
-    relay_uri: Uri,
+    relay_uri: http::Uri,
     terminals: Vec<TerminalNumber>,
     credentials: ArcSwap<CreditGuardCredentials>,
-    guard: Arc<AuthGuard>,
-    metrics: GatewayMetrics,
     pool: Mutex<Pool>,
     /// Wakes the filler when a request took a session or found none.
     demand: Arc<Notify>,
@@ -112,7 +102,7 @@ struct Shared {
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shared")
-            .field("name", &self.config.name)
+            .field("name", &self.core.name())
             .field("relay_uri", &self.relay_uri)
             .field("pool", &self.pool().stats())
             .finish_non_exhaustive()
@@ -142,7 +132,7 @@ impl CreditGuardSessionLayer {
         config: CreditGuardConfig,
         credentials: CreditGuardCredentials,
     ) -> std::io::Result<Self> {
-        let metrics = GatewayMetrics::unregistered(&config.name);
+        let metrics = GatewayMetrics::unregistered(&config.gateway.name);
         Self::with_state(
             config,
             credentials,
@@ -159,14 +149,7 @@ impl CreditGuardSessionLayer {
         metrics: GatewayMetrics,
     ) -> std::io::Result<Self> {
         let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
-        let relay_uri = config
-            .relay_uri()
-            .map_err(|e| invalid(format!("relay path: {e}")))?;
-        if relay_uri.scheme().is_none() || relay_uri.authority().is_none() {
-            return Err(invalid(
-                "upstream must be an absolute URL such as https://host".into(),
-            ));
-        }
+        let relay_uri = config.gateway.upstream_at(&config.relay_path)?;
         let terminals: Vec<TerminalNumber> = config
             .terminals
             .iter()
@@ -180,9 +163,9 @@ impl CreditGuardSessionLayer {
             return Err(invalid("pool min is over pool max".into()));
         }
         let guard = AuthGuard::open(
-            &config.name,
+            &config.gateway.name,
             GuardLimits {
-                budget: config.auth_failure_budget,
+                budget: config.gateway.auth_failure_budget,
                 proven_concurrency: config.session_fetch_concurrency,
             },
             credentials.fingerprint(),
@@ -192,12 +175,15 @@ impl CreditGuardSessionLayer {
         let pool = Pool::new(config.pool.clone(), metrics.clone(), Instant::now());
         Ok(Self {
             shared: Arc::new(Shared {
+                core: Core {
+                    settings: config.gateway.clone(),
+                    guard,
+                    metrics,
+                },
                 config,
                 relay_uri,
                 terminals,
                 credentials: ArcSwap::from_pointee(credentials),
-                guard,
-                metrics,
                 pool: Mutex::new(pool),
                 demand: Arc::new(Notify::new()),
                 filler_started: AtomicBool::new(false),
@@ -228,7 +214,7 @@ impl CreditGuardHandle {
         let fingerprint = credentials.fingerprint();
         let user_changed = self.shared.credentials.load().user != credentials.user;
         self.shared.credentials.store(Arc::new(credentials));
-        self.shared.guard.change_credentials(fingerprint);
+        self.shared.core.guard.change_credentials(fingerprint);
         let mut pool = self.shared.pool();
         if user_changed {
             pool.change_user();
@@ -255,7 +241,7 @@ impl CreditGuardHandle {
 
     /// The gateway's lockout guard (unlock, status).
     pub fn guard(&self) -> &Arc<AuthGuard> {
-        &self.shared.guard
+        &self.shared.core.guard
     }
 
     /// A snapshot of the session pool.
@@ -265,7 +251,7 @@ impl CreditGuardHandle {
 
     /// The gateway's name.
     pub fn name(&self) -> &str {
-        &self.shared.config.name
+        self.shared.core.name()
     }
 }
 
@@ -323,7 +309,7 @@ where
         Box::pin(async move {
             shared.start_filler(&client);
             let result = shared.handle(client, request).await;
-            shared.metrics.count(result)
+            shared.core.metrics.count(result)
         })
     }
 }
@@ -336,29 +322,91 @@ struct FetchFailure {
     key_wide: bool,
 }
 
+impl Fingerprinted for CreditGuardCredentials {
+    fn fingerprint(&self) -> Fingerprint {
+        CreditGuardCredentials::fingerprint(self)
+    }
+}
+
+/// How CreditGuard's `getSessionId` is named in errors.
+const WORDS: Words = Words {
+    action: "request a session",
+    attempt: "the session request",
+    secret: "password",
+};
+
+/// A relay call once read: the app's request (its URI already the configured relay's), its
+/// form, and the pool key its `int_in` asks for.
+struct Call {
+    parts: http::request::Parts,
+    form: RelayForm,
+    key: PoolKey,
+}
+
+impl Exchange for Shared {
+    type Call = Call;
+    type Credential = Lease;
+
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
+    fn parts(call: &Call) -> &http::request::Parts {
+        &call.parts
+    }
+
+    fn outgoing(&self, call: &Call, lease: &Lease) -> Result<Request<Full<Bytes>>, Error> {
+        Ok(gateway::outgoing(
+            &call.parts,
+            call.form.rewrite(lease.token.field()),
+        ))
+    }
+
+    fn refusal(&self, answer: &[u8]) -> Option<ReauthReason> {
+        wire::is_session_timeout(answer).then_some(ReauthReason::SessionTimeout456)
+    }
+
+    async fn replacement<'a, S, ResB>(
+        self: &'a Arc<Self>,
+        call: &'a Call,
+        refused: Lease,
+        reason: ReauthReason,
+        sent_at: Instant,
+        client: &'a S,
+    ) -> Result<Lease, Error>
+    where
+        S: Client<ResB>,
+        ResB: GatewayBody,
+    {
+        let retired = self.pool().retire_before(sent_at);
+        let key = &call.key;
+        tracing::info!(gateway = %self.core.name(), terminal = %key.terminal, scope = %key.scope,
+            retired, reusable = refused.reusable,
+            "gateway refused the session (456), call not processed; replaying once with a new session");
+        self.core.metrics.reauth(reason);
+        self.acquire(key, client).await
+    }
+}
+
 impl Shared {
     fn pool(&self) -> MutexGuard<'_, Pool> {
         crate::sync::lock(&self.pool)
     }
 
     fn error(&self, code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Error {
-        Error::new(code, self.config.name.clone(), message)
+        self.core.error(code, message)
     }
 
     /// The configured relay URI with `query`.
-    fn relay_uri_with(&self, query: Option<&str>) -> Result<Uri, http::Error> {
+    fn relay_uri_with(&self, query: Option<&str>) -> Result<http::Uri, http::Error> {
         match query {
             None => Ok(self.relay_uri.clone()),
             Some(query) => {
                 let mut parts = self.relay_uri.clone().into_parts();
                 parts.path_and_query = Some(format!("{}?{query}", self.relay_uri.path()).parse()?);
-                Ok(Uri::from_parts(parts)?)
+                Ok(http::Uri::from_parts(parts)?)
             }
         }
-    }
-
-    fn bad_request(&self, message: impl Into<Cow<'static, str>>) -> Error {
-        self.error(ErrorCode::BadRequest, message)
     }
 
     async fn handle<S, B, ResB>(
@@ -373,52 +421,12 @@ impl Shared {
         ResB: GatewayBody,
     {
         let (mut parts, body) = request.into_parts();
-        let on_relay = crate::path::canonicalize(parts.uri.path())
-            .is_ok_and(|path| path.eq_ignore_ascii_case(&self.config.relay_path));
-        if !on_relay {
-            return Err(self.bad_request(format!(
-                "payauth relays only POST {}; other paths (the SOAP relay included) are not \
-                 forwarded",
-                self.config.relay_path
-            )));
-        }
-        if parts.method != Method::POST {
-            return Err(self.bad_request("the relay takes a POST form; nothing was forwarded"));
-        }
-        if !is_form(&parts.headers) {
-            return Err(self.bad_request(
-                "the relay takes a form: Content-Type must be application/x-www-form-urlencoded; \
-                 nothing was forwarded",
-            ));
-        }
-        if query_has_relay_fields(parts.uri.query()) {
-            return Err(self.bad_request(
-                "the relay fields belong in the POST body, not the query string; nothing was forwarded",
-            ));
-        }
-        // The gateway gets the relay path exactly as configured, whatever spelling of it the app
-        // used: what payauth checked is what is sent.
-        parts.uri = self.relay_uri_with(parts.uri.query()).map_err(|_| {
-            self.bad_request("the query string is not valid; nothing was forwarded")
-        })?;
-        let limit = self.config.max_request_bytes;
-        let body = collect_limited(body, limit, content_length(&parts.headers))
-            .await
-            .map_err(|e| match e {
-                CollectError::TooLarge(limit) => self.error(
-                    ErrorCode::BodyTooLarge,
-                    format!("request body over the limit of {limit} bytes; nothing was forwarded"),
-                ),
-                CollectError::Read(_) => {
-                    self.bad_request("the request body could not be read; nothing was forwarded")
-                }
-            })?;
-        let form = RelayForm::parse(body)
-            .map_err(|e| self.bad_request(format!("{e}; nothing was forwarded")))?;
-        let int_in = int_in::read(&form.decoded_int_in())
-            .map_err(|e| self.bad_request(format!("{e}; nothing was forwarded")))?;
+        self.check_head(&mut parts)?;
+        let body = self.core.read_body(&parts, body).await?;
+        let form = RelayForm::parse(body).map_err(|e| self.core.refuse(e))?;
+        let int_in = int_in::read(&form.decoded_int_in()).map_err(|e| self.core.refuse(e))?;
         let Some(terminal) = int_in.terminal.clone() else {
-            return Err(self.bad_request(
+            return Err(self.core.bad_request(
                 "int_in names no terminalNumber; payauth needs it to choose a session. Nothing was forwarded",
             ));
         };
@@ -429,9 +437,9 @@ impl Shared {
             ));
         }
         if int_in.is_get_session_id() {
-            tracing::debug!(gateway = %self.config.name, "answering the app's own getSessionId locally");
+            tracing::debug!(gateway = %self.core.name(), "answering the app's own getSessionId locally");
             return Ok((
-                local_answer(wire::local_get_session_answer()),
+                gateway::local_answer(wire::local_get_session_answer(), "text/xml; charset=UTF-8"),
                 Outcome::Local,
             ));
         }
@@ -439,58 +447,40 @@ impl Shared {
             terminal,
             scope: self.config.scope.session_scope(&int_in),
         };
-
-        let mut lease = self.acquire(&key, &client).await?;
-        let mut replayed = false;
-        let mut upstream = Duration::ZERO;
-        let answer = |head, body, replayed, upstream| {
-            let mut response = Response::from_parts(head, body);
-            response.extensions_mut().insert(Replayed(replayed));
-            response.extensions_mut().insert(UpstreamLatency(upstream));
-            Ok((response, Outcome::Forwarded))
-        };
-        loop {
-            let outgoing = outgoing(&parts, &form, &lease);
-            let sent_at = Instant::now();
-            let (head, inspected) = forward::call(
-                client.clone(),
-                outgoing,
-                self.config.request_timeout,
-                self.config.inspect_limit_bytes,
-            )
-            .await
-            .map_err(|failure| self.failed(failure, replayed))?;
-            upstream += sent_at.elapsed();
-            self.metrics
-                .upstream_duration(sent_at.elapsed().as_secs_f64());
-            let bytes = match inspected {
-                Inspected::Streaming(body) => return answer(head, body, replayed, upstream),
-                Inspected::Buffered(bytes) => bytes,
-            };
-            if !wire::is_session_timeout(&bytes) {
-                return answer(head, ResponseBody::full(bytes), replayed, upstream);
-            }
-            if replayed {
-                // A second refusal goes to the app as the gateway sent it: never loop.
-                tracing::warn!(gateway = %self.config.name, terminal = %key.terminal, scope = %key.scope,
-                    "gateway refused a second session (456); passing its answer to the app");
-                return answer(head, ResponseBody::full(bytes), replayed, upstream);
-            }
-            let retired = self.pool().retire_before(sent_at);
-            tracing::info!(gateway = %self.config.name, terminal = %key.terminal, scope = %key.scope,
-                retired, reusable = lease.reusable,
-                "gateway refused the session (456), call not processed; replaying once with a new session");
-            self.metrics.reauth(ReauthReason::SessionTimeout456);
-            lease = self.acquire(&key, &client).await?;
-            self.metrics.replay();
-            replayed = true;
-        }
+        let lease = self.acquire(&key, &client).await?;
+        exchange(self, &Call { parts, form, key }, lease, client).await
     }
 
-    fn failed(&self, failure: Failure, replayed: bool) -> Error {
-        tracing::warn!(gateway = %self.config.name, failure = ?failure, replayed,
-            "relay call failed; not replayed");
-        failure.into_error(&self.config.name)
+    /// Checks what the head says (path, method, content type, query) and points the request at
+    /// the configured relay URI: what payauth checked is what is sent, whatever spelling of the
+    /// relay path the app used.
+    fn check_head(&self, parts: &mut http::request::Parts) -> Result<(), Error> {
+        let on_relay = crate::path::canonicalize(parts.uri.path())
+            .is_ok_and(|path| path.eq_ignore_ascii_case(&self.config.relay_path));
+        if !on_relay {
+            return Err(self.core.bad_request(format!(
+                "payauth relays only POST {}; other paths (the SOAP relay included) are not \
+                 forwarded",
+                self.config.relay_path
+            )));
+        }
+        if parts.method != Method::POST {
+            return Err(self.core.refuse("the relay takes a POST form"));
+        }
+        if !is_form(&parts.headers) {
+            return Err(self.core.refuse(
+                "the relay takes a form: Content-Type must be application/x-www-form-urlencoded",
+            ));
+        }
+        if query_has_relay_fields(parts.uri.query()) {
+            return Err(self
+                .core
+                .refuse("the relay fields belong in the POST body, not the query string"));
+        }
+        parts.uri = self
+            .relay_uri_with(parts.uri.query())
+            .map_err(|_| self.core.refuse("the query string is not valid"))?;
+        Ok(())
     }
 
     /// A session for one call: from the pool, or from a fetch the call waits for.
@@ -503,13 +493,13 @@ impl Shared {
         self.demand.notify_one();
         match step {
             Acquire::Ready(lease) => Ok(lease),
-            Acquire::TerminalDisabled => Err(terminal_disabled(&self.config.name)),
+            Acquire::TerminalDisabled => Err(terminal_disabled(self.core.name())),
             Acquire::Wait { rx, fetch } => {
                 if fetch {
                     let shared = Arc::clone(self);
                     let client = client.clone();
                     let key = key.clone();
-                    tracing::debug!(gateway = %self.config.name, terminal = %key.terminal, scope = %key.scope,
+                    tracing::debug!(gateway = %self.core.name(), terminal = %key.terminal, scope = %key.scope,
                         "pool empty; fetching a session on demand");
                     // Spawned so that a caller going away cannot abandon a getSessionId halfway.
                     tokio::spawn(async move {
@@ -522,7 +512,10 @@ impl Shared {
     }
 
     async fn wait(&self, mut rx: oneshot::Receiver<Result<Lease, Error>>) -> Result<Lease, Error> {
-        let bound = self.config.session_wait.min(self.config.request_timeout);
+        let bound = self
+            .config
+            .session_wait
+            .min(self.core.settings.request_timeout);
         match tokio::time::timeout(bound, &mut rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(self.error(
@@ -584,24 +577,23 @@ impl Shared {
         S: Client<ResB>,
         ResB: GatewayBody,
     {
-        let name = self.config.name.as_str();
+        let name = self.core.name();
         let one = |error: Error| FetchFailure {
             error,
             key_wide: false,
         };
-        let all = |error: Error| {
-            self.remember_failure(&error);
-            FetchFailure {
-                error,
-                key_wide: true,
-            }
-        };
-        let attempt = self.guard.begin().await.map_err(|refusal| match refusal {
+        let (attempt, credentials) = match self.core.begin(&self.credentials, WORDS).await {
+            Ok(begun) => begun,
             // During a backoff, say what caused it; only requests no other fetch serves fail.
-            Refusal::Backoff(wait) => one(self.backoff_error(wait)),
-            Refusal::Locked(_) => all(refusal.into_error(name)),
-            Refusal::Storage => one(refusal.into_error(name)),
-        })?;
+            Err(NotStarted::Refused(Refusal::Backoff(wait))) => {
+                return Err(one(self.backoff_error(wait)))
+            }
+            Err(NotStarted::Refused(refusal @ Refusal::Locked(_))) => {
+                return Err(self.key_wide(refusal.into_error(name)))
+            }
+            Err(NotStarted::Refused(refusal)) => return Err(one(refusal.into_error(name))),
+            Err(NotStarted::Changed(error)) => return Err(one(error)),
+        };
         if self.stopped.load(Ordering::Acquire) {
             // Shutting down: a fetch that waited for its turn is not sent at all.
             attempt.not_sent().await;
@@ -610,15 +602,35 @@ impl Shared {
                 "payauth is shutting down; no session was requested",
             )));
         }
-        let credentials = self.credentials.load_full();
-        if attempt.fingerprint() != credentials.fingerprint() {
-            // The credentials changed between the two loads; nothing was sent.
-            attempt.not_sent().await;
-            return Err(one(self.error(
-                ErrorCode::AuthUnavailable,
-                "the credentials changed while a session was being requested; retry",
-            )));
-        }
+        tracing::debug!(gateway = name, terminal = %key.terminal, scope = %key.scope, "requesting a session");
+        let request = self.session_request(&credentials, key);
+        let started = Instant::now();
+        let fresh = self
+            .core
+            .authenticate(
+                attempt,
+                request,
+                client,
+                self.core.settings.inspect_limit_bytes,
+                WORDS,
+                |bytes| self.judge_session(key, bytes, started, epoch),
+            )
+            .await
+            .map_err(|error| self.key_wide(error))?;
+        let elapsed = started.elapsed();
+        *lock(&self.last_failure) = None;
+        self.pool().observe_latency(elapsed);
+        tracing::debug!(gateway = name, terminal = %key.terminal, scope = %key.scope,
+            reusable = fresh.reusable, latency_ms = elapsed.as_millis() as u64, "session obtained");
+        Ok(fresh)
+    }
+
+    /// The `getSessionId` call for `key`.
+    fn session_request(
+        &self,
+        credentials: &CreditGuardCredentials,
+        key: &PoolKey,
+    ) -> Request<Full<Bytes>> {
         let body = wire::get_session_request(
             &credentials.user,
             &credentials.password,
@@ -632,82 +644,42 @@ impl Shared {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
-        tracing::debug!(gateway = name, terminal = %key.terminal, scope = %key.scope, "requesting a session");
-        let started = Instant::now();
-        let answer = forward::call_whole(
-            client,
-            request,
-            self.config.request_timeout,
-            self.config.inspect_limit_bytes,
-        )
-        .await;
-        let bytes = match answer {
-            Ok((_, bytes)) => bytes,
-            Err(Failure::NotSent) => {
-                attempt.not_sent().await;
-                return Err(all(self.error(
-                    ErrorCode::AuthUnavailable,
-                    "could not connect to the gateway to request a session",
-                )));
-            }
-            Err(_) => {
-                // Sent, with no usable answer in time: the gateway may have counted it.
-                attempt.unknown().await;
-                return Err(all(self.error(
-                    ErrorCode::AuthUnavailable,
-                    "the session request got no usable answer in time",
-                )));
-            }
-        };
-        let elapsed = started.elapsed();
-        match wire::parse_get_session(&bytes) {
+        request
+    }
+
+    /// What a `getSessionId` answer means for the guard and the pool.
+    fn judge_session(
+        &self,
+        key: &PoolKey,
+        answer: &Bytes,
+        started: Instant,
+        epoch: u64,
+    ) -> Verdict<Fresh> {
+        let name = self.core.name();
+        match wire::parse_get_session(answer) {
             SessionAnswer::Issued {
                 id,
                 expiration,
                 reusable,
-            } => {
-                attempt.success().await;
-                *lock(&self.last_failure) = None;
-                self.metrics.credential_obtained();
-                self.pool().observe_latency(elapsed);
-                tracing::debug!(gateway = name, terminal = %key.terminal, scope = %key.scope, reusable,
-                    latency_ms = elapsed.as_millis() as u64, "session obtained");
-                Ok(Fresh {
-                    token: Arc::new(SessionToken::new(id)),
-                    reusable,
-                    obtained: started,
-                    lifetime: expiration.unwrap_or(super::pool::DEFAULT_LIFETIME),
-                    epoch,
-                })
-            }
+            } => Verdict::Issued(Fresh {
+                token: Arc::new(SessionToken::new(id)),
+                reusable,
+                obtained: started,
+                lifetime: expiration.unwrap_or(super::pool::DEFAULT_LIFETIME),
+                epoch,
+            }),
             SessionAnswer::Refused(code) if code == ResultCode::AUTH_FAILED => {
-                attempt.rejected().await;
-                tracing::error!(gateway = name, result = %code,
-                    "the gateway rejected the credentials (405); not retrying");
-                Err(all(if self.guard.is_locked() {
-                    self.error(
-                        ErrorCode::AuthLocked,
-                        "the gateway rejected the credentials (405); no session is requested until \
-                         the password changes or an operator unlocks the gateway",
-                    )
-                } else {
-                    self.error(
-                        ErrorCode::AuthUnavailable,
-                        "the gateway rejected the credentials (405)",
-                    )
-                }))
+                Verdict::Rejected(format!(" ({code})"))
             }
             SessionAnswer::Refused(code) if code == ResultCode::SESSIONS_NOT_SUPPORTED => {
                 // An answer, not a rejection: it does not count toward the lockout.
-                attempt.declined().await;
                 self.pool().disable_terminal(&key.terminal, Instant::now());
                 tracing::error!(gateway = name, terminal = %key.terminal, result = %code,
                     "the terminal is not enabled for session ids (455); ask CreditGuard to enable it");
-                Err(all(terminal_disabled(name)))
+                Verdict::Declined(terminal_disabled(name))
             }
             SessionAnswer::Refused(code) => {
                 // 457 (transient) and general errors: the guard backs off (bounded, jittered).
-                attempt.declined().await;
                 let what = if code == ResultCode::SESSION_GENERATION_FAILED {
                     "session id generation failed at the gateway (457); backing off"
                 } else if code.is_general_error() {
@@ -716,19 +688,21 @@ impl Shared {
                     "the gateway refused getSessionId with an unexpected result; backing off"
                 };
                 tracing::warn!(gateway = name, terminal = %key.terminal, scope = %key.scope, result = %code, "{what}");
-                Err(all(self.error(
+                Verdict::Declined(self.error(
                     ErrorCode::AuthUnavailable,
                     format!("no session: {what} (result {code})"),
-                )))
+                ))
             }
-            SessionAnswer::Unreadable => {
-                attempt.unknown().await;
-                tracing::error!(gateway = name, "the getSessionId answer could not be read");
-                Err(all(self.error(
-                    ErrorCode::AuthUnavailable,
-                    "the gateway's getSessionId answer could not be read",
-                )))
-            }
+            SessionAnswer::Unreadable => Verdict::Unreadable,
+        }
+    }
+
+    /// A failure every request waiting on the key gets, remembered for the guard's backoff.
+    fn key_wide(&self, error: Error) -> FetchFailure {
+        self.remember_failure(&error);
+        FetchFailure {
+            error,
+            key_wide: true,
         }
     }
 
@@ -807,7 +781,7 @@ where
         }
         let starts = {
             let now = Instant::now();
-            let locked = strong.guard.is_locked();
+            let locked = strong.core.guard.is_locked();
             let mut pool = strong.pool();
             pool.tick(now);
             let mut room = (strong.config.session_fetch_concurrency as usize)
@@ -881,26 +855,4 @@ fn query_has_relay_fields(query: Option<&str>) -> bool {
             !matches!(super::form::relay_field(name.as_bytes()), Ok(None))
         })
     })
-}
-
-fn outgoing(parts: &http::request::Parts, form: &RelayForm, lease: &Lease) -> Request<Full<Bytes>> {
-    let mut headers = parts.headers.clone();
-    headers.remove(header::CONTENT_LENGTH);
-    headers.remove(header::TRANSFER_ENCODING);
-    let mut request = Request::new(Full::new(form.rewrite(lease.token.field())));
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = parts.uri.clone();
-    *request.headers_mut() = headers;
-    request
-}
-
-fn local_answer<ResB>(body: Bytes) -> Response<ResponseBody<ResB>> {
-    let mut response = Response::new(ResponseBody::full(body));
-    *response.status_mut() = StatusCode::OK;
-    response.extensions_mut().insert(forward::AnsweredLocally);
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/xml; charset=UTF-8"),
-    );
-    response
 }

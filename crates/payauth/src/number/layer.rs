@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderValue, Method, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::Full;
 use tokio::sync::watch;
@@ -19,10 +19,13 @@ use super::keys::{KeyInfo, KeyState};
 use super::signer::Signer;
 use super::wire::{self, AuthAnswer, SoapNames, SoapRequest};
 use super::NumberCredentials;
-use crate::body::{collect_limited, content_length, CollectError, Inspected, ResponseBody};
+use crate::body::ResponseBody;
 use crate::error::{BoxError, Error, ErrorCode};
-use crate::forward::{self, BoxFuture, Client, Failure, GatewayBody, Replayed, UpstreamLatency};
-use crate::guard::{AuthGuard, GuardLimits, GuardStore, MemoryGuardStore};
+use crate::forward::{BoxFuture, Client, GatewayBody};
+use crate::gateway::auth::{Fingerprinted, NotStarted, Verdict, Words};
+use crate::gateway::exchange::{exchange, Exchange};
+use crate::gateway::{self, Core, GatewaySettings};
+use crate::guard::{AuthGuard, Fingerprint, GuardLimits, GuardStore, MemoryGuardStore};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 
 /// Which of Number's APIs the gateway speaks.
@@ -38,25 +41,14 @@ pub enum Protocol {
 /// Settings of one Number gateway.
 #[derive(Debug, Clone)]
 pub struct NumberConfig {
-    /// The gateway's name in metrics, logs and errors.
-    pub name: String,
-    /// The gateway's base URL (scheme and authority).
-    pub upstream: Uri,
+    /// What every gateway has: name, upstream, budget, limits, timeout.
+    pub gateway: GatewaySettings,
     /// REST or SOAP.
     pub protocol: Protocol,
     /// REST: the Authenticate path. SOAP: the service path.
     pub auth_path: String,
     /// SOAP names (namespace, Authenticate action, session-key element).
     pub soap: SoapNames,
-    /// Rejected authentications in a row that lock the gateway (1..=5).
-    pub auth_failure_budget: u32,
-    /// Largest request body accepted (it is buffered so it can be replayed); larger gets 413.
-    pub max_request_bytes: usize,
-    /// Answers up to this size are inspected for 5030/5050; larger ones stream through.
-    pub inspect_limit_bytes: usize,
-    /// How long a call may take to answer, head and body (a larger streamed answer may stall
-    /// this long between chunks); also the bound on an authentication and on waiting for one.
-    pub request_timeout: Duration,
     /// A key refused (5030/5050) younger than this is a gateway anomaly: a second one in a row
     /// makes further renewals back off exponentially (1 s doubling to 5 min, jittered), calls
     /// failing fast with `auth_unavailable` meanwhile (default 30 s).
@@ -64,20 +56,20 @@ pub struct NumberConfig {
 }
 
 impl NumberConfig {
-    /// REST defaults: `/APIcardProcREST/v1.0.0/Authenticate`, budget 1, 1 MiB requests,
-    /// 64 KiB inspected, 30 s timeout.
+    /// Default of [`Self::renewal_min_key_age`]: 30 s.
+    pub const DEFAULT_RENEWAL_MIN_KEY_AGE: Duration = Duration::from_secs(30);
+    /// Default of [`Self::auth_path`] for REST.
+    pub const DEFAULT_REST_AUTH_PATH: &'static str = "/APIcardProcREST/v1.0.0/Authenticate";
+
+    /// REST defaults: `/APIcardProcREST/v1.0.0/Authenticate` and the [`GatewaySettings`]
+    /// defaults (budget 1, 1 MiB requests, 64 KiB inspected, 30 s timeout).
     pub fn rest(name: impl Into<String>, upstream: Uri) -> Self {
         Self {
-            name: name.into(),
-            upstream,
+            gateway: GatewaySettings::new(name, upstream),
             protocol: Protocol::Rest,
-            auth_path: "/APIcardProcREST/v1.0.0/Authenticate".into(),
+            auth_path: Self::DEFAULT_REST_AUTH_PATH.into(),
             soap: SoapNames::default(),
-            auth_failure_budget: 1,
-            max_request_bytes: 1 << 20,
-            inspect_limit_bytes: 64 << 10,
-            request_timeout: Duration::from_secs(30),
-            renewal_min_key_age: Duration::from_secs(30),
+            renewal_min_key_age: Self::DEFAULT_RENEWAL_MIN_KEY_AGE,
         }
     }
 
@@ -89,12 +81,6 @@ impl NumberConfig {
             ..Self::rest(name, upstream)
         }
     }
-
-    fn auth_uri(&self) -> Result<Uri, http::Error> {
-        let mut parts = self.upstream.clone().into_parts();
-        parts.path_and_query = Some(self.auth_path.parse()?);
-        Ok(Uri::from_parts(parts)?)
-    }
 }
 
 struct CredState {
@@ -105,6 +91,7 @@ struct CredState {
 type Flight = watch::Receiver<Option<Result<Arc<KeyState>, Error>>>;
 
 struct Shared {
+    core: Core,
     config: NumberConfig,
     auth_uri: Uri,
     credentials: ArcSwap<CredState>,
@@ -115,8 +102,6 @@ struct Shared {
     /// the brake's lock while it is off (nearly always).
     brake_engaged: AtomicBool,
     generations: AtomicU64,
-    guard: Arc<AuthGuard>,
-    metrics: GatewayMetrics,
 }
 
 impl fmt::Debug for Shared {
@@ -146,7 +131,7 @@ pub struct NumberHandle {
 impl NumberAuthLayer {
     /// A layer whose lockout guard lives in memory and whose metrics are not exported.
     pub fn new(config: NumberConfig, credentials: NumberCredentials) -> std::io::Result<Self> {
-        let metrics = GatewayMetrics::unregistered(&config.name);
+        let metrics = GatewayMetrics::unregistered(&config.gateway.name);
         Self::with_state(
             config,
             credentials,
@@ -163,14 +148,12 @@ impl NumberAuthLayer {
         metrics: GatewayMetrics,
     ) -> std::io::Result<Self> {
         let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
-        let auth_uri = config
-            .auth_uri()
-            .map_err(|e| invalid(format!("auth path: {e}")))?;
+        let auth_uri = config.gateway.upstream_at(&config.auth_path)?;
         // Number's authentications are rare and its lock at 6 is the vendor's rule: strictly one
         // at a time, always.
         let guard = AuthGuard::open(
-            &config.name,
-            GuardLimits::serial(config.auth_failure_budget),
+            &config.gateway.name,
+            GuardLimits::serial(config.gateway.auth_failure_budget),
             credentials.fingerprint(),
             store,
             metrics.clone(),
@@ -178,6 +161,11 @@ impl NumberAuthLayer {
         let cred_state = cred_state(credentials).map_err(|e| invalid(e.to_string()))?;
         Ok(Self {
             shared: Arc::new(Shared {
+                core: Core {
+                    settings: config.gateway.clone(),
+                    guard,
+                    metrics,
+                },
                 config,
                 auth_uri,
                 credentials: ArcSwap::from_pointee(cred_state),
@@ -186,8 +174,6 @@ impl NumberAuthLayer {
                 brake: Mutex::new(Brake::default()),
                 brake_engaged: AtomicBool::new(false),
                 generations: AtomicU64::new(0),
-                guard,
-                metrics,
             }),
         })
     }
@@ -227,7 +213,7 @@ impl NumberHandle {
         };
         let state = cred_state(credentials)?;
         self.shared.credentials.store(Arc::new(state));
-        self.shared.guard.change_credentials(fingerprint);
+        self.shared.core.guard.change_credentials(fingerprint);
         if signing_changed {
             // The key's signer is part of the key state: re-derive it with the new secret.
             if let Some(current) = self.shared.key.load_full() {
@@ -247,14 +233,14 @@ impl NumberHandle {
 
     /// The gateway's lockout guard (unlock, status).
     pub fn guard(&self) -> &Arc<AuthGuard> {
-        &self.shared.guard
+        &self.shared.core.guard
     }
 
     /// Resolves once no authentication is in flight (or after `limit`), so that a process
     /// stopping records the real outcome of its last authentication rather than an unknown one.
     pub async fn wait_idle(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
-        while self.shared.guard.status().in_flight > 0 && Instant::now() < deadline {
+        while self.shared.core.guard.status().in_flight > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -268,7 +254,7 @@ impl NumberHandle {
 
     /// The gateway's name.
     pub fn name(&self) -> &str {
-        &self.shared.config.name
+        self.shared.core.name()
     }
 }
 
@@ -313,7 +299,7 @@ where
         let client = self.inner.clone();
         Box::pin(async move {
             let result = shared.handle(client, request).await;
-            shared.metrics.count(result)
+            shared.core.metrics.count(result)
         })
     }
 }
@@ -346,11 +332,89 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-impl Shared {
-    fn error(&self, code: ErrorCode, message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
-        Error::new(code, self.config.name.clone(), message)
+impl Fingerprinted for CredState {
+    fn fingerprint(&self) -> Fingerprint {
+        self.credentials.fingerprint()
+    }
+}
+
+/// A Number call once read: the app's request, and for SOAP the envelope's reading.
+struct Call {
+    parts: http::request::Parts,
+    body: Bytes,
+    soap: Option<SoapRequest>,
+}
+
+/// How Number's authentication is named in errors.
+const WORDS: Words = Words {
+    action: "authenticate",
+    attempt: "authentication",
+    secret: "token",
+};
+
+impl Exchange for Shared {
+    type Call = Call;
+    type Credential = Arc<KeyState>;
+
+    fn core(&self) -> &Core {
+        &self.core
     }
 
+    fn parts(call: &Call) -> &http::request::Parts {
+        &call.parts
+    }
+
+    fn outgoing(&self, call: &Call, key: &Arc<KeyState>) -> Result<Request<Full<Bytes>>, Error> {
+        let value = key.value(unix_now()).map_err(|_| {
+            self.core.error(
+                ErrorCode::AuthUnavailable,
+                "the session key cannot be signed",
+            )
+        })?;
+        let mut request = match &call.soap {
+            None => gateway::outgoing(&call.parts, call.body.clone()),
+            Some(soap) => {
+                let text = value.to_str().map_err(|_| {
+                    self.core
+                        .error(ErrorCode::AuthUnavailable, "the session key is not text")
+                })?;
+                gateway::outgoing(&call.parts, soap.fill(&call.body, text))
+            }
+        };
+        let headers = request.headers_mut();
+        match call.soap {
+            None => headers.insert("SessKey", value),
+            Some(_) => headers.remove("SessKey"),
+        };
+        Ok(request)
+    }
+
+    fn refusal(&self, answer: &[u8]) -> Option<ReauthReason> {
+        match self.config.protocol {
+            Protocol::Rest => wire::rest_renewal(answer),
+            Protocol::Soap => wire::soap_renewal(answer),
+        }
+    }
+
+    async fn replacement<'a, S, ResB>(
+        self: &'a Arc<Self>,
+        _call: &'a Call,
+        refused: Arc<KeyState>,
+        reason: ReauthReason,
+        _sent_at: Instant,
+        client: &'a S,
+    ) -> Result<Arc<KeyState>, Error>
+    where
+        S: Client<ResB>,
+        ResB: GatewayBody,
+    {
+        tracing::debug!(gateway = %self.core.name(), reason = reason.as_str(), generation = refused.generation,
+            "gateway refused the session key; renewing and replaying once");
+        self.renew(Some((&refused, reason)), client).await
+    }
+}
+
+impl Shared {
     async fn handle<S, B, ResB>(
         self: &Arc<Self>,
         client: S,
@@ -363,117 +427,42 @@ impl Shared {
         ResB: GatewayBody,
     {
         let (parts, body) = request.into_parts();
-        let path = crate::path::canonicalize(parts.uri.path()).map_err(|e| {
-            self.error(ErrorCode::BadRequest, format!("{e}; nothing was forwarded"))
-        })?;
+        let path = crate::path::canonicalize(parts.uri.path()).map_err(|e| self.core.refuse(e))?;
         if self.config.protocol == Protocol::Rest && self.is_rest_auth(&path) {
-            tracing::debug!(gateway = %self.config.name, "answering the app's own Authenticate locally");
-            return Ok((
-                self.local_answer(
-                    wire::local_rest_auth_answer(self.user_id()),
-                    "application/json",
-                ),
-                Outcome::Local,
+            return Ok(self.local_auth_answer(
+                wire::local_rest_auth_answer(self.user_id()),
+                "application/json",
             ));
         }
-        let limit = self.config.max_request_bytes;
-        let body = collect_limited(body, limit, content_length(&parts.headers))
-            .await
-            .map_err(|e| match e {
-                CollectError::TooLarge(limit) => self.error(
-                    ErrorCode::BodyTooLarge,
-                    format!("request body over the limit of {limit} bytes; nothing was forwarded"),
-                ),
-                CollectError::Read(_) => self.error(
-                    ErrorCode::BadRequest,
-                    "the request body could not be read; nothing was forwarded",
-                ),
-            })?;
-
+        let body = self.core.read_body(&parts, body).await?;
         let soap = match self.config.protocol {
             Protocol::Rest => None,
             Protocol::Soap => {
                 let request = wire::parse_soap_request(&body, &self.config.soap.session_element)
-                    .map_err(|e| {
-                        self.error(ErrorCode::BadRequest, format!("{e}; nothing was forwarded"))
-                    })?;
+                    .map_err(|e| self.core.refuse(e))?;
                 if self.is_soap_auth(&parts.headers, &request) {
-                    tracing::debug!(gateway = %self.config.name, "answering the app's own Authenticate locally");
-                    return Ok((
-                        self.local_answer(
-                            wire::local_soap_auth_answer(&self.config.soap),
-                            "text/xml; charset=utf-8",
-                        ),
-                        Outcome::Local,
+                    return Ok(self.local_auth_answer(
+                        wire::local_soap_auth_answer(&self.config.soap),
+                        "text/xml; charset=utf-8",
                     ));
                 }
                 Some(request)
             }
         };
-
-        let mut key = self.current_key(&client).await?;
+        let key = self.current_key(&client).await?;
         // A key the gateway already refused while renewals are braked would only be refused
         // again: the call (card data included) is not sent at all.
         self.check_brake(&key)?;
-        let mut replayed = false;
-        let mut upstream = Duration::ZERO;
-        let answer = |head, body, replayed, upstream| {
-            let mut response = Response::from_parts(head, body);
-            response.extensions_mut().insert(Replayed(replayed));
-            response.extensions_mut().insert(UpstreamLatency(upstream));
-            Ok((response, Outcome::Forwarded))
-        };
-        loop {
-            let value = key.value(unix_now()).map_err(|_| {
-                self.error(
-                    ErrorCode::AuthUnavailable,
-                    "the session key cannot be signed",
-                )
-            })?;
-            let outgoing = self.outgoing(&parts, &body, soap.as_ref(), value)?;
-            let started = tokio::time::Instant::now();
-            let (head, inspected) = forward::call(
-                client.clone(),
-                outgoing,
-                self.config.request_timeout,
-                self.config.inspect_limit_bytes,
-            )
-            .await
-            .map_err(|failure| self.failed(failure, &parts))?;
-            upstream += started.elapsed();
-            self.metrics
-                .upstream_duration(started.elapsed().as_secs_f64());
-            let bytes = match inspected {
-                Inspected::Streaming(body) => return answer(head, body, replayed, upstream),
-                Inspected::Buffered(bytes) => bytes,
-            };
-            let renewal = match self.config.protocol {
-                Protocol::Rest => wire::rest_renewal(&bytes),
-                Protocol::Soap => wire::soap_renewal(&bytes),
-            };
-            match renewal {
-                // A second refusal goes to the app as the gateway sent it: never loop.
-                Some(reason) if !replayed => {
-                    tracing::debug!(gateway = %self.config.name, reason = reason.as_str(), generation = key.generation,
-                        "gateway refused the session key; renewing and replaying once");
-                    key = self.renew(Some((&key, reason)), &client).await?;
-                    self.metrics.replay();
-                    replayed = true;
-                }
-                Some(reason) => {
-                    tracing::warn!(gateway = %self.config.name, reason = reason.as_str(),
-                        "gateway refused a freshly renewed key; passing its answer to the app");
-                    return answer(head, ResponseBody::full(bytes), replayed, upstream);
-                }
-                None => return answer(head, ResponseBody::full(bytes), replayed, upstream),
-            }
-        }
+        exchange(self, &Call { parts, body, soap }, key, client).await
     }
 
-    fn failed(&self, failure: Failure, parts: &http::request::Parts) -> Error {
-        tracing::warn!(gateway = %self.config.name, method = %parts.method, path = parts.uri.path(),
-            failure = ?failure, "call to the gateway failed; not replayed");
-        failure.into_error(&self.config.name)
+    fn local_auth_answer<ResB>(
+        &self,
+        body: Bytes,
+        content_type: &'static str,
+    ) -> (Response<ResponseBody<ResB>>, Outcome) {
+        tracing::debug!(gateway = %self.core.name(), "answering the app's own Authenticate locally");
+        (gateway::local_answer(body, content_type), Outcome::Local)
     }
 
     /// Whether a REST call is the app's own Authenticate: its path, as the gateway's server
@@ -523,50 +512,6 @@ impl Shared {
             .map(|s| s.user_id)
     }
 
-    fn local_answer<ResB>(
-        &self,
-        body: Bytes,
-        content_type: &'static str,
-    ) -> Response<ResponseBody<ResB>> {
-        let mut response = Response::new(ResponseBody::full(body));
-        *response.status_mut() = StatusCode::OK;
-        response.extensions_mut().insert(forward::AnsweredLocally);
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        response
-    }
-
-    fn outgoing(
-        &self,
-        parts: &http::request::Parts,
-        body: &Bytes,
-        soap: Option<&SoapRequest>,
-        key: HeaderValue,
-    ) -> Result<Request<Full<Bytes>>, Error> {
-        let mut headers = parts.headers.clone();
-        headers.remove(header::CONTENT_LENGTH);
-        headers.remove(header::TRANSFER_ENCODING);
-        let body = match soap {
-            None => {
-                headers.insert("SessKey", key);
-                body.clone()
-            }
-            Some(soap) => {
-                headers.remove("SessKey");
-                let value = key.to_str().map_err(|_| {
-                    self.error(ErrorCode::AuthUnavailable, "the session key is not text")
-                })?;
-                soap.fill(body, value)
-            }
-        };
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = parts.uri.clone();
-        *request.headers_mut() = headers;
-        Ok(request)
-    }
-
     async fn current_key<S, ResB>(self: &Arc<Self>, client: &S) -> Result<Arc<KeyState>, Error>
     where
         S: Client<ResB>,
@@ -605,7 +550,7 @@ impl Shared {
                 Some(flight) => flight.clone(),
                 None => {
                     if let Some((refused, reason)) = stale {
-                        tracing::info!(gateway = %self.config.name, reason = reason.as_str(),
+                        tracing::info!(gateway = %self.core.name(), reason = reason.as_str(),
                             generation = refused.generation, "gateway refused the session key; renewing");
                     }
                     let reason = stale.map(|(_, reason)| reason);
@@ -629,17 +574,17 @@ impl Shared {
             }
         };
         let waited = tokio::time::timeout(
-            self.config.request_timeout,
+            self.core.settings.request_timeout,
             flight.wait_for(Option::is_some),
         )
         .await;
         match waited {
             Ok(Ok(outcome)) => match outcome.as_ref() {
                 Some(result) => result.clone(),
-                None => Err(self.error(ErrorCode::AuthUnavailable, "the authentication task failed")),
+                None => Err(self.core.error(ErrorCode::AuthUnavailable, "the authentication task failed")),
             },
-            Ok(Err(_)) => Err(self.error(ErrorCode::AuthUnavailable, "the authentication task failed")),
-            Err(_) => Err(self.error(
+            Ok(Err(_)) => Err(self.core.error(ErrorCode::AuthUnavailable, "the authentication task failed")),
+            Err(_) => Err(self.core.error(
                 ErrorCode::AuthUnavailable,
                 "no session key could be obtained within the request timeout; nothing was forwarded",
             )),
@@ -665,13 +610,13 @@ impl Shared {
                     1
                 };
                 brake.reason = Some(reason);
-                self.metrics.young_key_refused();
+                self.core.metrics.young_key_refused();
                 let backoff = (brake.streak >= 2).then(|| brake_backoff(brake.streak - 1));
                 brake.until = backoff.map(|b| now + b);
                 if brake.until.is_some() {
                     self.brake_engaged.store(true, Ordering::Release);
                 }
-                tracing::warn!(gateway = %self.config.name, reason = reason.as_str(),
+                tracing::warn!(gateway = %self.core.name(), reason = reason.as_str(),
                     key_age_ms = age.as_millis() as u64, streak = brake.streak,
                     backoff_ms = backoff.map(|b| b.as_millis() as u64),
                     "gateway anomaly: the gateway refused a session key it issued moments ago");
@@ -708,7 +653,7 @@ impl Shared {
     }
 
     fn braked(&self, wait: Duration) -> Error {
-        self.error(
+        self.core.error(
             ErrorCode::AuthUnavailable,
             format!(
                 "the gateway keeps refusing session keys it has just issued (a gateway anomaly); \
@@ -727,32 +672,74 @@ impl Shared {
         S: Client<ResB>,
         ResB: GatewayBody,
     {
-        let name = self.config.name.clone();
-        let attempt = self.guard.begin().await.map_err(|r| r.into_error(&name))?;
+        let (attempt, creds) = match self.core.begin(&self.credentials, WORDS).await {
+            Ok(begun) => begun,
+            Err(NotStarted::Refused(refusal)) => return Err(refusal.into_error(self.core.name())),
+            Err(NotStarted::Changed(error)) => return Err(error),
+        };
         if let Some(reason) = reason {
-            self.metrics.reauth(reason);
+            self.core.metrics.reauth(reason);
         }
-        let creds = self.credentials.load_full();
-        if attempt.fingerprint() != creds.credentials.fingerprint() {
-            // The credentials changed between the two loads; nothing was sent.
-            attempt.not_sent().await;
-            return Err(self.error(
-                ErrorCode::AuthUnavailable,
-                "credentials changed during authentication; retry",
-            ));
-        }
-        let (body, content_type) = match self.config.protocol {
+        tracing::info!(gateway = %self.core.name(), "authenticating");
+        let request = self.auth_request(&creds.credentials);
+        let protocol = self.config.protocol;
+        let key = self
+            .core
+            .authenticate(
+                attempt,
+                request,
+                client,
+                AUTH_ANSWER_LIMIT,
+                WORDS,
+                |bytes| {
+                    let answer = match protocol {
+                        Protocol::Rest => wire::parse_rest_auth(bytes),
+                        Protocol::Soap => wire::parse_soap_auth(bytes),
+                    };
+                    match answer {
+                        AuthAnswer::Success { key, .. } => {
+                            let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+                            match KeyState::new(
+                                key,
+                                generation,
+                                creds.signer.clone(),
+                                Instant::now(),
+                            ) {
+                                Ok(state) => Verdict::Issued(Arc::new(state)),
+                                Err(_) => Verdict::Unusable(self.core.error(
+                                    ErrorCode::AuthUnavailable,
+                                    "the gateway issued a session key payauth cannot use",
+                                )),
+                            }
+                        }
+                        AuthAnswer::Rejected { err_code } => Verdict::Rejected(
+                            err_code.map_or_else(String::new, |c| format!(" (ErrCode {c})")),
+                        ),
+                        AuthAnswer::Unreadable => Verdict::Unreadable,
+                    }
+                },
+            )
+            .await?;
+        tracing::info!(gateway = %self.core.name(), generation = key.generation, "authenticated");
+        Ok(key)
+    }
+
+    /// The Authenticate call for `credentials`.
+    fn auth_request(&self, credentials: &NumberCredentials) -> Request<Full<Bytes>> {
+        let (body, content_type, accept) = match self.config.protocol {
             Protocol::Rest => (
-                wire::rest_auth_body(&creds.credentials.account_code, &creds.credentials.token),
+                wire::rest_auth_body(&credentials.account_code, &credentials.token),
+                "application/json",
                 "application/json",
             ),
             Protocol::Soap => (
                 wire::soap_auth_body(
                     &self.config.soap,
-                    &creds.credentials.account_code,
-                    &creds.credentials.token,
+                    &credentials.account_code,
+                    &credentials.token,
                 ),
                 "text/xml; charset=utf-8",
+                "text/xml",
             ),
         };
         let mut request = Request::new(Full::new(body));
@@ -760,14 +747,7 @@ impl Shared {
         *request.uri_mut() = self.auth_uri.clone();
         let headers = request.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        headers.insert(
-            header::ACCEPT,
-            HeaderValue::from_static(if content_type == "application/json" {
-                "application/json"
-            } else {
-                "text/xml"
-            }),
-        );
+        headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
         if self.config.protocol == Protocol::Soap {
             if let Ok(action) =
                 HeaderValue::from_str(&format!("\"{}\"", self.config.soap.auth_action))
@@ -775,76 +755,6 @@ impl Shared {
                 headers.insert("SOAPAction", action);
             }
         }
-        tracing::info!(gateway = %name, "authenticating");
-        let answer = forward::call_whole(
-            client,
-            request,
-            self.config.request_timeout,
-            AUTH_ANSWER_LIMIT,
-        )
-        .await;
-        let bytes = match answer {
-            Ok((_, bytes)) => bytes,
-            Err(Failure::NotSent) => {
-                attempt.not_sent().await;
-                return Err(self.error(
-                    ErrorCode::AuthUnavailable,
-                    "could not connect to the gateway to authenticate",
-                ));
-            }
-            Err(_) => {
-                // Sent, with no usable answer in time: the gateway may have counted it.
-                attempt.unknown().await;
-                return Err(self.error(
-                    ErrorCode::AuthUnavailable,
-                    "authentication got no usable answer in time",
-                ));
-            }
-        };
-        let answer = match self.config.protocol {
-            Protocol::Rest => wire::parse_rest_auth(&bytes),
-            Protocol::Soap => wire::parse_soap_auth(&bytes),
-        };
-        match answer {
-            AuthAnswer::Success { key, .. } => {
-                let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-                match KeyState::new(key, generation, creds.signer.clone(), Instant::now()) {
-                    Ok(state) => {
-                        attempt.success().await;
-                        self.metrics.credential_obtained();
-                        tracing::info!(gateway = %name, generation, "authenticated");
-                        Ok(Arc::new(state))
-                    }
-                    Err(_) => {
-                        // Authenticated, but the key is not usable: not a rejection, not retried blindly.
-                        attempt.success().await;
-                        Err(self.error(
-                            ErrorCode::AuthUnavailable,
-                            "the gateway issued a session key payauth cannot use",
-                        ))
-                    }
-                }
-            }
-            AuthAnswer::Rejected { err_code } => {
-                attempt.rejected().await;
-                tracing::error!(gateway = %name, err_code, "the gateway rejected the credentials; not retrying");
-                if self.guard.is_locked() {
-                    Err(self.error(ErrorCode::AuthLocked, "the gateway rejected the credentials; authentication is locked until the token changes or an operator unlocks it"))
-                } else {
-                    Err(self.error(
-                        ErrorCode::AuthUnavailable,
-                        "the gateway rejected the credentials",
-                    ))
-                }
-            }
-            AuthAnswer::Unreadable => {
-                attempt.unknown().await;
-                tracing::error!(gateway = %name, status = %"unreadable", "the Authenticate answer could not be read");
-                Err(self.error(
-                    ErrorCode::AuthUnavailable,
-                    "the gateway's Authenticate answer could not be read",
-                ))
-            }
-        }
+        request
     }
 }
