@@ -11,8 +11,8 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
-use crate::config::read_secret;
 use crate::config::GatewayKind;
+use crate::files::read_secret;
 use crate::sidecar::{Control, Gateway, Shared};
 
 /// The admin router.

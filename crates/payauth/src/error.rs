@@ -177,7 +177,7 @@ impl Error {
 
     /// The body of [`to_soap_response`](Self::to_soap_response).
     pub fn soap_fault(&self) -> Bytes {
-        crate::number::wire::soap_fault(
+        crate::xml::soap_fault(
             self.code.as_str(),
             &self.gateway,
             &self.message,

@@ -221,7 +221,7 @@ impl GuardStore for FileGuardStore {
         }
         let bytes = serde_json::to_vec_pretty(&file)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        crate::config::write_atomically(&path, &bytes)
+        crate::files::write_atomically(&path, &bytes)
     }
 }
 

@@ -13,13 +13,12 @@ use tokio::task::JoinSet;
 use tower::util::BoxCloneSyncService;
 use tower::Layer;
 
-use crate::config::{
-    read_secret, Config, CreditGuardSettings, GatewayConfig, GatewayKind, NumberSettings,
-};
+use crate::config::{Config, CreditGuardSettings, GatewayConfig, GatewayKind, NumberSettings};
 use crate::creditguard::{
     CreditGuardConfig, CreditGuardCredentials, CreditGuardHandle, CreditGuardSessionLayer,
     PoolConfig,
 };
+use crate::files::read_secret;
 use crate::guard::{AuthGuard, FileGuardStore, GuardStore};
 use crate::metrics::{GatewayMetrics, Metrics};
 use crate::number::{NumberAuthLayer, NumberConfig, NumberCredentials, NumberHandle};

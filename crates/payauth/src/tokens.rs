@@ -82,7 +82,7 @@ pub fn parse_portal(body: &[u8], account_code: &str) -> Result<PortalToken, Stri
 }
 
 /// Reads an `ExpirationDate`: ISO 8601 (`2027-05-01T00:00:00`, as the portal sends it: without
-/// an offset it is read as UTC, see [`crate::config::parse_timestamp`]), WCF's
+/// an offset it is read as UTC, see [`crate::date::parse_timestamp`]), WCF's
 /// `/Date(ms[+hhmm])/`, US `M/D/YYYY [h:mm[:ss] AM|PM]` (UTC too), or Unix seconds.
 pub fn parse_expiration(value: &serde_json::Value) -> Option<i64> {
     if let Some(n) = value.as_i64() {
@@ -98,7 +98,7 @@ pub fn parse_expiration(value: &serde_json::Value) -> Option<i64> {
                 .unwrap_or(wcf.len() - sign);
         return wcf[..end].parse::<i64>().ok().map(|ms| ms.div_euclid(1000));
     }
-    crate::config::parse_timestamp(s).or_else(|| parse_us_date(s))
+    crate::date::parse_timestamp(s).or_else(|| parse_us_date(s))
 }
 
 /// `12/14/2023`, `12/14/2023 2:56:29 PM`, `12/14/2023 14:56`, read as UTC.
@@ -161,7 +161,7 @@ pub fn save(
     };
     let bytes = serde_json::to_vec_pretty(&record)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    crate::config::write_atomically(&path(state_dir, gateway), &bytes)
+    crate::files::write_atomically(&path(state_dir, gateway), &bytes)
 }
 
 /// The persisted token of `gateway`, if there is one for `account_code` and `token_file` has not

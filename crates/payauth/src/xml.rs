@@ -2,6 +2,7 @@
 //! CreditGuard's `int_in`): what a conforming parser at the gateway would refuse, or read in a
 //! way of its own, payauth refuses first. quick-xml tokenises; these say what is well-formed.
 
+use bytes::Bytes;
 use quick_xml::events::BytesStart;
 
 /// XML's white space (`S`): space, tab, carriage return, line feed.
@@ -96,6 +97,42 @@ pub(crate) fn is_well_formed_start(e: &BytesStart<'_>) -> bool {
                 && resolve_references(&a.value, (), |_| Ok(())).is_ok()
         })
     })
+}
+
+/// A SOAP 1.1 Fault carrying payauth's error, for SOAP clients (WCF cannot read payauth's JSON
+/// errors): faultcode `soap:Client` for a 4xx (`client_error`) and `soap:Server` for a 5xx,
+/// faultstring the message, and `<detail><payauthError xmlns="urn:payauth"><code>..</code>
+/// <gateway>..</gateway></payauthError></detail>`. Every text is XML-escaped.
+pub(crate) fn soap_fault(code: &str, gateway: &str, message: &str, client_error: bool) -> Bytes {
+    let faultcode = if client_error {
+        "soap:Client"
+    } else {
+        "soap:Server"
+    };
+    Bytes::from(format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
+         <soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body>\
+         <soap:Fault><faultcode>{faultcode}</faultcode><faultstring>{}</faultstring>\
+         <detail><payauthError xmlns=\"urn:payauth\"><code>{}</code><gateway>{}</gateway>\
+         </payauthError></detail></soap:Fault></soap:Body></soap:Envelope>",
+        xml_text(message),
+        xml_text(code),
+        xml_text(gateway),
+    ))
+}
+
+/// `text` ready for an XML element: markup characters escaped, and characters XML cannot carry
+/// at all (control characters) replaced, so the fault stays readable whatever the message holds.
+fn xml_text(text: &str) -> String {
+    if text.chars().all(is_char) {
+        quick_xml::escape::escape(text).into_owned()
+    } else {
+        let clean: String = text
+            .chars()
+            .map(|c| if is_char(c) { c } else { '\u{FFFD}' })
+            .collect();
+        quick_xml::escape::escape(clean.as_str()).into_owned()
+    }
 }
 
 #[cfg(test)]

@@ -5,13 +5,11 @@
 //! only the paths of files holding them (mounted Kubernetes Secrets); the files are re-read while
 //! running (see [`crate::sidecar`]).
 
-mod date;
 mod raw;
 mod source;
 mod validate;
 
 use std::fmt;
-use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,10 +17,10 @@ use std::time::Duration;
 use http::Uri;
 
 use crate::creditguard::Scope;
+use crate::files::read_secret;
 use crate::number::SoapNames;
-use crate::secret::Secret;
 
-pub use date::parse_timestamp;
+pub use crate::proxy::tls::TlsFiles;
 pub use source::Position;
 
 /// A validated configuration.
@@ -95,17 +93,6 @@ impl GatewayConfig {
             request_timeout: self.request_timeout,
         }
     }
-}
-
-/// Certificate files for TLS origination.
-#[derive(Debug, Clone, Default)]
-pub struct TlsFiles {
-    /// Extra trusted CA certificates (PEM), added to the webpki roots.
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate chain (PEM) for mTLS.
-    pub client_cert_file: Option<PathBuf>,
-    /// Client private key (PEM) for mTLS.
-    pub client_key_file: Option<PathBuf>,
 }
 
 /// Kind-specific settings.
@@ -335,47 +322,6 @@ fn read_config(path: &Path) -> Result<String, ConfigErrors> {
             path.display()
         ))])
     })
-}
-
-/// Reads a secret file: surrounding whitespace (the newline editors and `echo` add) is trimmed;
-/// an empty file is an error.
-pub fn read_secret(path: &Path) -> io::Result<Secret<String>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))?;
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} is empty", path.display()),
-        ));
-    }
-    Ok(Secret::new(trimmed.to_owned()))
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
-    ));
-    {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -300,7 +300,7 @@ impl<'de> Deserialize<'de> for Expiry {
                 ))
             }
         };
-        super::parse_timestamp(&text)
+        crate::date::parse_timestamp(&text)
             .map(Expiry)
             .ok_or_else(|| de::Error::invalid_value(Unexpected::Str(&text), &EXPECTED))
     }

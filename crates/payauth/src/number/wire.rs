@@ -589,42 +589,6 @@ impl SoapRequest {
     }
 }
 
-/// A SOAP 1.1 Fault carrying payauth's error, for SOAP clients (WCF cannot read payauth's JSON
-/// errors): faultcode `soap:Client` for a 4xx (`client_error`) and `soap:Server` for a 5xx,
-/// faultstring the message, and `<detail><payauthError xmlns="urn:payauth"><code>..</code>
-/// <gateway>..</gateway></payauthError></detail>`. Every text is XML-escaped.
-pub fn soap_fault(code: &str, gateway: &str, message: &str, client_error: bool) -> Bytes {
-    let faultcode = if client_error {
-        "soap:Client"
-    } else {
-        "soap:Server"
-    };
-    Bytes::from(format!(
-        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
-         <soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body>\
-         <soap:Fault><faultcode>{faultcode}</faultcode><faultstring>{}</faultstring>\
-         <detail><payauthError xmlns=\"urn:payauth\"><code>{}</code><gateway>{}</gateway>\
-         </payauthError></detail></soap:Fault></soap:Body></soap:Envelope>",
-        xml_text(message),
-        xml_text(code),
-        xml_text(gateway),
-    ))
-}
-
-/// `text` ready for an XML element: markup characters escaped, and characters XML cannot carry
-/// at all (control characters) replaced, so the fault stays readable whatever the message holds.
-fn xml_text(text: &str) -> String {
-    if text.chars().all(xml::is_char) {
-        quick_xml::escape::escape(text).into_owned()
-    } else {
-        let clean: String = text
-            .chars()
-            .map(|c| if xml::is_char(c) { c } else { '\u{FFFD}' })
-            .collect();
-        quick_xml::escape::escape(clean.as_str()).into_owned()
-    }
-}
-
 /// payauth's answer to an app's own REST Authenticate.
 pub fn local_rest_auth_answer(user_id: Option<u64>) -> Bytes {
     let body = serde_json::json!({
@@ -1059,7 +1023,7 @@ mod tests {
     #[test]
     fn soap_faults_are_well_formed_and_escaped() {
         let message = "bad <sessKey> & \"quotes\"\u{0}";
-        let fault = soap_fault("bad_request", "number & co", message, true);
+        let fault = crate::xml::soap_fault("bad_request", "number & co", message, true);
         let text = std::str::from_utf8(&fault).expect("utf8");
         assert!(
             text.contains("<faultcode>soap:Client</faultcode>"),
@@ -1105,7 +1069,7 @@ mod tests {
         let request = parse_soap_request(&fault, "sessKey").expect("a SOAP envelope");
         assert_eq!(request.operation, "Fault");
 
-        let server = soap_fault("upstream_unavailable", "number", "down", false);
+        let server = crate::xml::soap_fault("upstream_unavailable", "number", "down", false);
         assert!(std::str::from_utf8(&server)
             .expect("utf8")
             .contains("<faultcode>soap:Server</faultcode>"));

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::Service;
 
-use crate::config::TlsFiles;
+use super::tls::TlsFiles;
 
 type Inner = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 

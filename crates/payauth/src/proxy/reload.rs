@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::client::UpstreamClient;
-use crate::config::TlsFiles;
+use super::tls::TlsFiles;
 use crate::guard::AuthGuard;
 
 /// What a poll saw of one file.

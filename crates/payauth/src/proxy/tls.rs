@@ -13,7 +13,16 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, InconsistentKeys, RootCertStore};
 
-use crate::config::TlsFiles;
+/// Certificate files for TLS origination.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// Extra trusted CA certificates (PEM), added to the webpki roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate chain (PEM) for mTLS.
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// Client private key (PEM) for mTLS.
+    pub client_key_file: Option<std::path::PathBuf>,
+}
 
 /// Builds the rustls client config for a gateway from its files (the first problem found is
 /// the error).
