@@ -1,6 +1,8 @@
 //! The admin listener: `/live`, `/ready`, `/metrics`, and the bearer-protected `POST /admin/*`.
 
-use std::sync::atomic::Ordering;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -9,11 +11,39 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use tokio::net::TcpListener;
 
-use crate::config::GatewayKind;
+use prometheus::Registry;
+
+use crate::credentials::{CredentialSource, CredentialTarget, RenewError};
 use crate::files::read_secret;
-use crate::sidecar::{Control, Gateway, Shared};
+use crate::gateway::GatewayControl;
+use crate::metrics::GatewayMetrics;
+
+/// What the admin API reaches: small handles, not the sidecar's internals.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    /// The metrics registry.
+    pub registry: Registry,
+    /// The gateways.
+    pub gateways: Arc<Vec<AdminGateway>>,
+    /// File holding the admin bearer token (`None`: the `POST /admin/*` API is off).
+    pub admin_token_file: Option<PathBuf>,
+    /// True once shutdown began: `/ready` answers 503.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// One gateway as the admin API sees it.
+#[derive(Clone, Debug)]
+pub struct AdminGateway {
+    /// Its name, guard and shutdown.
+    pub control: Arc<dyn GatewayControl>,
+    /// Its metrics (refreshed on a scrape; the token expiry is set on a renewal).
+    pub metrics: GatewayMetrics,
+    /// Where its credentials come from (the token renewal persists through it).
+    pub source: Arc<CredentialSource>,
+    /// Where new credentials go.
+    pub target: CredentialTarget,
+}
 
 /// The admin router.
 pub fn router(shared: Shared) -> Router {
@@ -26,13 +56,6 @@ pub fn router(shared: Shared) -> Router {
         .with_state(shared)
 }
 
-/// Serves the admin API until the task is aborted.
-pub async fn serve(listener: TcpListener, shared: Shared) {
-    if let Err(e) = axum::serve(listener, router(shared)).await {
-        tracing::error!(error = %e, "admin listener failed");
-    }
-}
-
 async fn ready(State(shared): State<Shared>) -> Response {
     let mut problems = Vec::new();
     if shared.draining.load(Ordering::SeqCst) {
@@ -42,7 +65,7 @@ async fn ready(State(shared): State<Shared>) -> Response {
         if gateway.control.guard().is_locked() {
             problems.push(format!(
                 "gateway {}: authentication locked",
-                gateway.config.name
+                gateway.control.name()
             ));
         }
     }
@@ -108,11 +131,11 @@ pub(crate) fn admin_error(status: StatusCode, message: &str) -> Response {
 }
 
 #[allow(clippy::result_large_err)] // as above
-pub(crate) fn find<'a>(shared: &'a Shared, name: &str) -> Result<&'a Gateway, Response> {
+pub(crate) fn find<'a>(shared: &'a Shared, name: &str) -> Result<&'a AdminGateway, Response> {
     shared
         .gateways
         .iter()
-        .find(|g| g.config.name == name)
+        .find(|g| g.control.name() == name)
         .ok_or_else(|| admin_error(StatusCode::NOT_FOUND, "no such gateway"))
 }
 
@@ -159,37 +182,40 @@ async fn number_tokens(
         Ok(g) => g,
         Err(response) => return response,
     };
-    let (GatewayKind::Number(settings), Control::Number(handle)) =
-        (&gateway.config.kind, &gateway.control)
+    let (Some(account_code), CredentialTarget::Number(_)) =
+        (gateway.source.account_code(), &gateway.target)
     else {
         return admin_error(StatusCode::NOT_FOUND, "not a number gateway");
     };
-    let portal = match crate::tokens::parse_portal(&body, &settings.account_code) {
+    let portal = match crate::tokens::parse_portal(&body, account_code) {
         Ok(token) => token,
         Err(message) => return admin_error(StatusCode::BAD_REQUEST, &message),
     };
-    let Ok(mut credentials) = crate::sidecar::number_credentials(settings) else {
-        return admin_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the gateway's secret files cannot be read",
-        );
+    let credentials = match gateway.source.renew_token(&portal) {
+        Ok(credentials) => credentials,
+        Err(e @ RenewError::Files(_)) => {
+            tracing::error!(gateway = %name, error = %e, "cannot renew the token; nothing changed");
+            return admin_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the gateway's secret files cannot be read",
+            );
+        }
+        Err(e) => {
+            tracing::error!(gateway = %name, error = %e, "cannot persist the renewed token; nothing changed");
+            return admin_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the token could not be persisted under the state dir; nothing changed",
+            );
+        }
     };
-    if let Err(e) = crate::tokens::save(
-        &shared.state_dir,
-        &name,
-        &settings.account_code,
-        &portal,
-        &credentials.token,
-    ) {
-        tracing::error!(gateway = %name, error = %e, "cannot persist the renewed token; nothing changed");
-        return admin_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the token could not be persisted under the state dir; nothing changed",
-        );
-    }
-    credentials.token = portal.token.clone();
+    let handle = &gateway.control;
     let was_locked = handle.guard().is_locked();
-    if handle.update_credentials(credentials).is_err() {
+    let renewed = crate::credentials::Credentials::Number {
+        credentials,
+        expires_at: portal.expires_at,
+        renewed: portal.token_id.clone(),
+    };
+    if gateway.target.apply(&renewed).is_err() {
         return admin_error(
             StatusCode::BAD_REQUEST,
             "the gateway's signing settings are unusable",
@@ -200,7 +226,7 @@ async fn number_tokens(
     }
     if let Some(at) = portal.expires_at {
         gateway.metrics.set_token_expiry(at as f64);
-        crate::sidecar::warn_if_expiring(&name, at);
+        crate::credentials::warn_if_expiring(&name, at);
     }
     tracing::info!(gateway = %name, token_id = portal.token_id.as_deref().unwrap_or(""), was_locked,
         "gateway token renewed through the admin API");

@@ -52,6 +52,7 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod credentials;
 pub mod creditguard;
 pub mod date;
 pub mod error;

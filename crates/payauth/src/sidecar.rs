@@ -1,83 +1,56 @@
 //! The sidecar: config → gateways (layers around upstream clients) → listeners, plus the admin
-//! listener, the secret-file watcher and graceful shutdown.
+//! listener, the file poller (secrets and certificates) and graceful shutdown.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::Registry;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::util::BoxCloneSyncService;
 use tower::Layer;
 
-use crate::config::{Config, CreditGuardSettings, GatewayConfig, GatewayKind, NumberSettings};
-use crate::creditguard::{
-    CreditGuardConfig, CreditGuardCredentials, CreditGuardHandle, CreditGuardSessionLayer,
-    PoolConfig,
-};
-use crate::files::read_secret;
-use crate::guard::{AuthGuard, FileGuardStore, GuardStore};
+use crate::admin::{self, AdminGateway};
+use crate::config::{Config, GatewayConfig, GatewayKind};
+use crate::credentials::{warn_if_expiring, CredentialSource, CredentialTarget, Credentials};
+use crate::creditguard::{CreditGuardConfig, CreditGuardSessionLayer, PoolConfig};
+use crate::gateway::GatewayControl;
+use crate::guard::{FileGuardStore, GuardStore};
 use crate::metrics::{GatewayMetrics, Metrics};
-use crate::number::{NumberAuthLayer, NumberConfig, NumberCredentials, NumberHandle};
+use crate::number::{NumberAuthLayer, NumberConfig, Protocol};
 use crate::proxy::client::UpstreamClient;
+use crate::proxy::reload::TlsWatch;
 use crate::proxy::{self, Front, GatewayService};
-
-/// Control of one running gateway, for the admin API and the secret watcher.
-#[derive(Clone, Debug)]
-pub enum Control {
-    /// A Number gateway.
-    Number(NumberHandle),
-    /// A CreditGuard gateway.
-    CreditGuard(CreditGuardHandle),
-}
-
-impl Control {
-    /// The gateway's name.
-    pub fn name(&self) -> &str {
-        match self {
-            Control::Number(h) => h.name(),
-            Control::CreditGuard(h) => h.name(),
-        }
-    }
-
-    /// The gateway's lockout guard.
-    pub fn guard(&self) -> &Arc<AuthGuard> {
-        match self {
-            Control::Number(h) => h.guard(),
-            Control::CreditGuard(h) => h.guard(),
-        }
-    }
-}
 
 /// One gateway as the sidecar runs it.
 #[derive(Clone, Debug)]
 pub struct Gateway {
     /// Its config.
     pub config: GatewayConfig,
-    /// Its controls.
-    pub control: Control,
+    /// Its name, guard and shutdown.
+    pub control: Arc<dyn GatewayControl>,
     /// Its metrics.
     pub metrics: GatewayMetrics,
     /// Its upstream client (reloaded when certificate files change).
     pub client: UpstreamClient,
+    /// Where its credentials come from.
+    pub source: Arc<CredentialSource>,
+    /// Where new credentials go.
+    pub target: CredentialTarget,
 }
 
-/// State shared by the admin API.
-#[derive(Clone, Debug)]
-pub struct Shared {
-    /// The metrics registry.
-    pub registry: Registry,
-    /// The gateways.
-    pub gateways: Arc<Vec<Gateway>>,
-    /// File holding the admin bearer token.
-    pub admin_token_file: Option<PathBuf>,
-    /// True once shutdown began: `/ready` answers 503.
-    pub draining: Arc<AtomicBool>,
-    /// The state directory.
-    pub state_dir: PathBuf,
+impl Gateway {
+    fn admin(&self) -> AdminGateway {
+        AdminGateway {
+            control: Arc::clone(&self.control),
+            metrics: self.metrics.clone(),
+            source: Arc::clone(&self.source),
+            target: self.target.clone(),
+        }
+    }
 }
 
 /// A running sidecar.
@@ -87,8 +60,12 @@ pub struct Sidecar {
     gateway_addrs: Vec<(String, SocketAddr)>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    admin_task: tokio::task::JoinHandle<()>,
-    shared: Shared,
+    /// The admin listener stops last: `/ready` answers 503 while the gateways drain.
+    admin_stop: watch::Sender<bool>,
+    admin_task: JoinSet<()>,
+    gateways: Arc<Vec<Gateway>>,
+    registry: Registry,
+    draining: Arc<AtomicBool>,
 }
 
 /// Why the sidecar could not start.
@@ -96,106 +73,86 @@ pub struct Sidecar {
 #[error("{0}")]
 pub struct StartError(pub String);
 
+/// A gateway built and bound, not serving yet.
+struct Bound {
+    gateway: Gateway,
+    listener: TcpListener,
+    front: Front,
+    warm_up: Option<WarmUp>,
+}
+
 impl Sidecar {
     /// Starts everything the config describes (listen addresses with port 0 get a free port).
+    /// Nothing is sent to a gateway until every listener is bound.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         config
             .check_secrets()
             .map_err(|e| StartError(format!("configuration problems:\n{e}")))?;
-        std::fs::create_dir_all(&config.state_dir)
-            .map_err(|e| StartError(format!("state dir {}: {e}", config.state_dir.display())))?;
+        let state = |e: std::io::Error| {
+            StartError(format!("state dir {}: {e}", config.state_dir.display()))
+        };
+        std::fs::create_dir_all(&config.state_dir).map_err(state)?;
         let store: Arc<dyn GuardStore> =
-            Arc::new(FileGuardStore::new(&config.state_dir).map_err(|e| {
-                StartError(format!("state dir {}: {e}", config.state_dir.display()))
-            })?);
+            Arc::new(FileGuardStore::new(&config.state_dir).map_err(state)?);
         let registry = Registry::new();
         let metrics = Metrics::new(&registry).map_err(|e| StartError(format!("metrics: {e}")))?;
-        let (stop, stop_rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        let mut gateways = Vec::new();
-        let mut gateway_addrs = Vec::new();
-        let mut warm_ups = Vec::new();
+        let mut bound = Vec::new();
         for gateway in &config.gateways {
-            let gw_metrics = metrics.gateway(&gateway.name);
-            let client = UpstreamClient::new(&gateway.tls, gateway.connect_timeout)
-                .map_err(|e| StartError(format!("gateway {:?}: {e}", gateway.name)))?;
-            let (service, control, warm_up) = build_gateway(
-                gateway,
-                &config.state_dir,
-                client.clone(),
-                Arc::clone(&store),
-                gw_metrics.clone(),
-            )
-            .map_err(|e| StartError(format!("gateway {:?}: {e}", gateway.name)))?;
-            warm_ups.extend(warm_up);
-            let listener = proxy::bind(&format!("gateway {:?}", gateway.name), gateway.listen)
-                .await
-                .map_err(|e| StartError(e.to_string()))?;
-            let addr = listener
-                .local_addr()
-                .map_err(|e| StartError(e.to_string()))?;
-            let soap_errors = matches!(&gateway.kind, GatewayKind::Number(n) if n.protocol == crate::number::Protocol::Soap);
-            let front = Front::new(
-                &gateway.name,
-                gateway.upstream.clone(),
-                service,
-                proxy::FrontLimits {
-                    max_concurrency: gateway.max_concurrency,
-                    max_request_bytes: gateway.max_request_bytes,
-                    body_timeout: gateway.request_timeout,
-                    soap_errors,
-                },
-                gw_metrics.clone(),
+            let metrics = metrics.gateway(&gateway.name);
+            bound.push(
+                bind_gateway(gateway, &config, Arc::clone(&store), metrics)
+                    .await
+                    .map_err(|e| StartError(format!("gateway {:?}: {e}", gateway.name)))?,
             );
-            tasks.spawn(proxy::serve(
-                listener,
-                front,
-                stop_rx.clone(),
-                config.proxy.shutdown_grace,
-            ));
-            tracing::info!(gateway = %gateway.name, %addr, upstream = %gateway.upstream, "listening");
-            gateway_addrs.push((gateway.name.clone(), addr));
-            gateways.push(Gateway {
-                config: gateway.clone(),
-                control,
-                metrics: gw_metrics,
-                client,
-            });
         }
-        let shared = Shared {
-            registry,
-            gateways: Arc::new(gateways),
-            admin_token_file: config.admin.token_file.clone(),
-            draining: Arc::new(AtomicBool::new(false)),
-            state_dir: config.state_dir.clone(),
-        };
         let admin_listener = proxy::bind("admin", config.admin.listen)
             .await
             .map_err(|e| StartError(e.to_string()))?;
         let admin_addr = admin_listener
             .local_addr()
             .map_err(|e| StartError(e.to_string()))?;
-        tracing::info!(%admin_addr, "admin listening");
         // Every listener is bound: nothing can fail the start any more.
-        for warm_up in warm_ups {
-            warm_up();
+        let (stop, stop_rx) = watch::channel(false);
+        let grace = config.proxy.shutdown_grace;
+        let mut tasks = JoinSet::new();
+        let mut gateways = Vec::new();
+        let mut gateway_addrs = Vec::new();
+        for Bound {
+            gateway,
+            listener,
+            front,
+            warm_up,
+        } in bound
+        {
+            if let Some(warm_up) = warm_up {
+                warm_up();
+            }
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(gateway = %gateway.config.name, %addr, upstream = %gateway.config.upstream, "listening");
+                gateway_addrs.push((gateway.config.name.clone(), addr));
+            }
+            tasks.spawn(proxy::serve(listener, front, stop_rx.clone(), grace));
+            gateways.push(gateway);
         }
-        let admin_task = tokio::spawn(crate::admin::serve(admin_listener, shared.clone()));
-        let tls_files = shared.gateways.iter().map(|g| {
-            (
-                g.config.name.as_str(),
-                &g.config.tls,
-                &g.client,
-                g.control.guard(),
-            )
-        });
-        tasks.spawn(proxy::reload::watch_tls(
-            tls_files,
-            config.proxy.secret_poll_interval,
-            stop_rx.clone(),
+        let gateways = Arc::new(gateways);
+        let draining = Arc::new(AtomicBool::new(false));
+        let admin_state = admin::Shared {
+            registry: registry.clone(),
+            gateways: Arc::new(gateways.iter().map(Gateway::admin).collect()),
+            admin_token_file: config.admin.token_file.clone(),
+            draining: Arc::clone(&draining),
+        };
+        tracing::info!(%admin_addr, "admin listening");
+        let (admin_stop, admin_stop_rx) = watch::channel(false);
+        let mut admin_task = JoinSet::new();
+        admin_task.spawn(proxy::serve(
+            admin_listener,
+            admin::router(admin_state),
+            admin_stop_rx,
+            grace,
         ));
-        tasks.spawn(watch_secrets(
-            shared.clone(),
+        tasks.spawn(poll_files(
+            Arc::clone(&gateways),
             config.proxy.secret_poll_interval,
             stop_rx,
         ));
@@ -204,8 +161,11 @@ impl Sidecar {
             gateway_addrs,
             stop,
             tasks,
+            admin_stop,
             admin_task,
-            shared,
+            gateways,
+            registry,
+            draining,
         })
     }
 
@@ -224,32 +184,30 @@ impl Sidecar {
 
     /// The running gateways.
     pub fn gateways(&self) -> &[Gateway] {
-        &self.shared.gateways
+        &self.gateways
     }
 
     /// The metrics registry.
     pub fn registry(&self) -> &Registry {
-        &self.shared.registry
+        &self.registry
     }
 
     /// Begins shutdown: `/ready` turns 503, listeners stop accepting, in-flight calls go on.
     pub fn begin_shutdown(&self) {
-        self.shared.draining.store(true, Ordering::SeqCst);
+        self.draining.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
     }
 
-    /// Shuts down gracefully and waits until in-flight calls are done (or the grace is over).
+    /// Shuts down gracefully and waits until in-flight calls are done (or the grace is over),
+    /// then until the authentications in flight have ended (at most 5 s).
     pub async fn shutdown(mut self) {
         self.begin_shutdown();
         while self.tasks.join_next().await.is_some() {}
-        for gateway in self.shared.gateways.iter() {
-            match &gateway.control {
-                Control::CreditGuard(handle) => handle.stop().await,
-                Control::Number(handle) => handle.wait_idle(Duration::from_secs(5)).await,
-            }
+        for gateway in self.gateways.iter() {
+            gateway.control.stop(Duration::from_secs(5)).await;
         }
-        self.admin_task.abort();
-        let _ = self.admin_task.await;
+        let _ = self.admin_stop.send(true);
+        while self.admin_task.join_next().await.is_some() {}
         tracing::info!("stopped");
     }
 }
@@ -257,41 +215,100 @@ impl Sidecar {
 /// Starts a gateway's background credential work (the CreditGuard session pool).
 type WarmUp = Box<dyn FnOnce() + Send>;
 
-fn build_gateway(
+/// Builds a gateway's layer around its upstream client and binds its listener.
+async fn bind_gateway(
     gateway: &GatewayConfig,
-    state_dir: &std::path::Path,
+    config: &Config,
+    store: Arc<dyn GuardStore>,
+    metrics: GatewayMetrics,
+) -> Result<Bound, String> {
+    let client = UpstreamClient::new(&gateway.tls, gateway.connect_timeout)?;
+    let source = Arc::new(CredentialSource::new(gateway, &config.state_dir));
+    let credentials = source.load().map_err(|e| e.to_string())?;
+    let (service, control, target, warm_up) =
+        build_layer(gateway, credentials, client.clone(), store, metrics.clone())?;
+    let listener = proxy::bind(&format!("gateway {:?}", gateway.name), gateway.listen)
+        .await
+        .map_err(|e| e.to_string())?;
+    let soap_errors =
+        matches!(&gateway.kind, GatewayKind::Number(n) if n.protocol == Protocol::Soap);
+    let front = Front::new(
+        &gateway.name,
+        gateway.upstream.clone(),
+        service,
+        proxy::FrontLimits {
+            max_concurrency: gateway.max_concurrency,
+            max_request_bytes: gateway.max_request_bytes,
+            body_timeout: gateway.request_timeout,
+            soap_errors,
+        },
+        metrics.clone(),
+    );
+    Ok(Bound {
+        gateway: Gateway {
+            config: gateway.clone(),
+            control,
+            metrics,
+            client,
+            source,
+            target,
+        },
+        listener,
+        front,
+        warm_up,
+    })
+}
+
+type Built = (
+    GatewayService,
+    Arc<dyn GatewayControl>,
+    CredentialTarget,
+    Option<WarmUp>,
+);
+
+fn build_layer(
+    gateway: &GatewayConfig,
+    credentials: Credentials,
     client: UpstreamClient,
     store: Arc<dyn GuardStore>,
     metrics: GatewayMetrics,
-) -> Result<(GatewayService, Control, Option<WarmUp>), String> {
-    match &gateway.kind {
-        GatewayKind::Number(settings) => {
-            let mut credentials = number_credentials(settings).map_err(|e| e.to_string())?;
-            let mut expires_at = settings.token_expires_at;
-            if let Some(portal) = crate::tokens::load(
-                state_dir,
-                &gateway.name,
-                &settings.account_code,
-                &credentials.token,
-            ) {
-                tracing::info!(gateway = %gateway.name, token_id = portal.token_id.as_deref().unwrap_or(""),
+) -> Result<Built, String> {
+    match (&gateway.kind, credentials) {
+        (
+            GatewayKind::Number(settings),
+            Credentials::Number {
+                credentials,
+                expires_at,
+                renewed,
+            },
+        ) => {
+            if let Some(token_id) = renewed {
+                tracing::info!(gateway = %gateway.name, token_id,
                     "using the token renewed through the admin API (token_file unchanged since)");
-                credentials.token = portal.token;
-                expires_at = portal.expires_at.or(expires_at);
             }
-            let config = number_config(gateway, settings);
             if let Some(at) = expires_at {
                 metrics.set_token_expiry(at as f64);
                 warn_if_expiring(&gateway.name, at);
             }
+            let config = NumberConfig {
+                gateway: gateway.settings(),
+                protocol: settings.protocol,
+                auth_path: settings.auth_path.clone(),
+                soap: settings.soap.clone(),
+                renewal_min_key_age: settings.renewal_min_key_age,
+            };
             let layer = NumberAuthLayer::with_state(config, credentials, store, metrics)
                 .map_err(|e| e.to_string())?;
-            let control = Control::Number(layer.handle());
-            let service = layer.layer(client);
-            Ok((BoxCloneSyncService::new(service), control, None))
+            let handle = layer.handle();
+            let service = BoxCloneSyncService::new(layer.layer(client));
+            Ok((
+                service,
+                Arc::new(handle.clone()),
+                CredentialTarget::Number(handle),
+                None,
+            ))
         }
-        GatewayKind::CreditGuard(settings) => {
-            let credentials = creditguard_credentials(settings).map_err(|e| e.to_string())?;
+        (GatewayKind::CreditGuard(settings), Credentials::CreditGuard(credentials)) => {
             let config = CreditGuardConfig {
                 gateway: gateway.settings(),
                 relay_path: settings.relay_path.clone(),
@@ -307,97 +324,51 @@ fn build_gateway(
             };
             let layer = CreditGuardSessionLayer::with_state(config, credentials, store, metrics)
                 .map_err(|e| e.to_string())?;
-            let control = Control::CreditGuard(layer.handle());
+            let handle = layer.handle();
             let service = layer.layer(client);
             // Sessions are fetched ahead of the first call, off the request path, but only once
             // every listener is bound: a start that fails must not have sent a getSessionId.
             let warm = service.clone();
             let warm_up: WarmUp = Box::new(move || warm.warm_up());
-            Ok((BoxCloneSyncService::new(service), control, Some(warm_up)))
+            Ok((
+                BoxCloneSyncService::new(service),
+                Arc::new(handle.clone()),
+                CredentialTarget::CreditGuard(handle),
+                Some(warm_up),
+            ))
         }
-    }
-}
-
-pub(crate) fn creditguard_credentials(
-    settings: &CreditGuardSettings,
-) -> std::io::Result<CreditGuardCredentials> {
-    Ok(CreditGuardCredentials {
-        user: settings.user.clone(),
-        password: read_secret(&settings.password_file)?,
-    })
-}
-
-/// The credentials a gateway's secret files hold.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum FileCredentials {
-    Number(NumberCredentials),
-    CreditGuard(CreditGuardCredentials),
-}
-
-fn file_credentials(kind: &GatewayKind) -> std::io::Result<FileCredentials> {
-    Ok(match kind {
-        GatewayKind::Number(s) => FileCredentials::Number(number_credentials(s)?),
-        GatewayKind::CreditGuard(s) => FileCredentials::CreditGuard(creditguard_credentials(s)?),
-    })
-}
-
-fn number_config(gateway: &GatewayConfig, settings: &NumberSettings) -> NumberConfig {
-    NumberConfig {
-        gateway: gateway.settings(),
-        protocol: settings.protocol,
-        auth_path: settings.auth_path.clone(),
-        soap: settings.soap.clone(),
-        renewal_min_key_age: settings.renewal_min_key_age,
+        _ => Err("the credentials do not match the gateway's kind".to_owned()),
     }
 }
 
 /// How often the token expiry is looked at again (it is also checked at start and on renewal).
 const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(6 * 3600);
 
-/// Logs a warning when a token expires within 14 days.
-pub(crate) fn warn_if_expiring(gateway: &str, expires_at: i64) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let days = (expires_at - now) / 86_400;
-    if expires_at <= now {
-        tracing::error!(
-            gateway,
-            "the gateway token has expired: renew it in the vendor's portal"
-        );
-    } else if days < 14 {
-        tracing::warn!(
-            gateway,
-            days,
-            "the gateway token expires soon: renew it in the vendor's portal"
-        );
-    }
+/// One gateway's files as the poller last saw them.
+struct Polled {
+    gateway: Gateway,
+    /// The credentials last put in force (`None`: unreadable at start).
+    credentials: Option<Credentials>,
+    tls: Option<TlsWatch>,
 }
 
-pub(crate) fn number_credentials(settings: &NumberSettings) -> std::io::Result<NumberCredentials> {
-    let token = read_secret(&settings.token_file)?;
-    let mut credentials = NumberCredentials {
-        account_code: settings.account_code.clone(),
-        token,
-        signing: None,
-    };
-    if let (Some(path), Some(user_id)) = (&settings.hmac_secret_file, settings.user_id) {
-        credentials.signing = Some(crate::number::Signing {
-            secret: read_secret(path)?,
-            user_id,
-        });
-    }
-    Ok(credentials)
-}
-
-/// Re-reads every gateway's secret files and swaps in what changed. Kubernetes updates mounted
-/// Secrets by swapping a symlink, which file-change notifications report unreliably; polling a
-/// few small files every couple of seconds is both simpler and dependable.
-async fn watch_secrets(shared: Shared, interval: Duration, mut stop: watch::Receiver<bool>) {
-    let mut last: Vec<Option<FileCredentials>> = shared
-        .gateways
+/// The one file poller: every `interval` it re-reads each gateway's secret files (swapping in
+/// credentials that changed) and certificate files (rebuilding its client), and now and then
+/// warns of a token about to expire. Kubernetes updates mounted Secrets by swapping a symlink,
+/// which file-change notifications report unreliably; polling a few small files every couple of
+/// seconds is both simpler and dependable.
+async fn poll_files(
+    gateways: Arc<Vec<Gateway>>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut polled: Vec<Polled> = gateways
         .iter()
-        .map(|g| file_credentials(&g.config.kind).ok())
+        .map(|g| Polled {
+            credentials: g.source.load().ok(),
+            tls: TlsWatch::new(&g.config.name, &g.config.tls, &g.client, g.control.guard()),
+            gateway: g.clone(),
+        })
         .collect();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -407,59 +378,50 @@ async fn watch_secrets(shared: Shared, interval: Duration, mut stop: watch::Rece
             _ = ticker.tick() => {}
             () = proxy::stopped(&mut stop) => return,
         }
-        if tokio::time::Instant::now() >= next_expiry_check {
+        let check_expiry = tokio::time::Instant::now() >= next_expiry_check;
+        if check_expiry {
             next_expiry_check += EXPIRY_CHECK_EVERY;
-            for gateway in shared.gateways.iter() {
-                if let Some(at) = gateway.metrics.token_expiry() {
-                    warn_if_expiring(&gateway.config.name, at);
-                }
+        }
+        for p in &mut polled {
+            p.poll_secrets();
+            if let Some(tls) = &mut p.tls {
+                tls.poll();
+            }
+            if let (true, Some(at)) = (check_expiry, p.gateway.metrics.token_expiry()) {
+                warn_if_expiring(&p.gateway.config.name, at);
             }
         }
-        for (gateway, last) in shared.gateways.iter().zip(last.iter_mut()) {
-            let name = &gateway.config.name;
-            let current = match file_credentials(&gateway.config.kind) {
-                Ok(current) => current,
-                Err(e) => {
-                    tracing::debug!(gateway = %name, error = %e, "secret file unreadable; keeping the current credentials");
-                    continue;
-                }
-            };
-            if last.as_ref() == Some(&current) {
-                continue;
+    }
+}
+
+impl Polled {
+    /// Swaps in the credentials in force if they changed since the last look.
+    fn poll_secrets(&mut self) {
+        let name = &self.gateway.config.name;
+        let current = match self.gateway.source.load() {
+            Ok(current) => current,
+            Err(e) => {
+                tracing::debug!(gateway = %name, error = %e, "secret file unreadable; keeping the current credentials");
+                return;
             }
-            tracing::info!(gateway = %name, "secret files changed; new credentials in use");
-            let applied = match (&current, &gateway.control, &gateway.config.kind) {
-                (
-                    FileCredentials::Number(creds),
-                    Control::Number(handle),
-                    GatewayKind::Number(settings),
-                ) => {
-                    // A token renewed through the admin API stays in force while token_file
-                    // still holds what it held then (only the HMAC secret file changed).
-                    let mut effective = creds.clone();
-                    if let Some(portal) = crate::tokens::load(
-                        &shared.state_dir,
-                        name,
-                        &settings.account_code,
-                        &creds.token,
-                    ) {
-                        effective.token = portal.token;
-                    }
-                    handle
-                        .update_credentials(effective)
-                        .map_err(|e| e.to_string())
+        };
+        if self.credentials.as_ref() == Some(&current) {
+            return;
+        }
+        match self.gateway.target.apply(&current) {
+            Ok(()) => {
+                tracing::info!(gateway = %name, "credentials changed (secret files, or a token renewed through the admin API); new credentials in use");
+                if let Credentials::Number {
+                    expires_at: Some(at),
+                    ..
+                } = &current
+                {
+                    self.gateway.metrics.set_token_expiry(*at as f64);
                 }
-                (FileCredentials::CreditGuard(creds), Control::CreditGuard(handle), _) => {
-                    handle.update_credentials(creds.clone());
-                    Ok(())
-                }
-                _ => Err("the gateway's kind changed".to_owned()),
-            };
-            match applied {
-                Ok(()) => *last = Some(current),
-                Err(e) => {
-                    tracing::error!(gateway = %name, error = %e, "new credentials unusable; keeping the old ones")
-                }
+                self.credentials = Some(current);
+            }
+            Err(e) => {
+                tracing::error!(gateway = %name, error = %e, "new credentials unusable; keeping the old ones");
             }
         }
     }

@@ -29,7 +29,7 @@ use crate::error::{BoxError, Error, ErrorCode};
 use crate::forward::{BoxFuture, Client, GatewayBody};
 use crate::gateway::auth::{Fingerprinted, NotStarted, Verdict, Words};
 use crate::gateway::exchange::{exchange, Exchange};
-use crate::gateway::{self, Core, GatewaySettings};
+use crate::gateway::{self, Core, GatewayControl, GatewaySettings};
 use crate::guard::{AuthGuard, Fingerprint, GuardLimits, GuardStore, MemoryGuardStore, Refusal};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 use crate::sync::lock;
@@ -225,33 +225,55 @@ impl CreditGuardHandle {
         self.shared.demand.notify_one();
     }
 
+    /// The gateway's lockout guard (unlock, status).
+    pub fn guard(&self) -> &Arc<AuthGuard> {
+        &self.shared.core.guard
+    }
+
+    /// The gateway's name.
+    pub fn name(&self) -> &str {
+        self.shared.core.name()
+    }
+
     /// Stops filling the pool (at shutdown) and resolves once the `getSessionId`s in flight have
     /// ended (or after 5 s), so none is left half-done when the process exits.
     pub fn stop(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.stop_within(Duration::from_secs(5))
+    }
+
+    fn stop_within(
+        &self,
+        limit: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         self.shared.stopped.store(true, Ordering::Release);
         self.shared.demand.notify_waiters();
         let shared = Arc::clone(&self.shared);
         async move {
-            let deadline = Instant::now() + Duration::from_secs(5);
+            // Fetches waiting for their turn count too: each settles (unsent) once it has it.
+            let deadline = Instant::now() + limit;
             while shared.pool().stats().fetching > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
 
-    /// The gateway's lockout guard (unlock, status).
-    pub fn guard(&self) -> &Arc<AuthGuard> {
-        &self.shared.core.guard
-    }
-
     /// A snapshot of the session pool.
     pub fn pool_stats(&self) -> PoolStats {
         self.shared.pool().stats()
     }
+}
 
-    /// The gateway's name.
-    pub fn name(&self) -> &str {
-        self.shared.core.name()
+impl GatewayControl for CreditGuardHandle {
+    fn name(&self) -> &str {
+        CreditGuardHandle::name(self)
+    }
+
+    fn guard(&self) -> &Arc<AuthGuard> {
+        CreditGuardHandle::guard(self)
+    }
+
+    fn stop(&self, limit: Duration) -> BoxFuture<()> {
+        Box::pin(self.stop_within(limit))
     }
 }
 

@@ -92,6 +92,17 @@ impl GatewaySettings {
     }
 }
 
+/// What the sidecar and the admin API need of any running gateway.
+pub trait GatewayControl: Send + Sync + std::fmt::Debug + 'static {
+    /// The gateway's name.
+    fn name(&self) -> &str;
+    /// Its lockout guard (status, unlock).
+    fn guard(&self) -> &Arc<AuthGuard>;
+    /// Stops its background credential work and resolves once the authentications in flight
+    /// have ended (or after `limit`), so that a stopping process records their real outcome.
+    fn stop(&self, limit: Duration) -> forward::BoxFuture<()>;
+}
+
 /// What every gateway has at run time: its settings, lockout guard and metrics, and the one
 /// way its requests are refused.
 #[derive(Debug)]

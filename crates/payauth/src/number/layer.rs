@@ -24,7 +24,7 @@ use crate::error::{BoxError, Error, ErrorCode};
 use crate::forward::{BoxFuture, Client, GatewayBody};
 use crate::gateway::auth::{Fingerprinted, NotStarted, Verdict, Words};
 use crate::gateway::exchange::{exchange, Exchange};
-use crate::gateway::{self, Core, GatewaySettings};
+use crate::gateway::{self, Core, GatewayControl, GatewaySettings};
 use crate::guard::{AuthGuard, Fingerprint, GuardLimits, GuardStore, MemoryGuardStore};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 
@@ -236,13 +236,15 @@ impl NumberHandle {
         &self.shared.core.guard
     }
 
+    /// The gateway's name.
+    pub fn name(&self) -> &str {
+        self.shared.core.name()
+    }
+
     /// Resolves once no authentication is in flight (or after `limit`), so that a process
     /// stopping records the real outcome of its last authentication rather than an unknown one.
     pub async fn wait_idle(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while self.shared.core.guard.status().in_flight > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.shared.core.guard.wait_idle(limit).await;
     }
 
     /// The current key, if any.
@@ -251,10 +253,20 @@ impl NumberHandle {
             generation: k.generation,
         })
     }
+}
 
-    /// The gateway's name.
-    pub fn name(&self) -> &str {
-        self.shared.core.name()
+impl GatewayControl for NumberHandle {
+    fn name(&self) -> &str {
+        NumberHandle::name(self)
+    }
+
+    fn guard(&self) -> &Arc<AuthGuard> {
+        NumberHandle::guard(self)
+    }
+
+    fn stop(&self, limit: Duration) -> BoxFuture<()> {
+        let handle = self.clone();
+        Box::pin(async move { handle.wait_idle(limit).await })
     }
 }
 

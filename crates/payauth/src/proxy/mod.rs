@@ -24,13 +24,14 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 
 use crate::body::ResponseBody;
-use crate::error::{Error, ErrorCode};
+use crate::error::{BoxError, Error, ErrorCode};
 use crate::metrics::{GatewayMetrics, Outcome};
 
 /// The body of every response the sidecar sends.
@@ -93,6 +94,25 @@ impl std::fmt::Debug for Front {
             .field("name", &self.name)
             .field("upstream", &self.upstream)
             .finish()
+    }
+}
+
+impl tower::Service<Request<Incoming>> for Front {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = crate::forward::BoxFuture<Result<Response<ProxyBody>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        // Load is shed per request (503 overloaded), never queued.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let front = self.clone();
+        Box::pin(async move { Ok(front.handle(request).await) })
     }
 }
 
@@ -308,14 +328,23 @@ fn drain(mut body: Incoming) {
     });
 }
 
-/// Serves `front` on `listener` until `shutdown` turns true, then lets in-flight calls finish
-/// for at most `grace`.
-pub async fn serve(
+/// The one accept loop: serves HTTP/1.1 on `listener` with `service` (a gateway's front, the
+/// admin router) until `shutdown` turns true, then lets connections finish for up to `grace`.
+pub async fn serve<S, B>(
     listener: TcpListener,
-    front: Front,
+    service: S,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
-) {
+) where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -329,15 +358,10 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let front = front.clone();
-                let service = hyper::service::service_fn(move |request| {
-                    let front = front.clone();
-                    async move { Ok::<_, Infallible>(front.handle(request).await) }
-                });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(TokioIo::new(stream), service);
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()));
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {

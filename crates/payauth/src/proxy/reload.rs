@@ -8,13 +8,10 @@
 //! names and the kind of problem only. Only a SHA-256 digest of each file is kept between polls,
 //! not the key itself.
 
-use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
 
 use super::client::UpstreamClient;
 use super::tls::TlsFiles;
@@ -27,8 +24,9 @@ enum Seen {
     Unreadable(std::io::ErrorKind),
 }
 
+/// One gateway's TLS files, as last seen, and the client they configure.
 #[derive(Debug)]
-struct Watched {
+pub struct TlsWatch {
     gateway: String,
     files: TlsFiles,
     client: UpstreamClient,
@@ -38,55 +36,34 @@ struct Watched {
     last: Vec<Seen>,
 }
 
-/// Watches the TLS files of `gateways` (name, files, client, guard) every `interval` until `stop`
-/// turns true. Gateways without certificate files are not watched; the first look at the files
-/// is taken now, when this is called, so call it right after the clients were built.
-pub fn watch_tls<'a>(
-    gateways: impl IntoIterator<
-        Item = (
-            &'a str,
-            &'a TlsFiles,
-            &'a UpstreamClient,
-            &'a Arc<AuthGuard>,
-        ),
-    >,
-    interval: Duration,
-    stop: watch::Receiver<bool>,
-) -> impl Future<Output = ()> + Send + 'static {
-    let watched: Vec<Watched> = gateways
-        .into_iter()
-        .filter(|(_, files, _, _)| paths(files).next().is_some())
-        .map(|(gateway, files, client, guard)| Watched {
+impl TlsWatch {
+    /// Watches `files` of `gateway`, whose `client` they configure; `None` when there are no
+    /// certificate files. The first look is taken now: call it right after the client was built.
+    pub fn new(
+        gateway: &str,
+        files: &TlsFiles,
+        client: &UpstreamClient,
+        guard: &Arc<AuthGuard>,
+    ) -> Option<Self> {
+        paths(files).next()?;
+        Some(Self {
             gateway: gateway.to_owned(),
             files: files.clone(),
             client: client.clone(),
             guard: Some(Arc::clone(guard)),
             last: snapshot(files),
         })
-        .collect();
-    run(watched, interval, stop)
-}
-
-async fn run(mut watched: Vec<Watched>, interval: Duration, mut stop: watch::Receiver<bool>) {
-    if watched.is_empty() {
-        return;
     }
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = super::stopped(&mut stop) => return,
-        }
-        for w in &mut watched {
-            poll(w);
-        }
+
+    /// Looks at the files and reloads the client if they changed since the last look.
+    pub fn poll(&mut self) {
+        poll(self);
     }
 }
 
 /// Looks at one gateway's files and reloads its client if they changed since the last look.
 /// Each change is acted on (and logged) once.
-fn poll(w: &mut Watched) {
+fn poll(w: &mut TlsWatch) {
     let now = snapshot(&w.files);
     if now == w.last {
         return;
@@ -140,12 +117,14 @@ fn snapshot(files: &TlsFiles) -> Vec<Seen> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use payauth_sim::tls::SimCa;
 
-    fn watched(files: TlsFiles) -> Watched {
+    fn watched(files: TlsFiles) -> TlsWatch {
         let client = UpstreamClient::new(&files, Duration::from_secs(1)).unwrap();
-        Watched {
+        TlsWatch {
             gateway: "test".into(),
             last: snapshot(&files),
             files,
@@ -194,8 +173,8 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn gateways_without_certificate_files_are_not_watched() {
+    #[test]
+    fn gateways_without_certificate_files_are_not_watched() {
         let files = TlsFiles::default();
         let client = UpstreamClient::new(&files, Duration::from_secs(1)).unwrap();
         let guard = AuthGuard::open(
@@ -206,17 +185,6 @@ mod tests {
             crate::metrics::GatewayMetrics::unregistered("g"),
         )
         .unwrap();
-        let (_stop_tx, stop) = watch::channel(false);
-        // Returns at once: nothing to watch.
-        tokio::time::timeout(
-            Duration::from_secs(5),
-            watch_tls(
-                [("g", &files, &client, &guard)],
-                Duration::from_millis(10),
-                stop,
-            ),
-        )
-        .await
-        .unwrap();
+        assert!(TlsWatch::new("g", &files, &client, &guard).is_none());
     }
 }
