@@ -614,3 +614,53 @@ async fn soap_calls_carry_the_signed_key_in_pci_mode() {
     assert_eq!(parts[3].len(), 64);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn request_ids_are_kept_when_plain_and_replaced_otherwise() {
+    let sim = number_sim(NumberSimConfig::default()).await;
+    let h = Harness::start(&sim.url(), Options::default()).await;
+    let sale_with = |id: Option<&'static [u8]>| {
+        let mut request = Request::post(format!("http://{}{REST}/CreditCardSale_Manual", h.addr))
+            .header("content-type", "application/json");
+        if let Some(id) = id {
+            request = request.header("x-request-id", id);
+        }
+        request
+            .body(Full::new(Bytes::from(format!(
+                r#"{{"Amount": 1.00, "CardNum": "{CARD}", "CVV": "123"}}"#
+            ))))
+            .expect("request")
+    };
+    let id_of = |reply: &Reply| {
+        reply
+            .headers
+            .get("x-request-id")
+            .map(|v| v.to_str().expect("ascii").to_owned())
+    };
+
+    let kept = send(&h.client, sale_with(Some(b"order-42_retry-1"))).await;
+    assert!(approved(&kept, "CreditCardSale_Manual"));
+    assert_eq!(id_of(&kept).as_deref(), Some("order-42_retry-1"));
+
+    let mut generated = Vec::new();
+    for hostile in [
+        &b"id with spaces"[..],
+        b"x\"; drop table",
+        &[b'a'; 65][..],
+        b"",
+        b"caf\xc3\xa9",
+    ] {
+        let reply = send(&h.client, sale_with(Some(hostile))).await;
+        assert!(approved(&reply, "CreditCardSale_Manual"));
+        let id = id_of(&reply).expect("an id is always sent back");
+        assert!(id.starts_with("pa-"), "{id} replaces {hostile:?}");
+        generated.push(id);
+    }
+    let none = send(&h.client, sale_with(None)).await;
+    generated.push(id_of(&none).expect("an id"));
+    generated.sort();
+    generated.dedup();
+    assert_eq!(generated.len(), 6, "each generated id is new");
+    h.stop().await;
+    sim.shutdown().await;
+}

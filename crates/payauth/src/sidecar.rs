@@ -23,7 +23,7 @@ use crate::metrics::{GatewayMetrics, Metrics};
 use crate::number::{NumberAuthLayer, NumberConfig, Protocol};
 use crate::proxy::client::UpstreamClient;
 use crate::proxy::reload::TlsWatch;
-use crate::proxy::{self, Front, GatewayService};
+use crate::proxy::{self, FrontLayer, FrontLimits, GatewayService};
 
 /// One gateway as the sidecar runs it.
 #[derive(Clone, Debug)]
@@ -77,7 +77,7 @@ pub struct StartError(pub String);
 struct Bound {
     gateway: Gateway,
     listener: TcpListener,
-    front: Front,
+    front: proxy::Front<hyper::body::Incoming, hyper::body::Incoming>,
     warm_up: Option<WarmUp>,
 }
 
@@ -232,18 +232,18 @@ async fn bind_gateway(
         .map_err(|e| e.to_string())?;
     let soap_errors =
         matches!(&gateway.kind, GatewayKind::Number(n) if n.protocol == Protocol::Soap);
-    let front = Front::new(
+    let front = FrontLayer::new(
         &gateway.name,
         gateway.upstream.clone(),
-        service,
-        proxy::FrontLimits {
+        FrontLimits {
             max_concurrency: gateway.max_concurrency,
             max_request_bytes: gateway.max_request_bytes,
             body_timeout: gateway.request_timeout,
             soap_errors,
         },
         metrics.clone(),
-    );
+    )
+    .front(service);
     Ok(Bound {
         gateway: Gateway {
             config: gateway.clone(),

@@ -1,0 +1,557 @@
+//! A gateway's front: the tower stack between a listener and the gateway's layer.
+//!
+//! Outermost first, for each request:
+//!
+//! 1. **Request id** (tower-http `SetRequestId`/`PropagateRequestId`): the app's `x-request-id`
+//!    is kept when it is 1 to 64 letters, digits, `-` or `_`; any other is replaced by payauth's
+//!    own (`pa-<hex>`), so a hostile id never reaches a log line. The id goes back on the answer.
+//! 2. **Span and access log** ([`AccessLog`]): one `request` span per call (gateway, method,
+//!    path, request id) and one `payauth::access` line when the answer is ready.
+//! 3. **Errors become the contract's responses** ([`Respond`]), the one place this happens:
+//!    JSON with `x-payauth-error`, or SOAP 1.1 Faults on a SOAP gateway.
+//! 4. **Load shedding** (tower `LoadShed` over `ConcurrencyLimit`): at `max_concurrency` calls in
+//!    flight, more get 503 `overloaded` at once; nothing is queued.
+//! 5. **Preparation** ([`Prepare`]): hop-by-hop headers and `Host` dropped, the URI pointed at the
+//!    upstream (path and query as the app sent them), the body read whole (at most
+//!    `max_request_bytes`, within the request timeout).
+//!
+//! Where payauth does not use tower-http, and why: the body limit is its own ([`Prepare`]),
+//! because an oversized body must get the contract's JSON 413 and be drained (bounded) so that
+//! clients that write their whole body before reading see it; and the span is its own
+//! ([`AccessLog`]) rather than `TraceLayer`, whose response-body wrapper costs a little on every
+//! frame and whose failure classification would log each 5xx a second time.
+//!
+//! [`FrontLayer`] wraps any gateway service (for example a [`crate::number::NumberAuthLayer`]
+//! around a client) for a library user who serves it with hyper or axum.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderValue, Request, Response, Uri};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use tower::limit::ConcurrencyLimitLayer;
+use tower::load_shed::error::Overloaded;
+use tower::load_shed::LoadShedLayer;
+use tower::util::BoxCloneService;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tracing::Instrument;
+
+use crate::body::ResponseBody;
+use crate::error::{BoxError, Error, ErrorCode};
+use crate::forward::{AnsweredLocally, BoxFuture, Replayed, UpstreamLatency};
+use crate::metrics::{GatewayMetrics, Outcome};
+
+/// How much of an oversized request body is read and discarded after its 413 is sent, so that
+/// clients that write the whole body before reading (Python's http.client, Node's http) see the
+/// 413 instead of a reset connection. Past either bound the connection is closed.
+const DRAIN_LIMIT_BYTES: usize = 64 << 20;
+/// See [`DRAIN_LIMIT_BYTES`].
+const DRAIN_LIMIT_TIME: Duration = Duration::from_secs(10);
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The limits a front enforces before a request reaches the gateway's layer.
+#[derive(Debug, Clone)]
+pub struct FrontLimits {
+    /// Calls in flight at once; more get 503 `overloaded`.
+    pub max_concurrency: usize,
+    /// Largest request body; larger gets 413 `body_too_large`.
+    pub max_request_bytes: usize,
+    /// How long the app may take to send the request body.
+    pub body_timeout: Duration,
+    /// payauth's own errors as SOAP 1.1 Faults (a Number SOAP gateway) rather than JSON.
+    pub soap_errors: bool,
+}
+
+/// The front as one service: takes the app's requests, never fails (errors are responses).
+pub type Front<ReqB, ResB> =
+    BoxCloneService<Request<ReqB>, Response<ResponseBody<ResB>>, Infallible>;
+
+/// Builds a [`Front`] around a gateway service; see the module docs.
+#[derive(Debug, Clone)]
+pub struct FrontLayer {
+    name: Arc<str>,
+    upstream: Uri,
+    limits: FrontLimits,
+    metrics: GatewayMetrics,
+}
+
+impl FrontLayer {
+    /// A front for the gateway `name` at `upstream`.
+    pub fn new(name: &str, upstream: Uri, limits: FrontLimits, metrics: GatewayMetrics) -> Self {
+        Self {
+            name: name.into(),
+            upstream,
+            limits,
+            metrics,
+        }
+    }
+
+    /// The stack around `service`.
+    pub fn front<S, ReqB, ResB>(&self, service: S) -> Front<ReqB, ResB>
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<ResponseBody<ResB>>, Error = Error>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        ReqB: Body + Send + Unpin + 'static,
+        ReqB::Data: Send,
+        ReqB::Error: Into<BoxError>,
+        ResB: Send + 'static,
+    {
+        let stack = ServiceBuilder::new()
+            .map_request(drop_unusable_request_id::<ReqB>)
+            .layer(SetRequestIdLayer::new(REQUEST_ID, PayauthRequestIds))
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(AccessLogLayer {
+                name: Arc::clone(&self.name),
+            })
+            .layer(RespondLayer {
+                name: Arc::clone(&self.name),
+                soap_errors: self.limits.soap_errors,
+                metrics: self.metrics.clone(),
+            })
+            .layer(LoadShedLayer::new())
+            .layer(ConcurrencyLimitLayer::new(self.limits.max_concurrency))
+            .layer(PrepareLayer {
+                front: self.clone(),
+            })
+            .service(service);
+        BoxCloneService::new(stack)
+    }
+
+    fn error(&self, code: ErrorCode, message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
+        Error::new(code, self.name.to_string(), message)
+    }
+}
+
+// --- Request id -----------------------------------------------------------------------------
+
+/// Request ids are unique across the process's gateways.
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug, Clone, Copy)]
+struct PayauthRequestIds;
+
+impl MakeRequestId for PayauthRequestIds {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        let id = format!("pa-{:x}", REQUEST_IDS.fetch_add(1, Ordering::Relaxed));
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
+}
+
+/// Whether the app's request id may be kept: 1 to 64 letters, digits, `-` or `_`.
+fn usable_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+}
+
+fn drop_unusable_request_id<B>(mut request: Request<B>) -> Request<B> {
+    let headers = request.headers_mut();
+    let mut ids = headers.get_all(&REQUEST_ID).iter();
+    let keep = matches!((ids.next(), ids.next()), (Some(id), None) if usable_request_id(id));
+    if !keep {
+        headers.remove(&REQUEST_ID);
+    }
+    request
+}
+
+// --- Span and access log --------------------------------------------------------------------
+
+/// What the access line says the call came to; set by [`Respond`].
+#[derive(Debug, Clone, Copy)]
+struct AccessOutcome(&'static str);
+
+#[derive(Debug, Clone)]
+struct AccessLogLayer {
+    name: Arc<str>,
+}
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> AccessLog<S> {
+        AccessLog {
+            inner,
+            name: Arc::clone(&self.name),
+        }
+    }
+}
+
+/// A span per request and one access line per answer.
+#[derive(Debug, Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+    name: Arc<str>,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for AccessLog<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>, Error = Infallible>,
+    S::Future: Send + 'static,
+    ResB: Send + 'static,
+{
+    type Response = Response<ResB>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<ResB>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        let started = tokio::time::Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let request_id = request
+            .headers()
+            .get(&REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let span = tracing::info_span!("request", gateway = %self.name, %method, path, request_id);
+        let future = span.in_scope(|| self.inner.call(request));
+        let name = Arc::clone(&self.name);
+        Box::pin(
+            async move {
+                let Ok(response) = future.await;
+                let extensions = response.extensions();
+                let outcome = extensions
+                    .get::<AccessOutcome>()
+                    .map_or("forwarded", |o| o.0);
+                let replayed = extensions.get::<Replayed>().is_some_and(|r| r.0);
+                let upstream_ms = extensions
+                    .get::<UpstreamLatency>()
+                    .map(|u| u.0.as_secs_f64() * 1000.0);
+                tracing::info!(
+                    target: "payauth::access",
+                    gateway = %name,
+                    method = %method,
+                    path,
+                    status = response.status().as_u16(),
+                    outcome,
+                    replayed,
+                    upstream_ms,
+                    duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    request_id,
+                );
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+// --- Errors become responses ----------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct RespondLayer {
+    name: Arc<str>,
+    soap_errors: bool,
+    metrics: GatewayMetrics,
+}
+
+impl<S> Layer<S> for RespondLayer {
+    type Service = Respond<S>;
+
+    fn layer(&self, inner: S) -> Respond<S> {
+        Respond {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// Turns every error below it into the contract's response; never fails.
+#[derive(Debug, Clone)]
+pub struct Respond<S> {
+    inner: S,
+    layer: RespondLayer,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Respond<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResponseBody<ResB>>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    ResB: Send + 'static,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<ResponseBody<ResB>>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Load shedding below is always ready; any other readiness error is answered per call.
+        match self.inner.poll_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        let future = self.inner.call(request);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            Ok(match future.await {
+                Ok(response) => answered(response),
+                Err(error) => layer.error_response(error.into()),
+            })
+        })
+    }
+}
+
+fn answered<B>(mut response: Response<B>) -> Response<B> {
+    for name in HOP_BY_HOP {
+        response.headers_mut().remove(name);
+    }
+    let local = response.extensions().get::<AnsweredLocally>().is_some();
+    let outcome = AccessOutcome(if local { "local" } else { "forwarded" });
+    response.extensions_mut().insert(outcome);
+    response
+}
+
+impl RespondLayer {
+    fn error_response<ResB>(&self, error: BoxError) -> Response<ResponseBody<ResB>> {
+        let error = match error.downcast::<Error>() {
+            Ok(error) => *error,
+            Err(other) if other.is::<Overloaded>() => {
+                self.metrics.request(Outcome::Error(ErrorCode::Overloaded));
+                Error::new(
+                    ErrorCode::Overloaded,
+                    self.name.to_string(),
+                    "too many calls in flight to this gateway; nothing was forwarded, retry shortly",
+                )
+            }
+            Err(other) => {
+                // Nothing below fails otherwise; should it, the call was not forwarded.
+                tracing::error!(gateway = %self.name, error = %other, "unexpected error in the front");
+                Error::new(
+                    ErrorCode::Overloaded,
+                    self.name.to_string(),
+                    "payauth could not take the call; nothing was forwarded, retry shortly",
+                )
+            }
+        };
+        let response = if self.soap_errors {
+            error.to_soap_response()
+        } else {
+            error.to_response()
+        };
+        let (mut parts, body) = response.into_parts();
+        parts
+            .extensions
+            .insert(AccessOutcome(error.code().as_str()));
+        Response::from_parts(parts, ResponseBody::full(full_bytes(body)))
+    }
+}
+
+fn full_bytes(body: Full<Bytes>) -> Bytes {
+    // A Full body yields its one frame immediately.
+    let mut body = std::pin::pin!(body);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match body.as_mut().poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    }
+}
+
+// --- Preparation ----------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct PrepareLayer {
+    front: FrontLayer,
+}
+
+impl<S> Layer<S> for PrepareLayer {
+    type Service = Prepare<S>;
+
+    fn layer(&self, inner: S) -> Prepare<S> {
+        Prepare {
+            inner,
+            front: self.front.clone(),
+        }
+    }
+}
+
+/// Drops hop-by-hop headers and `Host`, points the URI at the upstream and reads the body.
+#[derive(Debug, Clone)]
+pub struct Prepare<S> {
+    inner: S,
+    front: FrontLayer,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Prepare<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResB>, Error = Error>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    ReqB: Body + Send + Unpin + 'static,
+    ReqB::Data: Send,
+    ReqB::Error: Into<BoxError>,
+    ResB: Send + 'static,
+{
+    type Response = Response<ResB>;
+    type Error = Error;
+    type Future = BoxFuture<Result<Response<ResB>, Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        // The gateway service is driven to readiness per call (it is cloned for that).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        let front = self.front.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            for name in HOP_BY_HOP {
+                parts.headers.remove(name);
+            }
+            parts.headers.remove(header::HOST);
+            let prepared = match upstream_uri(&front.upstream, &parts.uri) {
+                Some(uri) => {
+                    parts.uri = uri;
+                    front.read_body(&parts.headers, body).await
+                }
+                None => Err(front.error(ErrorCode::BadRequest, "the request target is not a path")),
+            };
+            let body = prepared.inspect_err(|error| {
+                front.metrics.request(Outcome::Error(error.code()));
+            })?;
+            inner
+                .oneshot(Request::from_parts(parts, Full::new(body)))
+                .await
+        })
+    }
+}
+
+fn upstream_uri(upstream: &Uri, uri: &Uri) -> Option<Uri> {
+    let path_and_query = uri.path_and_query().cloned()?;
+    if !path_and_query.as_str().starts_with('/') {
+        return None;
+    }
+    let mut parts = upstream.clone().into_parts();
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).ok()
+}
+
+impl FrontLayer {
+    /// Reads the request body, at most `max_request_bytes` within `body_timeout`. An oversized
+    /// body is drained in the background (bounded) so that the app can read its 413.
+    async fn read_body<B>(&self, headers: &http::HeaderMap, mut body: B) -> Result<Bytes, Error>
+    where
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let limit = self.limits.max_request_bytes;
+        let too_large = || {
+            self.error(
+                ErrorCode::BodyTooLarge,
+                format!("request body over the limit of {limit} bytes; nothing was forwarded"),
+            )
+        };
+        if crate::body::content_length(headers).is_some_and(|len| len > limit as u64) {
+            drain(body);
+            return Err(too_large());
+        }
+        let collect = Limited::new(&mut body, limit).collect();
+        match tokio::time::timeout(self.limits.body_timeout, collect).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.is::<LengthLimitError>() => {
+                drain(body);
+                Err(too_large())
+            }
+            Ok(Err(_)) => Err(self.error(
+                ErrorCode::BadRequest,
+                "the request body could not be read; nothing was forwarded",
+            )),
+            Err(_) => Err(self.error(
+                ErrorCode::BadRequest,
+                format!(
+                    "the request body did not arrive within {} s; nothing was forwarded",
+                    self.limits.body_timeout.as_secs_f64()
+                ),
+            )),
+        }
+    }
+}
+
+/// Reads and discards what is left of an oversized request body, within bounds, so that the
+/// connection closes gently after the 413 (see [`DRAIN_LIMIT_BYTES`]).
+fn drain<B>(mut body: B)
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+{
+    use bytes::Buf;
+    tokio::spawn(async move {
+        let mut left = DRAIN_LIMIT_BYTES;
+        let deadline = tokio::time::Instant::now() + DRAIN_LIMIT_TIME;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await {
+            let len = frame.data_ref().map_or(0, |d| d.remaining());
+            match left.checked_sub(len) {
+                Some(rest) if rest > 0 => left = rest,
+                _ => break,
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_request_ids_are_kept() {
+        for ok in ["abc", "A-1_b", &"x".repeat(64)] {
+            assert!(
+                usable_request_id(&HeaderValue::from_str(ok).unwrap()),
+                "{ok}"
+            );
+        }
+        for bad in ["", "a b", "a\tb", "é", &"x".repeat(65), "id;drop"] {
+            let value = HeaderValue::from_bytes(bad.as_bytes()).unwrap();
+            assert!(!usable_request_id(&value), "{bad:?}");
+        }
+        let mut request = Request::new(());
+        request
+            .headers_mut()
+            .append(REQUEST_ID, HeaderValue::from_static("one"));
+        request
+            .headers_mut()
+            .append(REQUEST_ID, HeaderValue::from_static("two"));
+        let request = drop_unusable_request_id(request);
+        assert!(
+            request.headers().get(REQUEST_ID).is_none(),
+            "two ids: neither is trusted"
+        );
+    }
+}
