@@ -4,7 +4,6 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -29,7 +28,7 @@ use crate::error::{BoxError, Error, ErrorCode};
 use crate::forward::{BoxFuture, Client, GatewayBody};
 use crate::gateway::auth::{Fingerprinted, NotStarted, Verdict, Words};
 use crate::gateway::exchange::{exchange, Exchange};
-use crate::gateway::{self, Core, GatewayControl, GatewaySettings};
+use crate::gateway::{self, Core, GatewayControl, GatewaySettings, Handle, Middleware};
 use crate::guard::{AuthGuard, Fingerprint, GuardLimits, GuardStore, MemoryGuardStore, Refusal};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 use crate::sync::lock;
@@ -83,7 +82,8 @@ impl CreditGuardConfig {
     }
 }
 
-struct Shared {
+/// A CreditGuard gateway's state, shared by its layer, its middleware and its handle.
+pub struct CreditGuardGateway {
     core: Core,
     config: CreditGuardConfig,
     relay_uri: http::Uri,
@@ -99,9 +99,9 @@ struct Shared {
     last_failure: Mutex<Option<Cow<'static, str>>>,
 }
 
-impl fmt::Debug for Shared {
+impl fmt::Debug for CreditGuardGateway {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared")
+        f.debug_struct("CreditGuardGateway")
             .field("name", &self.core.name())
             .field("relay_uri", &self.relay_uri)
             .field("pool", &self.pool().stats())
@@ -117,13 +117,13 @@ impl fmt::Debug for Shared {
 /// [`CreditGuardSession::warm_up`]).
 #[derive(Clone, Debug)]
 pub struct CreditGuardSessionLayer {
-    shared: Arc<Shared>,
+    shared: Arc<CreditGuardGateway>,
 }
 
 /// Control of a running CreditGuard gateway: credentials, unlock, pool status.
 #[derive(Clone, Debug)]
 pub struct CreditGuardHandle {
-    shared: Arc<Shared>,
+    shared: Arc<CreditGuardGateway>,
 }
 
 impl CreditGuardSessionLayer {
@@ -174,7 +174,7 @@ impl CreditGuardSessionLayer {
         )?;
         let pool = Pool::new(config.pool.clone(), metrics.clone(), Instant::now());
         Ok(Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(CreditGuardGateway {
                 core: Core {
                     settings: config.gateway.clone(),
                     guard,
@@ -281,21 +281,17 @@ impl<S> Layer<S> for CreditGuardSessionLayer {
     type Service = CreditGuardSession<S>;
 
     fn layer(&self, inner: S) -> CreditGuardSession<S> {
-        CreditGuardSession {
+        Middleware {
             inner,
-            shared: Arc::clone(&self.shared),
+            kind: Arc::clone(&self.shared),
         }
     }
 }
 
 /// The CreditGuard middleware; see [`CreditGuardSessionLayer`].
-#[derive(Clone, Debug)]
-pub struct CreditGuardSession<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
+pub type CreditGuardSession<S> = Middleware<CreditGuardGateway, S>;
 
-impl<S, ResB> CreditGuardSession<S>
+impl<S, ResB> Middleware<CreditGuardGateway, S>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Client<ResB>,
     ResB: GatewayBody,
@@ -304,35 +300,28 @@ where
     /// `doDeal` as configured) instead of on the first request. Must be called within a tokio
     /// runtime; does nothing if the pool is already filling.
     pub fn warm_up(&self) {
-        self.shared.start_filler(&self.inner);
+        self.kind.start_filler(&self.inner);
     }
 }
 
-impl<S, B, ResB> Service<Request<B>> for CreditGuardSession<S>
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Client<ResB>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    ResB: GatewayBody,
-{
-    type Response = Response<ResponseBody<ResB>>;
-    type Error = Error;
-    type Future = BoxFuture<Result<Self::Response, Error>>;
+impl gateway::sealed::Sealed for CreditGuardGateway {}
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        // The client's readiness is awaited per call (it is cloned for replays anyway).
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let shared = Arc::clone(&self.shared);
-        let client = self.inner.clone();
-        Box::pin(async move {
-            shared.start_filler(&client);
-            let result = shared.handle(client, request).await;
-            shared.core.metrics.count(result)
-        })
+impl Handle for CreditGuardGateway {
+    async fn handle<S, B, ResB>(
+        self: Arc<Self>,
+        client: S,
+        request: Request<B>,
+    ) -> Result<Response<ResponseBody<ResB>>, Error>
+    where
+        S: Client<ResB>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        ResB: GatewayBody,
+    {
+        self.start_filler(&client);
+        let result = self.call(client, request).await;
+        self.core.metrics.count(result)
     }
 }
 
@@ -359,13 +348,13 @@ const WORDS: Words = Words {
 
 /// A relay call once read: the app's request (its URI already the configured relay's), its
 /// form, and the pool key its `int_in` asks for.
-struct Call {
+pub(crate) struct Call {
     parts: http::request::Parts,
     form: RelayForm,
     key: PoolKey,
 }
 
-impl Exchange for Shared {
+impl Exchange for CreditGuardGateway {
     type Call = Call;
     type Credential = Lease;
 
@@ -410,7 +399,7 @@ impl Exchange for Shared {
     }
 }
 
-impl Shared {
+impl CreditGuardGateway {
     fn pool(&self) -> MutexGuard<'_, Pool> {
         crate::sync::lock(&self.pool)
     }
@@ -431,7 +420,7 @@ impl Shared {
         }
     }
 
-    async fn handle<S, B, ResB>(
+    async fn call<S, B, ResB>(
         self: &Arc<Self>,
         client: S,
         request: Request<B>,
@@ -789,7 +778,7 @@ impl Shared {
 /// The filler: keeps every active key at its target, with up to `session_fetch_concurrency`
 /// `getSessionId`s on their way at once (the guard lets them through in parallel only once the
 /// credentials are proven, and one at a time until then). Ends when the layer is gone.
-async fn fill<S, ResB>(shared: Weak<Shared>, client: S, demand: Arc<Notify>)
+async fn fill<S, ResB>(shared: Weak<CreditGuardGateway>, client: S, demand: Arc<Notify>)
 where
     S: Client<ResB>,
     ResB: GatewayBody,

@@ -67,7 +67,8 @@ pub mod wire;
 
 pub use int_in::{IntIn, TerminalNumber};
 pub use layer::{
-    CreditGuardConfig, CreditGuardHandle, CreditGuardSession, CreditGuardSessionLayer,
+    CreditGuardConfig, CreditGuardGateway, CreditGuardHandle, CreditGuardSession,
+    CreditGuardSessionLayer,
 };
 pub use pool::{PoolConfig, PoolStats};
 pub use scope::{ParseScopeError, Scope, ScopeCmd, SessionScope, TransactionType, Validation};

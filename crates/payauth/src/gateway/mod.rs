@@ -92,6 +92,79 @@ impl GatewaySettings {
     }
 }
 
+/// What a gateway kind does with one request; implemented by the Number and CreditGuard
+/// gateways only (the trait is sealed). See [`Middleware`].
+pub trait Handle: Send + Sync + std::fmt::Debug + sealed::Sealed + 'static {
+    /// Handles one request with `client` as the way to the gateway (counted in the metrics).
+    fn handle<S, B, ResB>(
+        self: Arc<Self>,
+        client: S,
+        request: Request<B>,
+    ) -> impl std::future::Future<Output = Result<Response<ResponseBody<ResB>>, Error>> + Send
+    where
+        S: forward::Client<ResB>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        ResB: forward::GatewayBody;
+}
+
+pub(crate) mod sealed {
+    /// Keeps [`super::Handle`] to payauth's own gateway kinds.
+    pub trait Sealed {}
+}
+
+/// A gateway's middleware around the client that reaches it: the one `Service` both kinds use
+/// ([`crate::number::NumberAuth`], [`crate::creditguard::CreditGuardSession`]).
+pub struct Middleware<K, S> {
+    pub(crate) inner: S,
+    pub(crate) kind: Arc<K>,
+}
+
+impl<K, S: Clone> Clone for Middleware<K, S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            kind: Arc::clone(&self.kind),
+        }
+    }
+}
+
+impl<K: std::fmt::Debug, S> std::fmt::Debug for Middleware<K, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Middleware")
+            .field("gateway", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, S, B, ResB> tower::Service<Request<B>> for Middleware<K, S>
+where
+    K: Handle,
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<ResB>> + forward::Client<ResB>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    ResB: forward::GatewayBody,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = Error;
+    // A hand-written state machine for this flow would be far harder to keep correct.
+    type Future = forward::BoxFuture<Result<Self::Response, Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Error>> {
+        // The client's readiness is awaited per call (it is cloned for replays anyway).
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        Box::pin(Arc::clone(&self.kind).handle(self.inner.clone(), request))
+    }
+}
+
 /// What the sidecar and the admin API need of any running gateway.
 pub trait GatewayControl: Send + Sync + std::fmt::Debug + 'static {
     /// The gateway's name.

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -13,7 +12,7 @@ use http_body::Body;
 use http_body_util::Full;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tower::{Layer, Service};
+use tower::Layer;
 
 use super::keys::{KeyInfo, KeyState};
 use super::signer::Signer;
@@ -24,7 +23,7 @@ use crate::error::{BoxError, Error, ErrorCode};
 use crate::forward::{BoxFuture, Client, GatewayBody};
 use crate::gateway::auth::{Fingerprinted, NotStarted, Verdict, Words};
 use crate::gateway::exchange::{exchange, Exchange};
-use crate::gateway::{self, Core, GatewayControl, GatewaySettings};
+use crate::gateway::{self, Core, GatewayControl, GatewaySettings, Handle, Middleware};
 use crate::guard::{AuthGuard, Fingerprint, GuardLimits, GuardStore, MemoryGuardStore};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 
@@ -90,7 +89,8 @@ struct CredState {
 
 type Flight = watch::Receiver<Option<Result<Arc<KeyState>, Error>>>;
 
-struct Shared {
+/// A Number gateway's state, shared by its layer, its middleware and its handle.
+pub struct NumberGateway {
     core: Core,
     config: NumberConfig,
     auth_uri: Uri,
@@ -104,9 +104,9 @@ struct Shared {
     generations: AtomicU64,
 }
 
-impl fmt::Debug for Shared {
+impl fmt::Debug for NumberGateway {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared")
+        f.debug_struct("NumberGateway")
             .field("config", &self.config)
             .field("generation", &self.generations.load(Ordering::Relaxed))
             .finish_non_exhaustive()
@@ -119,13 +119,13 @@ impl fmt::Debug for Shared {
 /// client is also used to authenticate.
 #[derive(Clone, Debug)]
 pub struct NumberAuthLayer {
-    shared: Arc<Shared>,
+    shared: Arc<NumberGateway>,
 }
 
 /// Control of a running Number gateway: credentials, unlock, status.
 #[derive(Clone, Debug)]
 pub struct NumberHandle {
-    shared: Arc<Shared>,
+    shared: Arc<NumberGateway>,
 }
 
 impl NumberAuthLayer {
@@ -160,7 +160,7 @@ impl NumberAuthLayer {
         )?;
         let cred_state = cred_state(credentials).map_err(|e| invalid(e.to_string()))?;
         Ok(Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(NumberGateway {
                 core: Core {
                     settings: config.gateway.clone(),
                     guard,
@@ -274,45 +274,33 @@ impl<S> Layer<S> for NumberAuthLayer {
     type Service = NumberAuth<S>;
 
     fn layer(&self, inner: S) -> NumberAuth<S> {
-        NumberAuth {
+        Middleware {
             inner,
-            shared: Arc::clone(&self.shared),
+            kind: Arc::clone(&self.shared),
         }
     }
 }
 
 /// The Number middleware; see [`NumberAuthLayer`].
-#[derive(Clone, Debug)]
-pub struct NumberAuth<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
+pub type NumberAuth<S> = Middleware<NumberGateway, S>;
 
-impl<S, B, ResB> Service<Request<B>> for NumberAuth<S>
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResB>> + Client<ResB>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    ResB: GatewayBody,
-{
-    type Response = Response<ResponseBody<ResB>>;
-    type Error = Error;
-    // A hand-written state machine for this flow would be far harder to keep correct.
-    type Future = BoxFuture<Result<Self::Response, Error>>;
+impl gateway::sealed::Sealed for NumberGateway {}
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        // The client's readiness is awaited per call (it is cloned for replays anyway).
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let shared = Arc::clone(&self.shared);
-        let client = self.inner.clone();
-        Box::pin(async move {
-            let result = shared.handle(client, request).await;
-            shared.core.metrics.count(result)
-        })
+impl Handle for NumberGateway {
+    async fn handle<S, B, ResB>(
+        self: Arc<Self>,
+        client: S,
+        request: Request<B>,
+    ) -> Result<Response<ResponseBody<ResB>>, Error>
+    where
+        S: Client<ResB>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        ResB: GatewayBody,
+    {
+        let result = self.call(client, request).await;
+        self.core.metrics.count(result)
     }
 }
 
@@ -327,7 +315,7 @@ fn brake_backoff(n: u32) -> Duration {
     base.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
-/// Consecutive refusals of young keys; see [`Shared::brake`].
+/// Consecutive refusals of young keys; see [`NumberGateway::brake`].
 #[derive(Debug, Default)]
 struct Brake {
     /// Young refusals in a row, all for `reason`.
@@ -351,7 +339,7 @@ impl Fingerprinted for CredState {
 }
 
 /// A Number call once read: the app's request, and for SOAP the envelope's reading.
-struct Call {
+pub(crate) struct Call {
     parts: http::request::Parts,
     body: Bytes,
     soap: Option<SoapRequest>,
@@ -364,7 +352,7 @@ const WORDS: Words = Words {
     secret: "token",
 };
 
-impl Exchange for Shared {
+impl Exchange for NumberGateway {
     type Call = Call;
     type Credential = Arc<KeyState>;
 
@@ -426,8 +414,8 @@ impl Exchange for Shared {
     }
 }
 
-impl Shared {
-    async fn handle<S, B, ResB>(
+impl NumberGateway {
+    async fn call<S, B, ResB>(
         self: &Arc<Self>,
         client: S,
         request: Request<B>,

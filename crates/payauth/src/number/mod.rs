@@ -33,7 +33,7 @@ mod signer;
 pub mod wire;
 
 pub use keys::KeyInfo;
-pub use layer::{NumberAuth, NumberAuthLayer, NumberConfig, NumberHandle, Protocol};
+pub use layer::{NumberAuth, NumberAuthLayer, NumberConfig, NumberGateway, NumberHandle, Protocol};
 pub use signer::{SignError, SignatureBuf, SignatureCache, Signer, MAX_SESS_KEY_LEN};
 pub use wire::SoapNames;
 
