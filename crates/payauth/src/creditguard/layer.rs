@@ -29,7 +29,7 @@ use crate::forward::{BoxFuture, Client, GatewayBody};
 use crate::gateway::auth::{Fingerprinted, NotStarted, Verdict, Words};
 use crate::gateway::exchange::{exchange, Exchange};
 use crate::gateway::{self, Core, GatewayControl, GatewaySettings, Handle, Middleware};
-use crate::guard::{AuthGuard, Fingerprint, GuardLimits, GuardStore, MemoryGuardStore, Refusal};
+use crate::guard::{AuthGuard, Fingerprint, GuardStore, MemoryGuardStore, Refusal};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 use crate::sync::lock;
 
@@ -162,24 +162,17 @@ impl CreditGuardSessionLayer {
         if config.pool.min > config.pool.max {
             return Err(invalid("pool min is over pool max".into()));
         }
-        let guard = AuthGuard::open(
-            &config.gateway.name,
-            GuardLimits {
-                budget: config.gateway.auth_failure_budget,
-                proven_concurrency: config.session_fetch_concurrency,
-            },
+        let pool = Pool::new(config.pool.clone(), metrics.clone(), Instant::now());
+        let core = Core::open(
+            &config.gateway,
+            config.session_fetch_concurrency,
             credentials.fingerprint(),
             store,
-            metrics.clone(),
+            metrics,
         )?;
-        let pool = Pool::new(config.pool.clone(), metrics.clone(), Instant::now());
         Ok(Self {
             shared: Arc::new(CreditGuardGateway {
-                core: Core {
-                    settings: config.gateway.clone(),
-                    guard,
-                    metrics,
-                },
+                core,
                 config,
                 relay_uri,
                 terminals,

@@ -186,6 +186,26 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// Opens the gateway's lockout guard (its record for `fingerprint` read from `store`).
+    pub(crate) fn open(
+        settings: &GatewaySettings,
+        proven_concurrency: u32,
+        fingerprint: crate::guard::Fingerprint,
+        store: Arc<dyn crate::guard::GuardStore>,
+        metrics: GatewayMetrics,
+    ) -> std::io::Result<Self> {
+        let limits = crate::guard::GuardLimits {
+            budget: settings.auth_failure_budget,
+            proven_concurrency,
+        };
+        let guard = AuthGuard::open(&settings.name, limits, fingerprint, store, metrics.clone())?;
+        Ok(Self {
+            settings: settings.clone(),
+            guard,
+            metrics,
+        })
+    }
+
     /// The gateway's name.
     pub(crate) fn name(&self) -> &str {
         &self.settings.name

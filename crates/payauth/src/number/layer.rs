@@ -24,7 +24,7 @@ use crate::forward::{BoxFuture, Client, GatewayBody};
 use crate::gateway::auth::{Fingerprinted, NotStarted, Verdict, Words};
 use crate::gateway::exchange::{exchange, Exchange};
 use crate::gateway::{self, Core, GatewayControl, GatewaySettings, Handle, Middleware};
-use crate::guard::{AuthGuard, Fingerprint, GuardLimits, GuardStore, MemoryGuardStore};
+use crate::guard::{AuthGuard, Fingerprint, GuardStore, MemoryGuardStore};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 
 /// Which of Number's APIs the gateway speaks.
@@ -151,21 +151,17 @@ impl NumberAuthLayer {
         let auth_uri = config.gateway.upstream_at(&config.auth_path)?;
         // Number's authentications are rare and its lock at 6 is the vendor's rule: strictly one
         // at a time, always.
-        let guard = AuthGuard::open(
-            &config.gateway.name,
-            GuardLimits::serial(config.gateway.auth_failure_budget),
+        let core = Core::open(
+            &config.gateway,
+            1,
             credentials.fingerprint(),
             store,
-            metrics.clone(),
+            metrics,
         )?;
         let cred_state = cred_state(credentials).map_err(|e| invalid(e.to_string()))?;
         Ok(Self {
             shared: Arc::new(NumberGateway {
-                core: Core {
-                    settings: config.gateway.clone(),
-                    guard,
-                    metrics,
-                },
+                core,
                 config,
                 auth_uri,
                 credentials: ArcSwap::from_pointee(cred_state),
