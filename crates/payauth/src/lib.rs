@@ -9,6 +9,13 @@
 //! It ships as a sidecar binary (`payauth run`) and as tower layers, which the sidecar itself uses:
 //!
 //! * [`number::NumberAuthLayer`]: Number (REST and SOAP), session keys and PCI-mode signatures.
+//! * [`creditguard::CreditGuardSessionLayer`]: CreditGuard's relay, scoped single-use sessions
+//!   from a pool.
+//!
+//! Both are one mechanism, [`gateway`]: send the call with the credential, and if the gateway
+//! refused the credential get a new one once and replay the call once. [`proxy::FrontLayer`] is
+//! the stack the sidecar puts in front of a gateway (request ids, access log, the contract's
+//! error responses, load shedding), for embedders who serve a gateway themselves.
 //!
 //! # Embedding in axum
 //!

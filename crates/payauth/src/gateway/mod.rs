@@ -6,11 +6,11 @@
 //! looks like in an answer, and how a new credential is obtained. Everything else lives here:
 //!
 //! * [`GatewaySettings`]: the settings every gateway has, with their defaults in one place;
-//! * [`Core`]: a gateway's name, guard and metrics, and the one vocabulary in which requests are
+//! * `Core`: a gateway's name, guard and metrics, and the one vocabulary in which requests are
 //!   refused and transport failures reported;
-//! * [`exchange`]: the send → inspect → renew → replay loop (never more than one replay, never a
+//! * `exchange`: the send → inspect → renew → replay loop (never more than one replay, never a
 //!   replay after a transport failure);
-//! * [`auth`]: one authentication attempt against the lockout guard (reserve, check the
+//! * `auth`: one authentication attempt against the lockout guard (reserve, check the
 //!   credentials did not change, send, settle by what came back).
 
 pub(crate) mod auth;
