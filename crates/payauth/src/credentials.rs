@@ -46,7 +46,7 @@ impl CredentialSource {
     /// The source of `gateway`, with renewed tokens kept under `state_dir`.
     pub fn new(gateway: &GatewayConfig, state_dir: impl Into<PathBuf>) -> Self {
         Self {
-            gateway: gateway.name.clone(),
+            gateway: gateway.name().to_owned(),
             state_dir: state_dir.into(),
             kind: gateway.kind.clone(),
         }

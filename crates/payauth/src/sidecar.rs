@@ -16,11 +16,11 @@ use tower::Layer;
 use crate::admin::{self, AdminGateway};
 use crate::config::{Config, GatewayConfig, GatewayKind};
 use crate::credentials::{warn_if_expiring, CredentialSource, CredentialTarget, Credentials};
-use crate::creditguard::{CreditGuardConfig, CreditGuardSessionLayer, PoolConfig};
+use crate::creditguard::CreditGuardSessionLayer;
 use crate::gateway::GatewayControl;
 use crate::guard::{FileGuardStore, GuardStore};
 use crate::metrics::{GatewayMetrics, Metrics};
-use crate::number::{NumberAuthLayer, NumberConfig, Protocol};
+use crate::number::{NumberAuthLayer, Protocol};
 use crate::proxy::client::UpstreamClient;
 use crate::proxy::reload::TlsWatch;
 use crate::proxy::{self, FrontLayer, FrontLimits, GatewayService};
@@ -98,11 +98,11 @@ impl Sidecar {
         let metrics = Metrics::new(&registry).map_err(|e| StartError(format!("metrics: {e}")))?;
         let mut bound = Vec::new();
         for gateway in &config.gateways {
-            let metrics = metrics.gateway(&gateway.name);
+            let metrics = metrics.gateway(gateway.name());
             bound.push(
                 bind_gateway(gateway, &config, Arc::clone(&store), metrics)
                     .await
-                    .map_err(|e| StartError(format!("gateway {:?}: {e}", gateway.name)))?,
+                    .map_err(|e| StartError(format!("gateway {:?}: {e}", gateway.name())))?,
             );
         }
         let admin_listener = proxy::bind("admin", config.admin.listen)
@@ -128,8 +128,8 @@ impl Sidecar {
                 warm_up();
             }
             if let Ok(addr) = listener.local_addr() {
-                tracing::info!(gateway = %gateway.config.name, %addr, upstream = %gateway.config.upstream, "listening");
-                gateway_addrs.push((gateway.config.name.clone(), addr));
+                tracing::info!(gateway = %gateway.config.name(), %addr, upstream = %gateway.config.settings().upstream, "listening");
+                gateway_addrs.push((gateway.config.name().to_owned(), addr));
             }
             tasks.spawn(proxy::serve(listener, front, stop_rx.clone(), grace));
             gateways.push(gateway);
@@ -227,18 +227,19 @@ async fn bind_gateway(
     let credentials = source.load().map_err(|e| e.to_string())?;
     let (service, control, target, warm_up) =
         build_layer(gateway, credentials, client.clone(), store, metrics.clone())?;
-    let listener = proxy::bind(&format!("gateway {:?}", gateway.name), gateway.listen)
+    let listener = proxy::bind(&format!("gateway {:?}", gateway.name()), gateway.listen)
         .await
         .map_err(|e| e.to_string())?;
     let soap_errors =
-        matches!(&gateway.kind, GatewayKind::Number(n) if n.protocol == Protocol::Soap);
+        matches!(&gateway.kind, GatewayKind::Number(n) if n.layer.protocol == Protocol::Soap);
+    let settings = gateway.settings();
     let front = FrontLayer::new(
-        &gateway.name,
-        gateway.upstream.clone(),
+        &settings.name,
+        settings.upstream.clone(),
         FrontLimits {
             max_concurrency: gateway.max_concurrency,
-            max_request_bytes: gateway.max_request_bytes,
-            body_timeout: gateway.request_timeout,
+            max_request_bytes: settings.max_request_bytes,
+            body_timeout: settings.request_timeout,
             soap_errors,
         },
         metrics.clone(),
@@ -283,22 +284,16 @@ fn build_layer(
             },
         ) => {
             if let Some(token_id) = renewed {
-                tracing::info!(gateway = %gateway.name, token_id,
+                tracing::info!(gateway = %gateway.name(), token_id,
                     "using the token renewed through the admin API (token_file unchanged since)");
             }
             if let Some(at) = expires_at {
                 metrics.set_token_expiry(at as f64);
-                warn_if_expiring(&gateway.name, at);
+                warn_if_expiring(gateway.name(), at);
             }
-            let config = NumberConfig {
-                gateway: gateway.settings(),
-                protocol: settings.protocol,
-                auth_path: settings.auth_path.clone(),
-                soap: settings.soap.clone(),
-                renewal_min_key_age: settings.renewal_min_key_age,
-            };
-            let layer = NumberAuthLayer::with_state(config, credentials, store, metrics)
-                .map_err(|e| e.to_string())?;
+            let layer =
+                NumberAuthLayer::with_state(settings.layer.clone(), credentials, store, metrics)
+                    .map_err(|e| e.to_string())?;
             let handle = layer.handle();
             let service = BoxCloneSyncService::new(layer.layer(client));
             Ok((
@@ -309,21 +304,13 @@ fn build_layer(
             ))
         }
         (GatewayKind::CreditGuard(settings), Credentials::CreditGuard(credentials)) => {
-            let config = CreditGuardConfig {
-                gateway: gateway.settings(),
-                relay_path: settings.relay_path.clone(),
-                terminals: settings.terminals.clone(),
-                scope: settings.scope,
-                session_fetch_concurrency: settings.session_fetch_concurrency,
-                session_wait: settings.session_wait,
-                pool: PoolConfig {
-                    min: settings.pool_min,
-                    max: settings.pool_max,
-                    expiry_margin: settings.session_expiry_margin,
-                },
-            };
-            let layer = CreditGuardSessionLayer::with_state(config, credentials, store, metrics)
-                .map_err(|e| e.to_string())?;
+            let layer = CreditGuardSessionLayer::with_state(
+                settings.layer.clone(),
+                credentials,
+                store,
+                metrics,
+            )
+            .map_err(|e| e.to_string())?;
             let handle = layer.handle();
             let service = layer.layer(client);
             // Sessions are fetched ahead of the first call, off the request path, but only once
@@ -366,7 +353,7 @@ async fn poll_files(
         .iter()
         .map(|g| Polled {
             credentials: g.source.load().ok(),
-            tls: TlsWatch::new(&g.config.name, &g.config.tls, &g.client, g.control.guard()),
+            tls: TlsWatch::new(g.config.name(), &g.config.tls, &g.client, g.control.guard()),
             gateway: g.clone(),
         })
         .collect();
@@ -388,7 +375,7 @@ async fn poll_files(
                 tls.poll();
             }
             if let (true, Some(at)) = (check_expiry, p.gateway.metrics.token_expiry()) {
-                warn_if_expiring(&p.gateway.config.name, at);
+                warn_if_expiring(p.gateway.config.name(), at);
             }
         }
     }
@@ -397,7 +384,7 @@ async fn poll_files(
 impl Polled {
     /// Swaps in the credentials in force if they changed since the last look.
     fn poll_secrets(&mut self) {
-        let name = &self.gateway.config.name;
+        let name = self.gateway.config.name();
         let current = match self.gateway.source.load() {
             Ok(current) => current,
             Err(e) => {

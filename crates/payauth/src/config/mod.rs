@@ -14,11 +14,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::Uri;
-
-use crate::creditguard::Scope;
+use crate::creditguard::CreditGuardConfig;
 use crate::files::read_secret;
-use crate::number::SoapNames;
+use crate::gateway::GatewaySettings;
+use crate::number::NumberConfig;
 
 pub use crate::proxy::tls::TlsFiles;
 pub use source::Position;
@@ -57,41 +56,30 @@ pub struct ProxyConfig {
 /// One `[[gateway]]`.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// Name in metrics, logs, errors and admin paths.
-    pub name: String,
     /// Where the app sends its calls.
     pub listen: SocketAddr,
-    /// The gateway's base URL.
-    pub upstream: Uri,
-    /// Rejected authentications in a row that lock the gateway.
-    pub auth_failure_budget: u32,
-    /// Largest request body (413 above).
-    pub max_request_bytes: usize,
-    /// Answers up to this size are inspected.
-    pub inspect_limit_bytes: usize,
     /// Time allowed to connect to the gateway.
     pub connect_timeout: Duration,
-    /// Time allowed for an answer's head.
-    pub request_timeout: Duration,
     /// Calls in flight at once before new ones get 503 `overloaded`.
     pub max_concurrency: usize,
     /// TLS settings for `https://` upstreams.
     pub tls: TlsFiles,
-    /// What kind of gateway.
+    /// What kind of gateway, with its layer's config.
     pub kind: GatewayKind,
 }
 
 impl GatewayConfig {
-    /// The settings every gateway layer takes.
-    pub fn settings(&self) -> crate::gateway::GatewaySettings {
-        crate::gateway::GatewaySettings {
-            name: self.name.clone(),
-            upstream: self.upstream.clone(),
-            auth_failure_budget: self.auth_failure_budget,
-            max_request_bytes: self.max_request_bytes,
-            inspect_limit_bytes: self.inspect_limit_bytes,
-            request_timeout: self.request_timeout,
+    /// The settings every gateway layer takes (name, upstream, budget, limits, timeout).
+    pub fn settings(&self) -> &GatewaySettings {
+        match &self.kind {
+            GatewayKind::Number(n) => &n.layer.gateway,
+            GatewayKind::CreditGuard(c) => &c.layer.gateway,
         }
+    }
+
+    /// The gateway's name in metrics, logs, errors and admin paths.
+    pub fn name(&self) -> &str {
+        &self.settings().name
     }
 }
 
@@ -104,15 +92,11 @@ pub enum GatewayKind {
     CreditGuard(CreditGuardSettings),
 }
 
-/// Number's settings.
+/// A Number gateway: its layer's config, and where its credentials are.
 #[derive(Debug, Clone)]
 pub struct NumberSettings {
-    /// REST or SOAP.
-    pub protocol: crate::number::Protocol,
-    /// REST: the Authenticate path; SOAP: the service path.
-    pub auth_path: String,
-    /// SOAP names.
-    pub soap: SoapNames,
+    /// The layer's config, as validation made it.
+    pub layer: NumberConfig,
     /// `AcctCode`.
     pub account_code: String,
     /// File holding the token.
@@ -123,33 +107,17 @@ pub struct NumberSettings {
     pub user_id: Option<u64>,
     /// When the token expires, if known (Unix seconds).
     pub token_expires_at: Option<i64>,
-    /// Keys refused younger than this engage the renewal brake.
-    pub renewal_min_key_age: Duration,
 }
 
-/// CreditGuard's settings.
+/// A CreditGuard gateway: its layer's config, and where its credentials are.
 #[derive(Debug, Clone)]
 pub struct CreditGuardSettings {
-    /// The relay path.
-    pub relay_path: String,
+    /// The layer's config, as validation made it.
+    pub layer: CreditGuardConfig,
     /// The API user.
     pub user: String,
     /// File holding the password.
     pub password_file: PathBuf,
-    /// Allowed terminals.
-    pub terminals: Vec<String>,
-    /// How narrowly sessions are scoped.
-    pub scope: Scope,
-    /// Sessions kept ready per (terminal, scope), at least.
-    pub pool_min: usize,
-    /// Sessions kept ready per (terminal, scope), at most.
-    pub pool_max: usize,
-    /// Sessions are discarded this long before they expire.
-    pub session_expiry_margin: Duration,
-    /// `getSessionId`s in flight at once while the credentials are proven.
-    pub session_fetch_concurrency: u32,
-    /// How long a call waits for a session when its pool is empty.
-    pub session_wait: Duration,
 }
 
 /// One thing wrong with a configuration, and where in the file, when it is about one place.
@@ -235,13 +203,13 @@ impl Config {
                 GatewayKind::Number(n) => {
                     check(
                         &mut problems,
-                        format!("gateway {:?}: token_file", g.name),
+                        format!("gateway {:?}: token_file", g.name()),
                         &n.token_file,
                     );
                     if let Some(path) = &n.hmac_secret_file {
                         check(
                             &mut problems,
-                            format!("gateway {:?}: hmac_secret_file", g.name),
+                            format!("gateway {:?}: hmac_secret_file", g.name()),
                             path,
                         );
                     }
@@ -249,7 +217,7 @@ impl Config {
                 GatewayKind::CreditGuard(c) => {
                     check(
                         &mut problems,
-                        format!("gateway {:?}: password_file", g.name),
+                        format!("gateway {:?}: password_file", g.name()),
                         &c.password_file,
                     );
                 }
@@ -259,7 +227,7 @@ impl Config {
                 problems.extend(
                     tls_problems
                         .into_iter()
-                        .map(|p| Problem::whole(format!("gateway {:?}: {p}", g.name))),
+                        .map(|p| Problem::whole(format!("gateway {:?}: {p}", g.name()))),
                 );
             }
         }
@@ -290,7 +258,7 @@ impl Config {
             let detail = match &g.kind {
                 GatewayKind::Number(n) => format!(
                     "number ({:?}), account {}, token <redacted>, signing {}",
-                    n.protocol,
+                    n.layer.protocol,
                     n.account_code,
                     if n.hmac_secret_file.is_some() {
                         "on (secret <redacted>)"
@@ -300,14 +268,18 @@ impl Config {
                 ),
                 GatewayKind::CreditGuard(c) => format!(
                     "creditguard, user {}, password <redacted>, terminals {:?}, scope {}",
-                    c.user, c.terminals, c.scope
+                    c.user, c.layer.terminals, c.layer.scope
                 ),
             };
             let _ = std::fmt::Write::write_fmt(
                 &mut out,
                 format_args!(
                     "gateway {}: {} -> {}, {}, budget {}\n",
-                    g.name, g.listen, g.upstream, detail, g.auth_failure_budget
+                    g.name(),
+                    g.listen,
+                    g.settings().upstream,
+                    detail,
+                    g.settings().auth_failure_budget
                 ),
             );
         }
@@ -360,11 +332,11 @@ scope = "full"
         match &config.gateways[0].kind {
             GatewayKind::Number(n) => {
                 assert_eq!(n.user_id, Some(2547));
-                assert_eq!(n.auth_path, "/APIcardProcREST/v1.0.0/Authenticate");
+                assert_eq!(n.layer.auth_path, "/APIcardProcREST/v1.0.0/Authenticate");
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(config.gateways[0].auth_failure_budget, 1);
+        assert_eq!(config.gateways[0].settings().auth_failure_budget, 1);
         let summary = config.summary();
         assert!(summary.contains("<redacted>"));
     }
@@ -466,8 +438,8 @@ scope = "everything"
         .expect("valid");
         match (&config.gateways[0].kind, &config.gateways[1].kind) {
             (GatewayKind::Number(n), GatewayKind::CreditGuard(c)) => {
-                assert_eq!(n.protocol, crate::number::Protocol::Soap);
-                assert_eq!(c.scope, Scope::Full);
+                assert_eq!(n.layer.protocol, crate::number::Protocol::Soap);
+                assert_eq!(c.layer.scope, crate::creditguard::Scope::Full);
             }
             other => panic!("{other:?}"),
         }

@@ -24,7 +24,7 @@ use super::{
     AdminConfig, Config, ConfigErrors, CreditGuardSettings, GatewayConfig, GatewayKind,
     NumberSettings, Problem, ProxyConfig, TlsFiles,
 };
-use crate::creditguard::Scope;
+use crate::creditguard::{CreditGuardConfig, PoolConfig, Scope};
 use crate::gateway::GatewaySettings;
 use crate::guard::{FileGuardStore, Fingerprint, GuardStore, MAX_BUDGET};
 use crate::number::{NumberConfig, Protocol, SoapNames};
@@ -495,33 +495,38 @@ impl<'a> Validator<'a> {
             client_cert_file: raw.client_cert_file,
             client_key_file: raw.client_key_file,
         };
+        let settings = match (&name, &raw.upstream) {
+            (Some(name), Some(upstream)) => Some(GatewaySettings {
+                name: name.clone(),
+                upstream: upstream.0.clone(),
+                auth_failure_budget: budget,
+                max_request_bytes: raw
+                    .max_request_bytes
+                    .map_or(GatewaySettings::DEFAULT_MAX_REQUEST_BYTES, |c| c.0),
+                inspect_limit_bytes: raw
+                    .inspect_limit_bytes
+                    .map_or(GatewaySettings::DEFAULT_INSPECT_LIMIT_BYTES, |c| c.0),
+                request_timeout: raw
+                    .request_timeout_secs
+                    .map_or(GatewaySettings::DEFAULT_REQUEST_TIMEOUT, |s| s.0),
+            }),
+            _ => None,
+        };
         let kind = match kind {
-            Some(RawKind::Number(n)) => self.number(table, n).map(GatewayKind::Number),
-            Some(RawKind::CreditGuard(c)) => {
-                self.creditguard(table, c).map(GatewayKind::CreditGuard)
-            }
+            Some(RawKind::Number(n)) => self.number(table, n, settings).map(GatewayKind::Number),
+            Some(RawKind::CreditGuard(c)) => self
+                .creditguard(table, c, settings)
+                .map(GatewayKind::CreditGuard),
             None => None,
         };
         if self.checks == Checks::Files {
             self.gateway_files(table, name.as_deref(), &tls, pair_ok, state_dir);
         }
         Some(GatewayConfig {
-            name: name?,
             listen: raw.listen?.0,
-            upstream: raw.upstream?.0,
-            auth_failure_budget: budget,
-            max_request_bytes: raw
-                .max_request_bytes
-                .map_or(GatewaySettings::DEFAULT_MAX_REQUEST_BYTES, |c| c.0),
-            inspect_limit_bytes: raw
-                .inspect_limit_bytes
-                .map_or(GatewaySettings::DEFAULT_INSPECT_LIMIT_BYTES, |c| c.0),
             connect_timeout: raw
                 .connect_timeout_secs
                 .map_or(Duration::from_secs(5), |s| s.0),
-            request_timeout: raw
-                .request_timeout_secs
-                .map_or(GatewaySettings::DEFAULT_REQUEST_TIMEOUT, |s| s.0),
             max_concurrency,
             tls,
             kind: kind?,
@@ -549,7 +554,12 @@ impl<'a> Validator<'a> {
         None
     }
 
-    fn number(&mut self, table: &Table<'_>, raw: RawNumber) -> Option<NumberSettings> {
+    fn number(
+        &mut self,
+        table: &Table<'_>,
+        raw: RawNumber,
+        settings: Option<GatewaySettings>,
+    ) -> Option<NumberSettings> {
         let before = self.problems.len();
         let protocol = raw.protocol.map_or(Protocol::Rest, Protocol::from);
         let auth_path = match (raw.auth_path, protocol) {
@@ -557,7 +567,7 @@ impl<'a> Validator<'a> {
                 self.uri_path(table, "auth_path", &path);
                 path
             }
-            (None, Protocol::Rest) => "/APIcardProcREST/v1.0.0/Authenticate".into(),
+            (None, Protocol::Rest) => NumberConfig::DEFAULT_REST_AUTH_PATH.into(),
             (None, Protocol::Soap) => {
                 if table.missing("auth_path") {
                     let message = format!(
@@ -599,17 +609,20 @@ impl<'a> Validator<'a> {
             return None;
         }
         Some(NumberSettings {
-            protocol,
-            auth_path,
-            soap,
+            layer: NumberConfig {
+                gateway: settings?,
+                protocol,
+                auth_path,
+                soap,
+                renewal_min_key_age: raw
+                    .renewal_min_key_age_secs
+                    .map_or(NumberConfig::DEFAULT_RENEWAL_MIN_KEY_AGE, |s| s.0),
+            },
             account_code: account_code?,
             token_file: raw.token_file?,
             hmac_secret_file: raw.hmac_secret_file,
             user_id,
             token_expires_at: raw.token_expires_at.map(|e| e.0),
-            renewal_min_key_age: raw
-                .renewal_min_key_age_secs
-                .map_or(NumberConfig::DEFAULT_RENEWAL_MIN_KEY_AGE, |s| s.0),
         })
     }
 
@@ -617,6 +630,7 @@ impl<'a> Validator<'a> {
         &mut self,
         table: &Table<'_>,
         raw: RawCreditGuard,
+        settings: Option<GatewaySettings>,
     ) -> Option<CreditGuardSettings> {
         let before = self.problems.len();
         let user = self.non_empty(table, "user", raw.user);
@@ -644,10 +658,13 @@ impl<'a> Validator<'a> {
                 self.problem(table.at("terminals"), message);
             }
         }
-        let relay_path = raw.relay_path.unwrap_or_else(|| "/xpo/Relay".into());
+        let relay_path = raw
+            .relay_path
+            .unwrap_or_else(|| CreditGuardConfig::DEFAULT_RELAY_PATH.into());
         self.uri_path(table, "relay_path", &relay_path);
-        let pool_min = raw.pool_min.map_or(2, |c| c.0);
-        let pool_max = raw.pool_max.map_or(32, |c| c.0);
+        let pools = PoolConfig::default();
+        let pool_min = raw.pool_min.map_or(pools.min, |c| c.0);
+        let pool_max = raw.pool_max.map_or(pools.max, |c| c.0);
         if pool_min > pool_max {
             let message = format!(
                 "{}pool_min {pool_min} is over pool_max {pool_max}",
@@ -655,7 +672,11 @@ impl<'a> Validator<'a> {
             );
             self.problem(table.at("pool_min"), message);
         }
-        let session_fetch_concurrency = raw.session_fetch_concurrency.map_or(8, |c| c.0);
+        let session_fetch_concurrency = raw
+            .session_fetch_concurrency
+            .map_or(CreditGuardConfig::DEFAULT_SESSION_FETCH_CONCURRENCY, |c| {
+                c.0
+            });
         if !(1..=64).contains(&session_fetch_concurrency) {
             let message = format!(
                 "{}session_fetch_concurrency {session_fetch_concurrency} must be 1..=64",
@@ -667,20 +688,25 @@ impl<'a> Validator<'a> {
             return None;
         }
         Some(CreditGuardSettings {
-            relay_path,
+            layer: CreditGuardConfig {
+                gateway: settings?,
+                relay_path,
+                terminals,
+                scope: raw.scope.map_or(Scope::default(), |s| s.0),
+                session_fetch_concurrency,
+                session_wait: raw
+                    .session_wait_secs
+                    .map_or(CreditGuardConfig::DEFAULT_SESSION_WAIT, |s| s.0),
+                pool: PoolConfig {
+                    min: pool_min,
+                    max: pool_max,
+                    expiry_margin: raw
+                        .session_expiry_margin_secs
+                        .map_or(pools.expiry_margin, |s| s.0),
+                },
+            },
             user: user?,
             password_file: raw.password_file?,
-            terminals,
-            scope: raw.scope.map_or(Scope::default(), |s| s.0),
-            pool_min,
-            pool_max,
-            session_expiry_margin: raw
-                .session_expiry_margin_secs
-                .map_or(Duration::from_secs(30), |s| s.0),
-            session_fetch_concurrency,
-            session_wait: raw
-                .session_wait_secs
-                .map_or(Duration::from_secs(10), |s| s.0),
         })
     }
 
