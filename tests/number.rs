@@ -664,3 +664,143 @@ async fn request_ids_are_kept_when_plain_and_replaced_otherwise() {
     h.stop().await;
     sim.shutdown().await;
 }
+
+/// A credential state that stands for a store shared with a peer replica: asked for an attempt
+/// while the caller holds generation `g`, it hands over the key the peer published instead.
+#[derive(Debug)]
+struct PeerPublished {
+    inner: payauth::gateway::SharedState,
+    peer_key: std::sync::Mutex<String>,
+    attempts: std::sync::atomic::AtomicU32,
+}
+
+impl payauth::gateway::CredentialState for PeerPublished {
+    fn gateway(&self) -> &str {
+        self.inner.gateway()
+    }
+    fn begin(
+        &self,
+        seen: Option<u64>,
+    ) -> payauth::gateway::state::StateFuture<
+        '_,
+        Result<payauth::gateway::state::Begun, payauth::guard::Refusal>,
+    > {
+        use payauth::gateway::state::{Begun, Published};
+        if let Some(generation) = seen {
+            let key = self.peer_key.lock().expect("peer key").clone();
+            return Box::pin(async move {
+                Ok(Begun::Adopt(Published {
+                    generation: generation + 1,
+                    credential: payauth::Secret::new(key),
+                }))
+            });
+        }
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.begin(seen)
+    }
+    fn publish(
+        &self,
+        credential: payauth::Secret<String>,
+    ) -> payauth::gateway::state::StateFuture<'_, std::io::Result<u64>> {
+        self.inner.publish(credential)
+    }
+    fn change_credentials(&self, fingerprint: payauth::guard::Fingerprint) {
+        self.inner.change_credentials(fingerprint);
+    }
+    fn unlock(&self) -> payauth::gateway::state::StateFuture<'_, std::io::Result<()>> {
+        self.inner.unlock()
+    }
+    fn clear_backoff(&self) {
+        self.inner.clear_backoff();
+    }
+    fn is_locked(&self) -> bool {
+        self.inner.is_locked()
+    }
+    fn status(&self) -> payauth::guard::GuardStatus {
+        self.inner.status()
+    }
+    fn wait_idle(&self, limit: Duration) -> payauth::gateway::state::StateFuture<'_, ()> {
+        self.inner.wait_idle(limit)
+    }
+}
+
+#[tokio::test]
+async fn a_key_published_by_a_peer_is_adopted_without_authenticating() {
+    use payauth::number::{NumberAuthLayer, NumberConfig, NumberCredentials};
+    use tower::{Layer, ServiceExt};
+
+    let sim = number_sim(NumberSimConfig::default()).await;
+    let credentials = NumberCredentials::new("EP9116875", TOKEN);
+    let inner: payauth::gateway::SharedState = payauth::guard::AuthGuard::open(
+        "number",
+        payauth::guard::GuardLimits::serial(1),
+        credentials.fingerprint(),
+        std::sync::Arc::new(payauth::guard::MemoryGuardStore::default()),
+        payauth::metrics::GatewayMetrics::unregistered("number"),
+    )
+    .expect("guard");
+    let client = common::client();
+    let state = std::sync::Arc::new(PeerPublished {
+        inner,
+        peer_key: std::sync::Mutex::new(String::new()),
+        attempts: std::sync::atomic::AtomicU32::new(0),
+    });
+    let layer = NumberAuthLayer::with_credential_state(
+        NumberConfig::rest("number", sim.url().parse().expect("uri")),
+        credentials,
+        state.clone(),
+        payauth::metrics::GatewayMetrics::unregistered("number"),
+    )
+    .expect("layer");
+    let number = layer.layer(client.clone());
+    let sale = || {
+        Request::post(format!("{}{REST}/CreditCardSale_Manual", sim.url()))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(format!(
+                r#"{{"Amount": 1.00, "CardNum": "{CARD}", "CVV": "123"}}"#
+            ))))
+            .expect("request")
+    };
+    let first = number.clone().oneshot(sale()).await.expect("answer");
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(state.attempts.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let authentications = sim.stats().auth_attempts;
+
+    // The key the layer holds expires; a peer replica authenticates and publishes its key.
+    sim.expire_keys();
+    let peer = post(
+        &client,
+        sim.addr(),
+        &format!("{REST}/Authenticate"),
+        &format!(r#"{{"AcctCode": "EP9116875", "Token": "{TOKEN}"}}"#),
+    )
+    .await;
+    *state.peer_key.lock().expect("peer key") = peer.json()["AuthenticateResult"]["SessKey"]
+        .as_str()
+        .expect("a key")
+        .to_owned();
+    let authentications = authentications + 1;
+    let second = number.clone().oneshot(sale()).await.expect("answer");
+    assert_eq!(second.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(second.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(
+        answer["CreditCardSale_ManualResult"]["FunctionOk"], true,
+        "the replay with the adopted key went through: {answer}"
+    );
+    assert_eq!(
+        state.attempts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "no new attempt was reserved"
+    );
+    assert_eq!(
+        sim.stats().auth_attempts,
+        authentications,
+        "the renewal adopted the peer's key instead of authenticating"
+    );
+    sim.shutdown().await;
+}

@@ -29,7 +29,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -38,7 +39,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::{Error, ErrorCode};
+use crate::gateway::state::{Begun, CredentialState, Ledger, StateFuture};
 use crate::metrics::{AuthResult, GatewayMetrics};
+use crate::secret::Secret;
 use crate::sync::lock;
 
 /// Rejected plus unknown authentications in a row never exceed this: the vendor locks at six.
@@ -440,6 +443,10 @@ struct Inner {
 /// The lockout guard of one gateway; see the [module docs](self).
 #[derive(Debug)]
 pub struct AuthGuard {
+    /// This guard, for the attempts it hands out through [`CredentialState::begin`].
+    me: Weak<AuthGuard>,
+    /// The generation of the newest credential published.
+    generations: AtomicU64,
     gateway: String,
     limits: GuardLimits,
     store: Arc<dyn GuardStore>,
@@ -483,7 +490,9 @@ impl AuthGuard {
         rules::reopen(&mut record);
         metrics.set_locked(record.locked);
         report_on_open(gateway, &record);
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            generations: AtomicU64::new(0),
             gateway: gateway.to_owned(),
             limits,
             store,
@@ -535,13 +544,14 @@ impl AuthGuard {
             }
         };
         let attempt = Attempt {
-            guard: Arc::clone(self),
+            ledger: Arc::clone(self) as Arc<dyn Ledger>,
             fingerprint,
             settled: false,
         };
         if self.persist(fingerprint, version).await.is_err() {
             tracing::error!(gateway = %self.gateway, "cannot persist the lockout guard; authentication not sent");
-            attempt.settle_now(AttemptOutcome::NotSent, false);
+            attempt.disarm();
+            let _ = self.settle(fingerprint, AttemptOutcome::NotSent);
             return Err(Refusal::Storage);
         }
         Ok(Some(attempt))
@@ -807,7 +817,7 @@ fn report_on_open(gateway: &str, record: &GuardRecord) {
 #[derive(Debug)]
 #[must_use = "an attempt must be settled with its outcome"]
 pub struct Attempt {
-    guard: Arc<AuthGuard>,
+    ledger: Arc<dyn Ledger>,
     fingerprint: Fingerprint,
     settled: bool,
 }
@@ -848,28 +858,13 @@ impl Attempt {
     /// Settles with `outcome` and waits until the record is on disk.
     pub async fn finish(mut self, outcome: AttemptOutcome) {
         self.settled = true;
-        if let Some(version) = self.guard.settle(self.fingerprint, outcome) {
-            if let Err(e) = self.guard.persist(self.fingerprint, version).await {
-                tracing::error!(gateway = %self.guard.gateway, error = %e, "cannot persist the lockout guard");
-            }
-        }
+        let ledger = Arc::clone(&self.ledger);
+        ledger.settle(self.fingerprint, outcome).await;
     }
 
-    /// Settles in memory only (the record on disk is already on the safe side of `outcome`,
-    /// or `persist` says so).
-    fn settle_now(mut self, outcome: AttemptOutcome, persist: bool) {
+    /// An attempt whose reservation the ledger already undid (it could not be recorded).
+    fn disarm(mut self) {
         self.settled = true;
-        if let Some(version) = self.guard.settle(self.fingerprint, outcome) {
-            if persist {
-                let guard = Arc::clone(&self.guard);
-                let fingerprint = self.fingerprint;
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(async move {
-                        let _ = guard.persist(fingerprint, version).await;
-                    });
-                }
-            }
-        }
     }
 }
 
@@ -877,10 +872,75 @@ impl Drop for Attempt {
     fn drop(&mut self) {
         if !self.settled {
             self.settled = true;
-            // The record on disk already counts this attempt as unconfirmed: an unknown outcome
-            // needs no write, only the in-memory bookkeeping (and the backoff).
-            let _ = self.guard.settle(self.fingerprint, AttemptOutcome::Unknown);
+            self.ledger.abandon(self.fingerprint);
         }
+    }
+}
+
+impl Ledger for AuthGuard {
+    fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
+    fn settle(&self, fingerprint: Fingerprint, outcome: AttemptOutcome) -> StateFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(version) = AuthGuard::settle(self, fingerprint, outcome) {
+                if let Err(e) = self.persist(fingerprint, version).await {
+                    tracing::error!(gateway = %self.gateway, error = %e, "cannot persist the lockout guard");
+                }
+            }
+        })
+    }
+
+    fn abandon(&self, fingerprint: Fingerprint) {
+        // The record on disk already counts this attempt as unconfirmed: an unknown outcome
+        // needs no write, only the in-memory bookkeeping (and the backoff).
+        let _ = AuthGuard::settle(self, fingerprint, AttemptOutcome::Unknown);
+    }
+}
+
+impl CredentialState for AuthGuard {
+    fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
+    fn begin(&self, _seen: Option<u64>) -> StateFuture<'_, Result<Begun, Refusal>> {
+        // In one process, a newer key is handed over by the layer's single flight before it
+        // asks for an attempt: there is never one to adopt here.
+        Box::pin(async move {
+            let me = self.me.upgrade().ok_or(Refusal::Storage)?;
+            me.begin().await.map(Begun::Attempt)
+        })
+    }
+
+    fn publish(&self, _credential: Secret<String>) -> StateFuture<'_, io::Result<u64>> {
+        // The credential itself stays with the layer that uses it; only its generation is kept.
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        Box::pin(async move { Ok(generation) })
+    }
+
+    fn change_credentials(&self, fingerprint: Fingerprint) {
+        AuthGuard::change_credentials(self, fingerprint);
+    }
+
+    fn unlock(&self) -> StateFuture<'_, io::Result<()>> {
+        Box::pin(AuthGuard::unlock(self))
+    }
+
+    fn clear_backoff(&self) {
+        AuthGuard::clear_backoff(self);
+    }
+
+    fn is_locked(&self) -> bool {
+        AuthGuard::is_locked(self)
+    }
+
+    fn status(&self) -> GuardStatus {
+        AuthGuard::status(self)
+    }
+
+    fn wait_idle(&self, limit: std::time::Duration) -> StateFuture<'_, ()> {
+        Box::pin(AuthGuard::wait_idle(self, limit))
     }
 }
 

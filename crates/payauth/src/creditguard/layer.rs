@@ -26,10 +26,11 @@ use super::CreditGuardCredentials;
 use crate::body::ResponseBody;
 use crate::error::{BoxError, Error, ErrorCode};
 use crate::forward::{BoxFuture, Client, GatewayBody};
-use crate::gateway::auth::{Fingerprinted, NotStarted, Verdict, Words};
+use crate::gateway::auth::{Fingerprinted, NotStarted, Started, Verdict, Words};
 use crate::gateway::exchange::{exchange, Exchange};
+use crate::gateway::SharedState;
 use crate::gateway::{self, Core, GatewayControl, GatewaySettings, Handle, Middleware};
-use crate::guard::{AuthGuard, Fingerprint, GuardStore, MemoryGuardStore, Refusal};
+use crate::guard::{Fingerprint, GuardStore, MemoryGuardStore, Refusal};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
 use crate::sync::lock;
 
@@ -148,21 +149,7 @@ impl CreditGuardSessionLayer {
         store: Arc<dyn GuardStore>,
         metrics: GatewayMetrics,
     ) -> std::io::Result<Self> {
-        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
-        let relay_uri = config.gateway.upstream_at(&config.relay_path)?;
-        let terminals: Vec<TerminalNumber> = config
-            .terminals
-            .iter()
-            .map(|t| TerminalNumber::new(t.as_str()))
-            .filter(|t| !t.as_str().is_empty())
-            .collect();
-        if terminals.is_empty() {
-            return Err(invalid("terminals must list at least one terminal".into()));
-        }
-        if config.pool.min > config.pool.max {
-            return Err(invalid("pool min is over pool max".into()));
-        }
-        let pool = Pool::new(config.pool.clone(), metrics.clone(), Instant::now());
+        let terminals = checked_terminals(&config)?;
         let core = Core::open(
             &config.gateway,
             config.session_fetch_concurrency,
@@ -170,6 +157,32 @@ impl CreditGuardSessionLayer {
             store,
             metrics,
         )?;
+        Self::with_core(config, credentials, terminals, core)
+    }
+
+    /// A layer on a credential state of the caller's (for example one shared by replicas): the
+    /// lockout record lives there (session pools stay per layer). It is switched to
+    /// `credentials` now.
+    pub fn with_credential_state(
+        config: CreditGuardConfig,
+        credentials: CreditGuardCredentials,
+        state: SharedState,
+        metrics: GatewayMetrics,
+    ) -> std::io::Result<Self> {
+        let terminals = checked_terminals(&config)?;
+        state.change_credentials(credentials.fingerprint());
+        let core = Core::new(&config.gateway, state, metrics);
+        Self::with_core(config, credentials, terminals, core)
+    }
+
+    fn with_core(
+        config: CreditGuardConfig,
+        credentials: CreditGuardCredentials,
+        terminals: Vec<TerminalNumber>,
+        core: Core,
+    ) -> std::io::Result<Self> {
+        let relay_uri = config.gateway.upstream_at(&config.relay_path)?;
+        let pool = Pool::new(config.pool.clone(), core.metrics.clone(), Instant::now());
         Ok(Self {
             shared: Arc::new(CreditGuardGateway {
                 core,
@@ -192,6 +205,24 @@ impl CreditGuardSessionLayer {
             shared: Arc::clone(&self.shared),
         }
     }
+}
+
+/// The configured terminals, checked (and the pool's bounds with them).
+fn checked_terminals(config: &CreditGuardConfig) -> std::io::Result<Vec<TerminalNumber>> {
+    let invalid = |e: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_owned());
+    let terminals: Vec<TerminalNumber> = config
+        .terminals
+        .iter()
+        .map(|t| TerminalNumber::new(t.as_str()))
+        .filter(|t| !t.as_str().is_empty())
+        .collect();
+    if terminals.is_empty() {
+        return Err(invalid("terminals must list at least one terminal"));
+    }
+    if config.pool.min > config.pool.max {
+        return Err(invalid("pool min is over pool max"));
+    }
+    Ok(terminals)
 }
 
 impl CreditGuardHandle {
@@ -219,7 +250,7 @@ impl CreditGuardHandle {
     }
 
     /// The gateway's lockout guard (unlock, status).
-    pub fn guard(&self) -> &Arc<AuthGuard> {
+    pub fn guard(&self) -> &SharedState {
         &self.shared.core.guard
     }
 
@@ -261,7 +292,7 @@ impl GatewayControl for CreditGuardHandle {
         CreditGuardHandle::name(self)
     }
 
-    fn guard(&self) -> &Arc<AuthGuard> {
+    fn guard(&self) -> &SharedState {
         CreditGuardHandle::guard(self)
     }
 
@@ -586,8 +617,15 @@ impl CreditGuardGateway {
             error,
             key_wide: false,
         };
-        let (attempt, credentials) = match self.core.begin(&self.credentials, WORDS).await {
-            Ok(begun) => begun,
+        let (attempt, credentials) = match self.core.begin(&self.credentials, WORDS, None).await {
+            Ok(Started::Attempt(attempt, credentials)) => (attempt, credentials),
+            // Sessions are never published; nothing to adopt without a generation seen.
+            Ok(Started::Adopt(_)) => {
+                return Err(one(self.error(
+                    ErrorCode::AuthUnavailable,
+                    "no session was requested; retry",
+                )))
+            }
             // During a backoff, say what caused it; only requests no other fetch serves fail.
             Err(NotStarted::Refused(Refusal::Backoff(wait))) => {
                 return Err(one(self.backoff_error(wait)))

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 
+use super::state::{Begun, Published};
 use super::Core;
 use crate::error::{Error, ErrorCode};
 use crate::forward::{self, Client, Failure, GatewayBody};
@@ -34,9 +35,6 @@ pub(crate) trait Fingerprinted: Send + Sync {
 pub(crate) enum Verdict<T> {
     /// A credential was issued.
     Issued(T),
-    /// The gateway authenticated but issued something payauth cannot use: a success for the
-    /// guard, an error for the caller (not retried blindly).
-    Unusable(Error),
     /// The gateway rejected the credentials (counts toward the lockout); `detail` is what it
     /// said, for example a result code.
     Rejected(String),
@@ -58,6 +56,14 @@ pub(crate) struct Words {
     pub(crate) secret: &'static str,
 }
 
+/// What [`Core::begin`] gave.
+pub(crate) enum Started<C> {
+    /// Send one authentication with these credentials, and settle the attempt.
+    Attempt(Attempt, Arc<C>),
+    /// A credential newer than the caller's was published meanwhile: use it.
+    Adopt(Published),
+}
+
 /// Why no attempt was started.
 pub(crate) enum NotStarted {
     /// The guard refused.
@@ -67,13 +73,18 @@ pub(crate) enum NotStarted {
 }
 
 impl Core {
-    /// Reserves an attempt and reads the credentials it is for.
+    /// Reserves an attempt and reads the credentials it is for; or, when the caller holds
+    /// generation `seen` and a newer credential was published, hands that over.
     pub(crate) async fn begin<C: Fingerprinted>(
         &self,
         current: &ArcSwap<C>,
         words: Words,
-    ) -> Result<(Attempt, Arc<C>), NotStarted> {
-        let attempt = self.guard.begin().await.map_err(NotStarted::Refused)?;
+        seen: Option<u64>,
+    ) -> Result<Started<C>, NotStarted> {
+        let attempt = match self.guard.begin(seen).await.map_err(NotStarted::Refused)? {
+            Begun::Attempt(attempt) => attempt,
+            Begun::Adopt(published) => return Ok(Started::Adopt(published)),
+        };
         let credentials = current.load_full();
         if attempt.fingerprint() != credentials.fingerprint() {
             attempt.not_sent().await;
@@ -85,7 +96,7 @@ impl Core {
                 ),
             )));
         }
-        Ok((attempt, credentials))
+        Ok(Started::Attempt(attempt, credentials))
     }
 
     /// Sends `request` for `attempt`, reads the answer whole (up to `answer_limit` bytes) and
@@ -129,10 +140,6 @@ impl Core {
                 attempt.success().await;
                 self.metrics.credential_obtained();
                 Ok(credential)
-            }
-            Verdict::Unusable(error) => {
-                attempt.success().await;
-                Err(error)
             }
             Verdict::Rejected(detail) => {
                 attempt.rejected().await;

@@ -15,6 +15,9 @@
 
 pub(crate) mod auth;
 pub(crate) mod exchange;
+pub mod state;
+
+pub use state::{CredentialState, SharedState};
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -170,7 +173,7 @@ pub trait GatewayControl: Send + Sync + std::fmt::Debug + 'static {
     /// The gateway's name.
     fn name(&self) -> &str;
     /// Its lockout guard (status, unlock).
-    fn guard(&self) -> &Arc<AuthGuard>;
+    fn guard(&self) -> &SharedState;
     /// Stops its background credential work and resolves once the authentications in flight
     /// have ended (or after `limit`), so that a stopping process records their real outcome.
     fn stop(&self, limit: Duration) -> forward::BoxFuture<()>;
@@ -181,7 +184,7 @@ pub trait GatewayControl: Send + Sync + std::fmt::Debug + 'static {
 #[derive(Debug)]
 pub(crate) struct Core {
     pub(crate) settings: GatewaySettings,
-    pub(crate) guard: Arc<AuthGuard>,
+    pub(crate) guard: SharedState,
     pub(crate) metrics: GatewayMetrics,
 }
 
@@ -204,6 +207,19 @@ impl Core {
             guard,
             metrics,
         })
+    }
+
+    /// A core on a credential state of the caller's.
+    pub(crate) fn new(
+        settings: &GatewaySettings,
+        guard: SharedState,
+        metrics: GatewayMetrics,
+    ) -> Self {
+        Self {
+            settings: settings.clone(),
+            guard,
+            metrics,
+        }
     }
 
     /// The gateway's name.

@@ -1,7 +1,7 @@
 //! [`NumberAuthLayer`] and [`NumberAuth`]: the Number middleware.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,11 +21,13 @@ use super::NumberCredentials;
 use crate::body::ResponseBody;
 use crate::error::{BoxError, Error, ErrorCode};
 use crate::forward::{BoxFuture, Client, GatewayBody};
-use crate::gateway::auth::{Fingerprinted, NotStarted, Verdict, Words};
+use crate::gateway::auth::{Fingerprinted, NotStarted, Started, Verdict, Words};
 use crate::gateway::exchange::{exchange, Exchange};
+use crate::gateway::SharedState;
 use crate::gateway::{self, Core, GatewayControl, GatewaySettings, Handle, Middleware};
-use crate::guard::{AuthGuard, Fingerprint, GuardStore, MemoryGuardStore};
+use crate::guard::{Fingerprint, GuardStore, MemoryGuardStore};
 use crate::metrics::{GatewayMetrics, Outcome, ReauthReason};
+use crate::secret::Secret;
 
 /// Which of Number's APIs the gateway speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -101,14 +103,16 @@ pub struct NumberGateway {
     /// Whether the brake has ever engaged since it was last released: lets every call skip
     /// the brake's lock while it is off (nearly always).
     brake_engaged: AtomicBool,
-    generations: AtomicU64,
 }
 
 impl fmt::Debug for NumberGateway {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NumberGateway")
             .field("config", &self.config)
-            .field("generation", &self.generations.load(Ordering::Relaxed))
+            .field(
+                "generation",
+                &self.key.load().as_ref().map(|k| k.generation),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -147,8 +151,6 @@ impl NumberAuthLayer {
         store: Arc<dyn GuardStore>,
         metrics: GatewayMetrics,
     ) -> std::io::Result<Self> {
-        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
-        let auth_uri = config.gateway.upstream_at(&config.auth_path)?;
         // Number's authentications are rare and its lock at 6 is the vendor's rule: strictly one
         // at a time, always.
         let core = Core::open(
@@ -158,6 +160,30 @@ impl NumberAuthLayer {
             store,
             metrics,
         )?;
+        Self::with_core(config, credentials, core)
+    }
+
+    /// A layer on a credential state of the caller's (for example one shared by replicas):
+    /// the lockout record and the session keys' generations live there. It is switched to
+    /// `credentials` now.
+    pub fn with_credential_state(
+        config: NumberConfig,
+        credentials: NumberCredentials,
+        state: SharedState,
+        metrics: GatewayMetrics,
+    ) -> std::io::Result<Self> {
+        state.change_credentials(credentials.fingerprint());
+        let core = Core::new(&config.gateway, state, metrics);
+        Self::with_core(config, credentials, core)
+    }
+
+    fn with_core(
+        config: NumberConfig,
+        credentials: NumberCredentials,
+        core: Core,
+    ) -> std::io::Result<Self> {
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let auth_uri = config.gateway.upstream_at(&config.auth_path)?;
         let cred_state = cred_state(credentials).map_err(|e| invalid(e.to_string()))?;
         Ok(Self {
             shared: Arc::new(NumberGateway {
@@ -169,7 +195,6 @@ impl NumberAuthLayer {
                 flight: Mutex::new(None),
                 brake: Mutex::new(Brake::default()),
                 brake_engaged: AtomicBool::new(false),
-                generations: AtomicU64::new(0),
             }),
         })
     }
@@ -228,7 +253,7 @@ impl NumberHandle {
     }
 
     /// The gateway's lockout guard (unlock, status).
-    pub fn guard(&self) -> &Arc<AuthGuard> {
+    pub fn guard(&self) -> &SharedState {
         &self.shared.core.guard
     }
 
@@ -256,7 +281,7 @@ impl GatewayControl for NumberHandle {
         NumberHandle::name(self)
     }
 
-    fn guard(&self) -> &Arc<AuthGuard> {
+    fn guard(&self) -> &SharedState {
         NumberHandle::guard(self)
     }
 
@@ -668,8 +693,15 @@ impl NumberGateway {
         S: Client<ResB>,
         ResB: GatewayBody,
     {
-        let (attempt, creds) = match self.core.begin(&self.credentials, WORDS).await {
-            Ok(begun) => begun,
+        let seen = self.key.load().as_ref().map(|k| k.generation);
+        let (attempt, creds) = match self.core.begin(&self.credentials, WORDS, seen).await {
+            Ok(Started::Attempt(attempt, creds)) => (attempt, creds),
+            Ok(Started::Adopt(published)) => {
+                tracing::info!(gateway = %self.core.name(), generation = published.generation,
+                    "using the session key published meanwhile");
+                let signer = self.credentials.load().signer.clone();
+                return self.key_state(published.credential, published.generation, signer);
+            }
             Err(NotStarted::Refused(refusal)) => return Err(refusal.into_error(self.core.name())),
             Err(NotStarted::Changed(error)) => return Err(error),
         };
@@ -693,21 +725,7 @@ impl NumberGateway {
                         Protocol::Soap => wire::parse_soap_auth(bytes),
                     };
                     match answer {
-                        AuthAnswer::Success { key, .. } => {
-                            let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-                            match KeyState::new(
-                                key,
-                                generation,
-                                creds.signer.clone(),
-                                Instant::now(),
-                            ) {
-                                Ok(state) => Verdict::Issued(Arc::new(state)),
-                                Err(_) => Verdict::Unusable(self.core.error(
-                                    ErrorCode::AuthUnavailable,
-                                    "the gateway issued a session key payauth cannot use",
-                                )),
-                            }
-                        }
+                        AuthAnswer::Success { key, .. } => Verdict::Issued(key),
                         AuthAnswer::Rejected { err_code } => Verdict::Rejected(
                             err_code.map_or_else(String::new, |c| format!(" (ErrCode {c})")),
                         ),
@@ -716,8 +734,34 @@ impl NumberGateway {
                 },
             )
             .await?;
-        tracing::info!(gateway = %self.core.name(), generation = key.generation, "authenticated");
-        Ok(key)
+        let generation = self.core.guard.publish(key.clone()).await.map_err(|e| {
+            tracing::error!(gateway = %self.core.name(), error = %e, "cannot publish the new session key");
+            self.core.error(
+                ErrorCode::AuthUnavailable,
+                "the new session key could not be published",
+            )
+        })?;
+        let state = self.key_state(key, generation, creds.signer.clone())?;
+        tracing::info!(gateway = %self.core.name(), generation, "authenticated");
+        Ok(state)
+    }
+
+    /// A key ready for use; an error when the gateway issued one payauth cannot use (not
+    /// retried blindly: the authentication itself succeeded).
+    fn key_state(
+        &self,
+        key: Secret<String>,
+        generation: u64,
+        signer: Option<Signer>,
+    ) -> Result<Arc<KeyState>, Error> {
+        KeyState::new(key, generation, signer, Instant::now())
+            .map(Arc::new)
+            .map_err(|_| {
+                self.core.error(
+                    ErrorCode::AuthUnavailable,
+                    "the gateway issued a session key payauth cannot use",
+                )
+            })
     }
 
     /// The Authenticate call for `credentials`.

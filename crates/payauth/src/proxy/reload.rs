@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::client::UpstreamClient;
 use super::tls::TlsFiles;
-use crate::guard::AuthGuard;
+use crate::gateway::SharedState;
 
 /// What a poll saw of one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub struct TlsWatch {
     client: UpstreamClient,
     /// Cleared of its transport backoff after a reload: the failures it backs off from may have
     /// been the old certificates'.
-    guard: Option<Arc<AuthGuard>>,
+    guard: Option<SharedState>,
     last: Vec<Seen>,
 }
 
@@ -43,7 +43,7 @@ impl TlsWatch {
         gateway: &str,
         files: &TlsFiles,
         client: &UpstreamClient,
-        guard: &Arc<AuthGuard>,
+        guard: &SharedState,
     ) -> Option<Self> {
         paths(files).next()?;
         Some(Self {
@@ -177,7 +177,7 @@ mod tests {
     fn gateways_without_certificate_files_are_not_watched() {
         let files = TlsFiles::default();
         let client = UpstreamClient::new(&files, Duration::from_secs(1)).unwrap();
-        let guard = AuthGuard::open(
+        let guard: SharedState = crate::guard::AuthGuard::open(
             "g",
             crate::guard::GuardLimits::serial(1),
             crate::guard::Fingerprint::of(&[b"x"]),
