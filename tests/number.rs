@@ -336,7 +336,8 @@ async fn a_slow_gateway_is_a_timeout_and_never_replayed() {
     assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(reply.error_code().as_deref(), Some("upstream_timeout"));
     sim.set_latency(Duration::ZERO);
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // The simulator counts a call when it arrives; a replay would have been sent before the
+    // 504 came back.
     assert_eq!(
         sim.stats().calls,
         2,
@@ -539,26 +540,33 @@ async fn shutdown_lets_in_flight_calls_finish_and_refuses_new_ones() {
     let client = common::client();
     let addr = h.addr;
     let in_flight = tokio::spawn(async move { sale(&client, addr).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The simulator counts the call as it arrives (then waits out its latency).
+    assert!(
+        eventually(Duration::from_secs(5), || sim.stats().calls == 2).await,
+        "the call reached the gateway"
+    );
     let sidecar = h.sidecar.take().expect("running");
     sidecar.begin_shutdown();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         h.admin_get("/ready").await.status,
         StatusCode::SERVICE_UNAVAILABLE,
         "draining"
     );
-    let refused = common::client()
-        .request(
-            Request::post(format!("http://{addr}{REST}/X"))
-                .body(Full::new(Bytes::new()))
-                .expect("request"),
-        )
-        .await;
-    assert!(
-        refused.is_err(),
-        "new connections are refused while draining"
-    );
+    let mut refused = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !refused && tokio::time::Instant::now() < deadline {
+        // A fresh client each time: a new connection, which a closed listener refuses.
+        refused = common::client()
+            .request(
+                Request::post(format!("http://{addr}{REST}/X"))
+                    .body(Full::new(Bytes::new()))
+                    .expect("request"),
+            )
+            .await
+            .is_err();
+        tokio::task::yield_now().await;
+    }
+    assert!(refused, "new connections are refused while draining");
     let reply = in_flight.await.expect("task");
     assert!(
         approved(&reply, "CreditCardSale_Manual"),
