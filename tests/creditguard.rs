@@ -948,6 +948,7 @@ async fn a_warm_pool_costs_one_round_trip() {
     })
     .await;
 
+    let before = gw.handle.pool_stats();
     let mut times = Vec::new();
     for _ in 0..20 {
         let started = Instant::now();
@@ -1011,10 +1012,14 @@ async fn a_warm_pool_costs_one_round_trip() {
         median.as_secs_f64() / naive.as_secs_f64(),
         gw.handle.pool_stats()
     );
-    assert!(
-        median < Duration::from_millis(100),
-        "median {median:?}: {times:?}"
+    // The figures above are printed, not asserted (they belong to benchmarks); what is asserted
+    // is the structure: no deal waited for a getSessionId, so each cost one round trip.
+    let after = gw.handle.pool_stats();
+    assert_eq!(
+        after.on_demand, before.on_demand,
+        "every deal found a session ready: {before:?} -> {after:?}"
     );
+    assert!(after.used >= before.used + 20, "{before:?} -> {after:?}");
 }
 
 /// A writer into a shared buffer, for capturing every log line.
