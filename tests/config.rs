@@ -285,3 +285,38 @@ fn a_lockout_record_run_would_refuse_fails_check() {
     assert_reported(&stderr, 3, "lockout record");
     assert!(stderr.contains("corrupt"), "{stderr}");
 }
+
+#[test]
+fn a_shared_section_is_checked_and_refused_until_it_is_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = format!("dir = {:?}", dir.path().join("state").display().to_string());
+    let token = format!("token_file = {:?}", secret(dir.path(), "token"));
+    let missing = format!(
+        "password_file = {:?}",
+        dir.path().join("no-such-file").display().to_string()
+    );
+    let lines = [
+        "[state]",
+        &state,
+        "[shared]",
+        "redis_url = \"redis://127.0.0.1:6379/0\"",
+        "egress_id = \"nat-eu-1a\"",
+        "username = \"payauth\"",
+        &missing,
+        "[[gateway]]",
+        "name = \"number\"",
+        "kind = \"number\"",
+        "listen = \"127.0.0.1:8081\"",
+        "upstream = \"https://easypay5.com\"",
+        "account_code = \"EP9116875\"",
+        &token,
+    ];
+    let stderr = refused(dir.path(), &lines);
+    assert_reported(&stderr, line_of(&lines, "no-such-file"), "password_file");
+    assert_reported(
+        &stderr,
+        line_of(&lines, "[shared]"),
+        "does not serve it yet",
+    );
+    assert_eq!(stderr.matches("\n- ").count(), 2, "{stderr}");
+}

@@ -7,6 +7,8 @@
     clippy::expect_used
 )]
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -88,6 +88,11 @@ impl Sidecar {
         config
             .check_secrets()
             .map_err(|e| StartError(format!("configuration problems:\n{e}")))?;
+        if config.shared.is_some() {
+            return Err(StartError(
+                crate::config::validate::SHARED_NOT_SERVED.to_owned(),
+            ));
+        }
         let state = |e: std::io::Error| {
             StartError(format!("state dir {}: {e}", config.state_dir.display()))
         };

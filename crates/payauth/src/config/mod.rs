@@ -7,7 +7,7 @@
 
 mod raw;
 mod source;
-mod validate;
+pub(crate) mod validate;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -33,6 +33,30 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// The gateways.
     pub gateways: Vec<GatewayConfig>,
+    /// `[shared]`: the store shared by replicas behind one egress IP (`None`: each process
+    /// keeps its own key and lockout budget).
+    pub shared: Option<SharedConfig>,
+}
+
+/// `[shared]`: replicas behind one egress IP share one session key per Number gateway and one
+/// lockout budget per gateway through Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedConfig {
+    /// `redis://host:port/db` or `rediss://...` (TLS); never with credentials in it.
+    pub redis_url: String,
+    /// The Redis ACL user, if any.
+    pub username: Option<String>,
+    /// File holding the Redis password, if any.
+    pub password_file: Option<PathBuf>,
+    /// Names the egress IP or NAT the replicas share: a key is shared only under the same
+    /// `egress_id`, never across egress IPs (Number binds keys to the caller's IP).
+    pub egress_id: String,
+    /// Time allowed to connect to Redis (default 500 ms).
+    pub connect_timeout: Duration,
+    /// Time allowed for one Redis operation (default 250 ms).
+    pub op_timeout: Duration,
+    /// How often a replica looks for a key a peer published (default 1 s).
+    pub key_poll: Duration,
 }
 
 /// `[admin]`.
@@ -254,6 +278,25 @@ impl Config {
                 self.state_dir.display()
             ),
         );
+        match &self.shared {
+            None => out.push_str("shared: off (each process keeps its own key and budget)\n"),
+            Some(shared) => {
+                let _ = std::fmt::Write::write_fmt(
+                    &mut out,
+                    format_args!(
+                        "shared: {} (egress {}, user {}, password {})\n",
+                        shared.redis_url,
+                        shared.egress_id,
+                        shared.username.as_deref().unwrap_or("default"),
+                        if shared.password_file.is_some() {
+                            "<redacted>"
+                        } else {
+                            "none"
+                        }
+                    ),
+                );
+            }
+        }
         for g in &self.gateways {
             let detail = match &g.kind {
                 GatewayKind::Number(n) => format!(
@@ -324,6 +367,58 @@ password_file = "/run/secrets/creditguard/password"
 terminals = ["0882819014"]
 scope = "full"
 "#;
+
+    #[test]
+    fn a_shared_section_is_read_with_its_defaults() {
+        let text = format!(
+            "{GOOD}\n[shared]\nredis_url = \"redis://127.0.0.1:6379/0\"\negress_id = \"nat-eu-1a\"\n"
+        );
+        let config = Config::parse(&text).expect("valid");
+        let shared = config.shared.as_ref().expect("shared");
+        assert_eq!(shared.redis_url, "redis://127.0.0.1:6379/0");
+        assert_eq!(shared.egress_id, "nat-eu-1a");
+        assert_eq!(shared.op_timeout, Duration::from_millis(250));
+        assert_eq!(shared.connect_timeout, Duration::from_millis(500));
+        assert_eq!(shared.key_poll, Duration::from_millis(1000));
+        assert!(config
+            .summary()
+            .contains("shared: redis://127.0.0.1:6379/0 (egress nat-eu-1a"));
+        assert!(Config::parse(GOOD).expect("valid").shared.is_none());
+    }
+
+    #[test]
+    fn a_shared_section_is_refused_with_every_problem() {
+        let text = format!(
+            "{GOOD}\n[shared]\nredis_url = \"redis://:hunter2@127.0.0.1:6379\"\n\
+             egress_id = \"nat eu\"\nusername = \"payauth\"\nop_timeout_ms = 0\nkeypoll_ms = 5\n"
+        );
+        let errors = Config::parse(&text).expect_err("invalid").to_string();
+        for expected in [
+            "must not hold a user or password",
+            "shared.egress_id must be 1 to 64",
+            "shared.username needs shared.password_file",
+            "shared.op_timeout_ms must be at least 1",
+            "did you mean `key_poll_ms`",
+        ] {
+            assert!(errors.contains(expected), "{expected}: {errors}");
+        }
+        assert!(
+            !errors.contains("hunter2"),
+            "the password is never echoed: {errors}"
+        );
+        let missing = Config::parse(&format!("{GOOD}\n[shared]\n")).expect_err("invalid");
+        let missing = missing.to_string();
+        assert!(missing.contains("redis_url is missing"), "{missing}");
+        assert!(missing.contains("egress_id is missing"), "{missing}");
+        for url in [
+            "http://127.0.0.1:6379",
+            "redis://127.0.0.1:6379/x",
+            "redis:///0",
+        ] {
+            let text = format!("{GOOD}\n[shared]\nredis_url = \"{url}\"\negress_id = \"e\"\n");
+            assert!(Config::parse(&text).is_err(), "{url}");
+        }
+    }
 
     #[test]
     fn the_design_example_is_valid() {

@@ -40,6 +40,48 @@ pub(super) struct RawProxy {
     pub(super) secret_poll_secs: Option<Seconds>,
 }
 
+/// `[shared]`: the store replicas behind one egress IP share.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShared {
+    pub(super) redis_url: Option<RedisUrl>,
+    pub(super) username: Option<String>,
+    pub(super) password_file: Option<PathBuf>,
+    pub(super) egress_id: Option<String>,
+    pub(super) connect_timeout_ms: Option<Count<u64>>,
+    pub(super) op_timeout_ms: Option<Count<u64>>,
+    pub(super) key_poll_ms: Option<Count<u64>>,
+}
+
+/// A Redis URL: `redis://host[:port][/db]` or `rediss://...` (TLS), with no credentials in it.
+#[derive(Debug, Clone)]
+pub(super) struct RedisUrl(pub(super) String);
+
+impl<'de> Deserialize<'de> for RedisUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str = "a URL like redis://host:6379/0 or rediss://host:6380/0";
+        let text = String::deserialize(d)?;
+        let uri = text
+            .parse::<Uri>()
+            .map_err(|_| de::Error::invalid_value(Unexpected::Str(&text), &EXPECTED))?;
+        let scheme_ok = matches!(uri.scheme_str(), Some("redis" | "rediss"));
+        let Some(authority) = uri.authority().filter(|_| scheme_ok) else {
+            return Err(de::Error::invalid_value(Unexpected::Str(&text), &EXPECTED));
+        };
+        if authority.as_str().contains('@') {
+            // Said without echoing the URL: it holds a secret.
+            return Err(de::Error::custom(
+                "the URL must not hold a user or password: use username and password_file",
+            ));
+        }
+        let db = uri.path().trim_start_matches('/');
+        if !db.is_empty() && db.parse::<u16>().is_err() {
+            return Err(de::Error::invalid_value(Unexpected::Str(&text), &EXPECTED));
+        }
+        Ok(RedisUrl(text))
+    }
+}
+
 /// The keys every `[[gateway]]` has, whatever its kind.
 ///
 /// serde cannot flatten these into the kind types without losing `deny_unknown_fields`, so a

@@ -17,12 +17,13 @@ use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml_edit::{ImDocument, InlineTable, Item, TableLike, Value};
 
 use super::raw::{
-    Kind, RawAdmin, RawCommon, RawCreditGuard, RawKind, RawNumber, RawProxy, RawState,
+    Count, Kind, RawAdmin, RawCommon, RawCreditGuard, RawKind, RawNumber, RawProxy, RawShared,
+    RawState,
 };
 use super::source::{closest, keys_of, Position, Source};
 use super::{
     AdminConfig, Config, ConfigErrors, CreditGuardSettings, GatewayConfig, GatewayKind,
-    NumberSettings, Problem, ProxyConfig, TlsFiles,
+    NumberSettings, Problem, ProxyConfig, SharedConfig, TlsFiles,
 };
 use crate::creditguard::{CreditGuardConfig, PoolConfig, Scope};
 use crate::gateway::GatewaySettings;
@@ -39,7 +40,12 @@ pub(super) enum Checks {
     Files,
 }
 
-const SECTIONS: [&str; 4] = ["admin", "state", "proxy", "gateway"];
+/// Why a config with `[shared]` cannot run yet.
+pub(crate) const SHARED_NOT_SERVED: &str = "[shared]: this version of payauth reads the shared \
+    mode's settings but does not serve it yet; remove the section to run (each process then \
+    keeps its own key and lockout budget)";
+
+const SECTIONS: [&str; 5] = ["admin", "state", "proxy", "shared", "gateway"];
 
 pub(super) fn validate(text: &str, checks: Checks) -> Result<Config, ConfigErrors> {
     let source = Source::new(text);
@@ -178,7 +184,18 @@ impl<'a> Validator<'a> {
                 .secret_poll_secs
                 .map_or(Duration::from_secs(2), |s| s.0),
         };
+        let shared_present = root.contains_key("shared");
+        let shared = if shared_present {
+            self.shared(root)
+        } else {
+            None
+        };
         let gateways = self.gateways(root, admin_listen, &state_dir);
+        if shared_present && shared.is_none() {
+            // Its problems are reported; a config without the shared mode it asked for is no
+            // config at all.
+            return None;
+        }
         Some(Config {
             admin: AdminConfig {
                 listen: admin_listen,
@@ -187,7 +204,66 @@ impl<'a> Validator<'a> {
             state_dir,
             proxy,
             gateways: gateways?,
+            shared,
         })
+    }
+
+    /// `[shared]`, when present: `redis_url` and `egress_id` are required.
+    fn shared(&mut self, root: &'a toml_edit::Table) -> Option<SharedConfig> {
+        let before = self.problems.len();
+        let (raw, table) = self.section::<RawShared>(root, "shared");
+        if raw.redis_url.is_none() {
+            self.required(&table, "redis_url");
+        }
+        let egress_id = self.non_empty(&table, "egress_id", raw.egress_id);
+        if let Some(id) = &egress_id {
+            let plain = id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+            if !plain {
+                let message = "shared.egress_id must be 1 to 64 letters, digits, '.', '-' or '_'";
+                self.problem(table.at("egress_id"), message.to_owned());
+            }
+        }
+        if raw.username.is_some() && raw.password_file.is_none() {
+            let message = "shared.username needs shared.password_file".to_owned();
+            self.problem(table.at("username"), message);
+        }
+        if self.checks == Checks::Files {
+            if let Some(path) = &raw.password_file {
+                self.secret_file(&table, "password_file", path);
+            }
+            // What `run` would refuse, `check` refuses too.
+            self.problem(table.header, SHARED_NOT_SERVED.to_owned());
+        }
+        let millis = |value: Option<Count<u64>>, default: u64| {
+            Duration::from_millis(value.map_or(default, |c| c.0))
+        };
+        let (connect_timeout, op_timeout, key_poll) = (
+            millis(raw.connect_timeout_ms, 500),
+            millis(raw.op_timeout_ms, 250),
+            millis(raw.key_poll_ms, 1000),
+        );
+        for (key, value) in [
+            ("connect_timeout_ms", connect_timeout),
+            ("op_timeout_ms", op_timeout),
+            ("key_poll_ms", key_poll),
+        ] {
+            if value.is_zero() {
+                self.problem(table.at(key), format!("shared.{key} must be at least 1"));
+            }
+        }
+        let config = SharedConfig {
+            redis_url: raw.redis_url?.0,
+            username: raw.username,
+            password_file: raw.password_file,
+            egress_id: egress_id?,
+            connect_timeout,
+            op_timeout,
+            key_poll,
+        };
+        (self.problems.len() == before).then_some(config)
     }
 
     /// `[admin]`, `[state]` or `[proxy]`: absent is all defaults.
