@@ -695,12 +695,16 @@ impl payauth::gateway::CredentialState for PeerPublished {
         Result<payauth::gateway::state::Begun, payauth::guard::Refusal>,
     > {
         use payauth::gateway::state::{Begun, Published};
-        if let Some(generation) = seen {
-            let key = self.peer_key.lock().expect("peer key").clone();
+        let key = self.peer_key.lock().expect("peer key").clone();
+        if let (Some(generation), false) = (seen, key.is_empty()) {
+            // The peer sealed its key under the token every replica holds.
+            let seal = payauth::number::KeySeal::new(&payauth::Secret::new(TOKEN.into()), "number")
+                .expect("seal");
+            let sealed = seal.seal(&payauth::Secret::new(key)).expect("sealed");
             return Box::pin(async move {
                 Ok(Begun::Adopt(Published {
                     generation: generation + 1,
-                    credential: payauth::Secret::new(key),
+                    sealed,
                 }))
             });
         }
@@ -710,9 +714,9 @@ impl payauth::gateway::CredentialState for PeerPublished {
     }
     fn publish(
         &self,
-        credential: payauth::Secret<String>,
+        sealed: Vec<u8>,
     ) -> payauth::gateway::state::StateFuture<'_, std::io::Result<u64>> {
-        self.inner.publish(credential)
+        self.inner.publish(sealed)
     }
     fn change_credentials(&self, fingerprint: payauth::guard::Fingerprint) {
         self.inner.change_credentials(fingerprint);

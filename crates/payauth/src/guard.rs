@@ -41,7 +41,6 @@ use tokio::time::Instant;
 use crate::error::{Error, ErrorCode};
 use crate::gateway::state::{Begun, CredentialState, Ledger, StateFuture};
 use crate::metrics::{AuthResult, GatewayMetrics};
-use crate::secret::Secret;
 use crate::sync::lock;
 
 /// Rejected plus unknown authentications in a row never exceed this: the vendor locks at six.
@@ -913,7 +912,7 @@ impl CredentialState for AuthGuard {
         })
     }
 
-    fn publish(&self, _credential: Secret<String>) -> StateFuture<'_, io::Result<u64>> {
+    fn publish(&self, _sealed: Vec<u8>) -> StateFuture<'_, io::Result<u64>> {
         // The credential itself stays with the layer that uses it; only its generation is kept.
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         Box::pin(async move { Ok(generation) })

@@ -21,18 +21,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::guard::{Attempt, AttemptOutcome, Fingerprint, GuardStatus, Refusal};
-use crate::secret::Secret;
 
 /// The future of a state operation.
 pub type StateFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A credential as published: what the gateway issued, and its generation.
+/// A credential as published: what the gateway issued, sealed by the layer that got it (the
+/// state never sees it in the clear), and its generation.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Published {
     /// Grows with every credential published for the gateway.
     pub generation: u64,
-    /// The credential (a Number session key).
-    pub credential: Secret<String>,
+    /// The credential as the layer sealed it (see [`crate::number::KeySeal`]).
+    pub sealed: Vec<u8>,
 }
 
 impl fmt::Debug for Published {
@@ -63,8 +63,8 @@ pub trait CredentialState: Send + Sync + fmt::Debug + 'static {
     /// holds) and a newer credential is published, hands that over instead.
     fn begin(&self, seen: Option<u64>) -> StateFuture<'_, Result<Begun, Refusal>>;
 
-    /// Publishes a credential the gateway issued; returns its generation.
-    fn publish(&self, credential: Secret<String>) -> StateFuture<'_, io::Result<u64>>;
+    /// Publishes a credential the gateway issued, sealed; returns its generation.
+    fn publish(&self, sealed: Vec<u8>) -> StateFuture<'_, io::Result<u64>>;
 
     /// The credentials changed: from now on the record of `fingerprint` applies.
     fn change_credentials(&self, fingerprint: Fingerprint);

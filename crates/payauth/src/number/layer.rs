@@ -23,6 +23,7 @@ use crate::error::{BoxError, Error, ErrorCode};
 use crate::forward::{BoxFuture, Client, GatewayBody};
 use crate::gateway::auth::{Fingerprinted, NotStarted, Started, Verdict, Words};
 use crate::gateway::exchange::{exchange, Exchange};
+use crate::gateway::state::Published;
 use crate::gateway::SharedState;
 use crate::gateway::{self, Core, GatewayControl, GatewaySettings, Handle, Middleware};
 use crate::guard::{Fingerprint, GuardStore, MemoryGuardStore};
@@ -87,6 +88,8 @@ impl NumberConfig {
 struct CredState {
     credentials: NumberCredentials,
     signer: Option<Signer>,
+    /// Seals keys for the credential state (a shared store keeps them only sealed).
+    seal: super::KeySeal,
 }
 
 type Flight = watch::Receiver<Option<Result<Arc<KeyState>, Error>>>;
@@ -184,7 +187,8 @@ impl NumberAuthLayer {
     ) -> std::io::Result<Self> {
         let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
         let auth_uri = config.gateway.upstream_at(&config.auth_path)?;
-        let cred_state = cred_state(credentials).map_err(|e| invalid(e.to_string()))?;
+        let cred_state =
+            cred_state(credentials, &config.gateway.name).map_err(|e| invalid(e.to_string()))?;
         Ok(Self {
             shared: Arc::new(NumberGateway {
                 core,
@@ -207,15 +211,21 @@ impl NumberAuthLayer {
     }
 }
 
-fn cred_state(credentials: NumberCredentials) -> Result<CredState, super::SignError> {
+fn cred_state(
+    credentials: NumberCredentials,
+    gateway: &str,
+) -> Result<CredState, super::SignError> {
     let signer = credentials
         .signing
         .as_ref()
         .map(|s| Signer::new(&s.secret, s.user_id))
         .transpose()?;
+    let seal =
+        super::KeySeal::new(&credentials.token, gateway).map_err(|_| super::SignError::BadKey)?;
     Ok(CredState {
         credentials,
         signer,
+        seal,
     })
 }
 
@@ -232,7 +242,7 @@ impl NumberHandle {
             let current = self.shared.credentials.load();
             current.credentials.signing != credentials.signing
         };
-        let state = cred_state(credentials)?;
+        let state = cred_state(credentials, self.shared.core.name())?;
         self.shared.credentials.store(Arc::new(state));
         self.shared.core.guard.change_credentials(fingerprint);
         if signing_changed {
@@ -693,15 +703,25 @@ impl NumberGateway {
         S: Client<ResB>,
         ResB: GatewayBody,
     {
-        let seen = self.key.load().as_ref().map(|k| k.generation);
+        // Without a key yet (a start, a scale-out), any key published is newer: generation 0.
+        let seen = self.key.load().as_ref().map_or(0, |k| k.generation);
+        self.authenticate_seen(client, reason, Some(seen)).await
+    }
+
+    /// Authenticates, or adopts a key newer than `seen` published meanwhile.
+    async fn authenticate_seen<S, ResB>(
+        self: &Arc<Self>,
+        client: S,
+        reason: Option<ReauthReason>,
+        seen: Option<u64>,
+    ) -> Result<Arc<KeyState>, Error>
+    where
+        S: Client<ResB>,
+        ResB: GatewayBody,
+    {
         let (attempt, creds) = match self.core.begin(&self.credentials, WORDS, seen).await {
             Ok(Started::Attempt(attempt, creds)) => (attempt, creds),
-            Ok(Started::Adopt(published)) => {
-                tracing::info!(gateway = %self.core.name(), generation = published.generation,
-                    "using the session key published meanwhile");
-                let signer = self.credentials.load().signer.clone();
-                return self.key_state(published.credential, published.generation, signer);
-            }
+            Ok(Started::Adopt(published)) => return self.adopt(published, client, reason).await,
             Err(NotStarted::Refused(refusal)) => return Err(refusal.into_error(self.core.name())),
             Err(NotStarted::Changed(error)) => return Err(error),
         };
@@ -734,7 +754,13 @@ impl NumberGateway {
                 },
             )
             .await?;
-        let generation = self.core.guard.publish(key.clone()).await.map_err(|e| {
+        let sealed = creds.seal.seal(&key).map_err(|_| {
+            self.core.error(
+                ErrorCode::AuthUnavailable,
+                "the new session key could not be sealed",
+            )
+        })?;
+        let generation = self.core.guard.publish(sealed).await.map_err(|e| {
             tracing::error!(gateway = %self.core.name(), error = %e, "cannot publish the new session key");
             self.core.error(
                 ErrorCode::AuthUnavailable,
@@ -744,6 +770,34 @@ impl NumberGateway {
         let state = self.key_state(key, generation, creds.signer.clone())?;
         tracing::info!(gateway = %self.core.name(), generation, "authenticated");
         Ok(state)
+    }
+
+    /// Takes a key published meanwhile (by a peer sharing the store) instead of authenticating.
+    /// A key that does not open with these credentials (a peer on another token) is not used:
+    /// an attempt is reserved instead.
+    async fn adopt<S, ResB>(
+        self: &Arc<Self>,
+        published: Published,
+        client: S,
+        reason: Option<ReauthReason>,
+    ) -> Result<Arc<KeyState>, Error>
+    where
+        S: Client<ResB>,
+        ResB: GatewayBody,
+    {
+        let creds = self.credentials.load_full();
+        match creds.seal.open(&published.sealed) {
+            Ok(key) => {
+                tracing::info!(gateway = %self.core.name(), generation = published.generation,
+                    "using the session key published meanwhile; not authenticating");
+                self.key_state(key, published.generation, creds.signer.clone())
+            }
+            Err(_) => {
+                tracing::warn!(gateway = %self.core.name(), generation = published.generation,
+                    "the published session key does not open with these credentials; authenticating");
+                Box::pin(self.authenticate_seen(client, reason, None)).await
+            }
+        }
     }
 
     /// A key ready for use; an error when the gateway issued one payauth cannot use (not

@@ -29,11 +29,13 @@
 
 pub(crate) mod keys;
 mod layer;
+mod seal;
 mod signer;
 pub mod wire;
 
 pub use keys::KeyInfo;
 pub use layer::{NumberAuth, NumberAuthLayer, NumberConfig, NumberGateway, NumberHandle, Protocol};
+pub use seal::{KeySeal, SealError};
 pub use signer::{SignError, SignatureBuf, SignatureCache, Signer, MAX_SESS_KEY_LEN};
 pub use wire::SoapNames;
 
