@@ -26,3 +26,149 @@ fn the_test_redis_is_real_private_and_forgets_everything() {
     assert_ne!(other.port(), redis.port(), "each test has its own");
     assert_eq!(other.command(&["GET", "payauth:probe"]), "$-1\r\n");
 }
+
+mod layers {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{Request, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use payauth::config::SharedConfig;
+    use payauth::guard::{GuardLimits, MemoryGuardStore};
+    use payauth::metrics::GatewayMetrics;
+    use payauth::number::{NumberAuthLayer, NumberConfig, NumberCredentials};
+    use payauth::shared::RedisStore;
+    use payauth_sim::number::{NumberSim, NumberSimConfig};
+    use tower::util::BoxCloneSyncService;
+    use tower::{Layer, ServiceExt};
+
+    use super::common::redis::RedisServer;
+    use super::common::{self, CARD, REST, TOKEN};
+
+    type Number = BoxCloneSyncService<
+        Request<Full<Bytes>>,
+        http::Response<payauth::body::ResponseBody<hyper::body::Incoming>>,
+        payauth::Error,
+    >;
+
+    fn shared(redis: &RedisServer) -> SharedConfig {
+        SharedConfig {
+            redis_url: redis.url(),
+            username: None,
+            password_file: None,
+            egress_id: "egress-test".into(),
+            connect_timeout: Duration::from_secs(1),
+            op_timeout: Duration::from_secs(1),
+            key_poll: Duration::from_secs(1),
+        }
+    }
+
+    /// One replica: its own store connection, its own local record, its own client.
+    fn replica(redis: &RedisServer, sim: &NumberSim) -> Number {
+        let store = Arc::new(RedisStore::new(&shared(redis), None).expect("store"));
+        let credentials = NumberCredentials::new("EP9116875", TOKEN);
+        let state = store.state(
+            "number",
+            GuardLimits::serial(1),
+            credentials.fingerprint(),
+            Arc::new(MemoryGuardStore::default()),
+            Duration::from_secs(35),
+        );
+        let layer = NumberAuthLayer::with_credential_state(
+            NumberConfig::rest("number", sim.url().parse().expect("uri")),
+            credentials,
+            state,
+            GatewayMetrics::unregistered("number"),
+        )
+        .expect("layer");
+        BoxCloneSyncService::new(layer.layer(common::client()))
+    }
+
+    async fn sale(number: &Number, sim: &NumberSim) -> bool {
+        let request = Request::post(format!("{}{REST}/CreditCardSale_Manual", sim.url()))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(format!(
+                r#"{{"Amount": 1.00, "CardNum": "{CARD}", "CVV": "123"}}"#
+            ))))
+            .expect("request");
+        let Ok(response) = number.clone().oneshot(request).await else {
+            return false;
+        };
+        if response.status() != StatusCode::OK {
+            return false;
+        }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let answer: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        answer["CreditCardSale_ManualResult"]["FunctionOk"] == true
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_sharing_a_store_authenticate_once_and_newcomers_not_at_all() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let sim = common::number_sim(NumberSimConfig::default()).await;
+        let replicas: Vec<Number> = (0..8).map(|_| replica(&redis, &sim)).collect();
+        let sales = replicas.iter().map(|r| sale(r, &sim));
+        let ok = join_all(sales).await;
+        assert!(ok.iter().all(|ok| *ok), "{ok:?}");
+        assert_eq!(sim.stats().auth_attempts, 1, "8 replicas, 1 authentication");
+
+        // Scale-out: 3 more, then 7 more; each loads the current key.
+        for n in [3, 7] {
+            let newcomers: Vec<Number> = (0..n).map(|_| replica(&redis, &sim)).collect();
+            let ok = join_all(newcomers.iter().map(|r| sale(r, &sim))).await;
+            assert!(ok.iter().all(|ok| *ok), "{ok:?}");
+        }
+        assert_eq!(sim.stats().auth_attempts, 1, "newcomers adopt the key");
+
+        // An expiry: the replicas that notice it renew once between them.
+        sim.expire_keys();
+        let ok = join_all(replicas.iter().map(|r| sale(r, &sim))).await;
+        assert!(ok.iter().all(|ok| *ok), "{ok:?}");
+        assert_eq!(sim.stats().auth_attempts, 2, "one renewal for all of them");
+        // No secret in the store's key names, and the key only sealed.
+        let keys = redis.command(&["KEYS", "*"]);
+        assert!(keys.contains("payauth:egress-test:number:key"), "{keys}");
+        assert!(!keys.contains(TOKEN), "{keys}");
+        let stored = redis.command(&["HGETALL", "payauth:egress-test:number:key"]);
+        for seen in sim.calls_seen() {
+            if let Some(key) = seen.sess_key_header {
+                assert!(!stored.contains(&key), "the key is stored sealed");
+            }
+        }
+        sim.shutdown().await;
+    }
+
+    /// Polls every future until all are done (no futures crate needed).
+    async fn join_all<F: std::future::Future<Output = bool>>(
+        futures: impl IntoIterator<Item = F>,
+    ) -> Vec<bool> {
+        let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+        let mut results = vec![None; pinned.len()];
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (i, f) in pinned.iter_mut().enumerate() {
+                if results[i].is_none() {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => results[i] = Some(v),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        results.into_iter().map(|r| r.unwrap_or(false)).collect()
+    }
+}

@@ -774,17 +774,21 @@ impl AuthGuard {
 
     fn back_off(&self, inner: &mut Inner) {
         inner.transport_failures += 1;
-        let exp = BACKOFF_BASE
-            .saturating_mul(1u32 << (inner.transport_failures - 1).min(16))
-            .min(BACKOFF_MAX);
-        // Full jitter between half and all of the exponential step.
-        let half = exp / 2;
-        let jitter = half.mul_f64(fastrand::f64());
-        let wait = half + jitter;
+        let wait = transport_backoff(inner.transport_failures);
         inner.not_before = Some(Instant::now() + wait);
         tracing::warn!(gateway = %self.gateway, failures = inner.transport_failures,
             backoff_ms = wait.as_millis() as u64, "authentication failed in transport; backing off");
     }
+}
+
+/// How long to wait before the next attempt after `failures` transport failures in a row: 1 s
+/// doubling to 60 s, with full jitter between half and all of the step.
+pub(crate) fn transport_backoff(failures: u32) -> Duration {
+    let exp = BACKOFF_BASE
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX);
+    let half = exp / 2;
+    half + half.mul_f64(fastrand::f64())
 }
 
 /// Says at start what an earlier run left in the record, and what to do about it.
@@ -822,6 +826,15 @@ pub struct Attempt {
 }
 
 impl Attempt {
+    /// An attempt reserved in `ledger` for the credentials `fingerprint`.
+    pub(crate) fn new(ledger: Arc<dyn Ledger>, fingerprint: Fingerprint) -> Self {
+        Self {
+            ledger,
+            fingerprint,
+            settled: false,
+        }
+    }
+
     /// The fingerprint of the credentials this attempt is for.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint

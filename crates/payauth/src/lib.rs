@@ -72,6 +72,7 @@ pub mod number;
 pub mod path;
 pub mod proxy;
 pub mod secret;
+pub mod shared;
 pub mod sidecar;
 mod sync;
 pub mod tokens;

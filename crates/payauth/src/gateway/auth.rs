@@ -99,6 +99,40 @@ impl Core {
         Ok(Started::Attempt(attempt, credentials))
     }
 
+    /// Like [`authenticate`](Self::authenticate), but a credential issued comes back with its
+    /// attempt still open: the caller settles it (success) once it has published the credential,
+    /// so that no other holder is admitted between the two.
+    pub(crate) async fn authenticate_open<S, ResB, T>(
+        &self,
+        attempt: Attempt,
+        request: Request<Full<Bytes>>,
+        client: S,
+        answer_limit: usize,
+        words: Words,
+        judge: impl FnOnce(&Bytes) -> Verdict<T>,
+    ) -> Result<(T, Attempt), Error>
+    where
+        S: Client<ResB>,
+        ResB: GatewayBody,
+    {
+        let mut open = None;
+        let credential = self
+            .settle_by(
+                attempt,
+                request,
+                client,
+                answer_limit,
+                words,
+                judge,
+                &mut open,
+            )
+            .await?;
+        match open {
+            Some(attempt) => Ok((credential, attempt)),
+            None => Err(self.error(ErrorCode::AuthUnavailable, "the attempt was settled")),
+        }
+    }
+
     /// Sends `request` for `attempt`, reads the answer whole (up to `answer_limit` bytes) and
     /// settles the attempt by `judge`'s verdict on it.
     pub(crate) async fn authenticate<S, ResB, T>(
@@ -109,6 +143,41 @@ impl Core {
         answer_limit: usize,
         words: Words,
         judge: impl FnOnce(&Bytes) -> Verdict<T>,
+    ) -> Result<T, Error>
+    where
+        S: Client<ResB>,
+        ResB: GatewayBody,
+    {
+        let mut open = None;
+        let credential = self
+            .settle_by(
+                attempt,
+                request,
+                client,
+                answer_limit,
+                words,
+                judge,
+                &mut open,
+            )
+            .await?;
+        if let Some(attempt) = open {
+            attempt.success().await;
+            self.metrics.credential_obtained();
+        }
+        Ok(credential)
+    }
+
+    /// The common part: everything but a success's settlement, whose attempt is left in `open`.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle_by<S, ResB, T>(
+        &self,
+        attempt: Attempt,
+        request: Request<Full<Bytes>>,
+        client: S,
+        answer_limit: usize,
+        words: Words,
+        judge: impl FnOnce(&Bytes) -> Verdict<T>,
+        open: &mut Option<Attempt>,
     ) -> Result<T, Error>
     where
         S: Client<ResB>,
@@ -137,8 +206,7 @@ impl Core {
         };
         match judge(&bytes) {
             Verdict::Issued(credential) => {
-                attempt.success().await;
-                self.metrics.credential_obtained();
+                *open = Some(attempt);
                 Ok(credential)
             }
             Verdict::Rejected(detail) => {

@@ -731,9 +731,9 @@ impl NumberGateway {
         tracing::info!(gateway = %self.core.name(), "authenticating");
         let request = self.auth_request(&creds.credentials);
         let protocol = self.config.protocol;
-        let key = self
+        let (key, attempt) = self
             .core
-            .authenticate(
+            .authenticate_open(
                 attempt,
                 request,
                 client,
@@ -754,13 +754,20 @@ impl NumberGateway {
                 },
             )
             .await?;
-        let sealed = creds.seal.seal(&key).map_err(|_| {
-            self.core.error(
-                ErrorCode::AuthUnavailable,
-                "the new session key could not be sealed",
-            )
-        })?;
-        let generation = self.core.guard.publish(sealed).await.map_err(|e| {
+        // Published before the attempt is settled: no other holder is admitted in between, so
+        // none authenticates again for a key it could adopt.
+        let published = match creds.seal.seal(&key) {
+            Ok(sealed) => self
+                .core
+                .guard
+                .publish(sealed)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        attempt.success().await;
+        self.core.metrics.credential_obtained();
+        let generation = published.map_err(|e| {
             tracing::error!(gateway = %self.core.name(), error = %e, "cannot publish the new session key");
             self.core.error(
                 ErrorCode::AuthUnavailable,

@@ -1,0 +1,602 @@
+//! The shared mode: replicas behind one egress IP share one session key per Number gateway and
+//! one lockout budget per gateway, through Redis.
+//!
+//! [`RedisState`] implements [`CredentialState`] with the scripts in [`scripts`]: every
+//! reservation, settlement and publication is one atomic script where the state lives, never a
+//! load-modify-save. Nothing is asked of Redis on the request path: a layer keeps its key in
+//! memory and asks the store only to renew it.
+//!
+//! * **Fail closed for authentication.** No attempt is sent without a reservation the store
+//!   confirmed; when the store cannot be reached within `op_timeout`, the attempt is refused
+//!   (`Refusal::Storage`: 503 `auth_unavailable`) and nothing is sent.
+//! * **A lower bound of its own.** Each replica keeps its last copy of the shared record in its
+//!   state dir; a store that lost the record (restart without persistence, flush, failover) is
+//!   re-seeded from it, so a recorded rejection is not forgotten.
+//! * **Secrets.** Redis holds the session key only sealed ([`crate::number::KeySeal`]), and no
+//!   secret is part of any Redis key: keys name the egress, the gateway and the credentials'
+//!   fingerprint.
+
+pub(crate) mod scripts;
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, Value};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::SharedConfig;
+use crate::gateway::state::{Begun, CredentialState, Ledger, Published, StateFuture};
+use crate::guard::{
+    transport_backoff, Attempt, AttemptOutcome, Fingerprint, GuardLimits, GuardRecord, GuardStatus,
+    GuardStore, Refusal, MAX_BUDGET,
+};
+use crate::secret::Secret;
+use crate::sync::lock;
+use scripts::Scripts;
+
+/// How often a reservation that must wait (an attempt of another replica in flight) asks again.
+const WAIT_POLL: Duration = Duration::from_millis(50);
+
+/// A connection to the shared store, shared by every gateway of the process.
+pub struct RedisStore {
+    client: Client,
+    config: SharedConfig,
+    connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    scripts: Scripts,
+    /// This process, in the ids of its attempts (so a holder's leases are told apart).
+    holder: String,
+    attempts: AtomicU64,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("egress_id", &self.config.egress_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The store could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("shared store: {0}")]
+pub struct StoreError(String);
+
+impl RedisStore {
+    /// A store from the `[shared]` settings and the password file's content, if any. Nothing
+    /// is connected until the first operation.
+    pub fn new(
+        config: &SharedConfig,
+        password: Option<Secret<String>>,
+    ) -> Result<Self, StoreError> {
+        let mut info = config
+            .redis_url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| StoreError(format!("redis_url: {:?}", e.kind())))?;
+        let mut redis = info.redis_settings().clone();
+        if let Some(user) = &config.username {
+            redis = redis.set_username(user);
+        }
+        if let Some(password) = &password {
+            redis = redis.set_password(password.expose());
+        }
+        info = info.set_redis_settings(redis);
+        let client = Client::open(info).map_err(|e| StoreError(format!("{:?}", e.kind())))?;
+        Ok(Self {
+            client,
+            config: config.clone(),
+            connection: tokio::sync::Mutex::new(None),
+            scripts: Scripts::new(),
+            holder: format!("{:016x}", fastrand::u64(..)),
+            attempts: AtomicU64::new(0),
+        })
+    }
+
+    /// The egress the replicas share.
+    pub fn egress_id(&self) -> &str {
+        &self.config.egress_id
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.config.connect_timeout))
+            .set_response_timeout(Some(self.config.op_timeout));
+        let connection = tokio::time::timeout(
+            self.config.connect_timeout,
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .map_err(|_| StoreError("connect timed out".into()))?
+        .map_err(|e| StoreError(format!("connect: {:?}", e.kind())))?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Runs `script` within `op_timeout`; a failed connection is dropped for the next call.
+    async fn run(
+        &self,
+        script: &redis::Script,
+        keys: &[String; 3],
+        args: &[String],
+    ) -> Result<Answer, StoreError> {
+        let mut connection = self.connection().await?;
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in args {
+            invocation.arg(arg);
+        }
+        let result = tokio::time::timeout(
+            self.config.op_timeout,
+            invocation.invoke_async::<Value>(&mut connection),
+        )
+        .await;
+        match result {
+            Ok(Ok(value)) => Answer::read(value),
+            Ok(Err(e)) => {
+                *self.connection.lock().await = None;
+                Err(StoreError(format!("{:?}", e.kind())))
+            }
+            Err(_) => {
+                *self.connection.lock().await = None;
+                Err(StoreError("operation timed out".into()))
+            }
+        }
+    }
+
+    fn next_attempt_id(&self) -> String {
+        format!(
+            "{}-{}",
+            self.holder,
+            self.attempts.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// The shared state of one gateway. `local` keeps this replica's copy of the record (the
+    /// lower bound re-seeding a lost one); `lease` bounds how long an attempt of this process
+    /// may stay in flight before it counts as unknown.
+    pub fn state(
+        self: &Arc<Self>,
+        gateway: &str,
+        limits: GuardLimits,
+        fingerprint: Fingerprint,
+        local: Arc<dyn GuardStore>,
+        lease: Duration,
+    ) -> Arc<RedisState> {
+        let record = local.load(gateway, fingerprint).unwrap_or_default();
+        Arc::new_cyclic(|me| RedisState {
+            me: me.clone(),
+            store: Arc::clone(self),
+            gateway: gateway.to_owned(),
+            limits: GuardLimits {
+                budget: limits.budget.clamp(1, MAX_BUDGET),
+                proven_concurrency: limits.proven_concurrency.max(1),
+            },
+            lease,
+            local,
+            inner: Mutex::new(Inner {
+                fingerprint,
+                record,
+                failures: 0,
+                not_before: None,
+                epoch: None,
+                attempts: Vec::new(),
+            }),
+            in_flight: AtomicU32::new(0),
+            settled: Notify::new(),
+        })
+    }
+}
+
+/// One gateway's state in the shared store; see the [module docs](self).
+pub struct RedisState {
+    me: Weak<RedisState>,
+    store: Arc<RedisStore>,
+    gateway: String,
+    limits: GuardLimits,
+    lease: Duration,
+    local: Arc<dyn GuardStore>,
+    inner: Mutex<Inner>,
+    /// Attempts of this process in flight.
+    in_flight: AtomicU32,
+    settled: Notify,
+}
+
+impl fmt::Debug for RedisState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisState")
+            .field("gateway", &self.gateway)
+            .field("egress_id", &self.store.config.egress_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    fingerprint: Fingerprint,
+    /// The record as last seen in the store (also kept in the local store).
+    record: GuardRecord,
+    /// Transport failures in a row of this process's attempts, and the backoff they set.
+    failures: u32,
+    not_before: Option<Instant>,
+    /// The epoch of this process's latest reservation (a publish must carry it).
+    epoch: Option<String>,
+    /// Ids of this process's attempts in flight, by fingerprint.
+    attempts: Vec<(Fingerprint, String)>,
+}
+
+/// A script's answer: its status, the record after it, and up to two extra values.
+#[derive(Debug)]
+struct Answer {
+    status: String,
+    record: GuardRecord,
+    extra: [Vec<u8>; 2],
+}
+
+impl Answer {
+    fn read(value: Value) -> Result<Self, StoreError> {
+        let Value::Array(items) = value else {
+            return Err(StoreError("unexpected answer".into()));
+        };
+        let bytes: Vec<Vec<u8>> = items
+            .into_iter()
+            .map(|v| match v {
+                Value::BulkString(b) => b,
+                Value::SimpleString(s) => s.into_bytes(),
+                Value::Int(i) => i.to_string().into_bytes(),
+                _ => Vec::new(),
+            })
+            .collect();
+        if bytes.len() < 8 {
+            return Err(StoreError("unexpected answer".into()));
+        }
+        let text = |i: usize| String::from_utf8_lossy(&bytes[i]).into_owned();
+        let number = |i: usize| text(i).parse::<u32>().unwrap_or(0);
+        let reason = text(5);
+        Ok(Self {
+            status: text(0),
+            record: GuardRecord {
+                rejected: number(1),
+                unconfirmed: number(2),
+                locked: text(3) == "1",
+                reason: (!reason.is_empty()).then_some(reason),
+                proven: text(4) == "1",
+            },
+            extra: [bytes[6].clone(), bytes[7].clone()],
+        })
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl RedisState {
+    fn keys(&self, fingerprint: Fingerprint) -> [String; 3] {
+        let base = format!("payauth:{}:{}", self.store.config.egress_id, self.gateway);
+        let fp = fingerprint.to_hex();
+        [
+            format!("{base}:guard:{fp}"),
+            format!("{base}:inflight:{fp}"),
+            format!("{base}:key"),
+        ]
+    }
+
+    /// Keeps the record as the store answered it, here and in the local store (best effort:
+    /// the store is the record; the local copy is only its lower bound).
+    fn remember(&self, fingerprint: Fingerprint, record: &GuardRecord) {
+        {
+            let mut inner = lock(&self.inner);
+            if inner.fingerprint == fingerprint {
+                inner.record = record.clone();
+            }
+        }
+        let (local, gateway, record) = (
+            Arc::clone(&self.local),
+            self.gateway.clone(),
+            record.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = local.save(&gateway, fingerprint, &record) {
+                tracing::warn!(gateway = %gateway, error = %e, "cannot keep the local copy of the shared lockout record");
+            }
+        });
+    }
+
+    async fn reserve(&self, seen: Option<u64>) -> Result<Option<Begun>, Refusal> {
+        let (fingerprint, lower_bound) = {
+            let inner = lock(&self.inner);
+            if inner.record.locked {
+                return Err(Refusal::Locked(
+                    inner
+                        .record
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| "locked".into()),
+                ));
+            }
+            if let Some(not_before) = inner.not_before {
+                let now = Instant::now();
+                if now < not_before {
+                    return Err(Refusal::Backoff(not_before - now));
+                }
+            }
+            (inner.fingerprint, inner.record.clone())
+        };
+        let id = self.store.next_attempt_id();
+        let args = [
+            seen.map_or("-1".to_owned(), |g| g.to_string()),
+            self.limits.budget.to_string(),
+            self.limits.proven_concurrency.to_string(),
+            id.clone(),
+            now_ms().to_string(),
+            (self.lease.as_millis() as u64).to_string(),
+            lower_bound.rejected.to_string(),
+            lower_bound.unconfirmed.to_string(),
+            if lower_bound.locked { "1" } else { "0" }.to_owned(),
+            lower_bound.reason.clone().unwrap_or_default(),
+        ];
+        let answer = self
+            .store
+            .run(&self.store.scripts.reserve, &self.keys(fingerprint), &args)
+            .await
+            .map_err(|e| {
+                tracing::error!(gateway = %self.gateway, error = %e,
+                    "the shared store cannot be reached; no authentication is sent");
+                Refusal::Storage
+            })?;
+        self.remember(fingerprint, &answer.record);
+        match answer.status.as_str() {
+            "adopt" => {
+                let generation = String::from_utf8_lossy(&answer.extra[0])
+                    .parse()
+                    .unwrap_or(0);
+                Ok(Some(Begun::Adopt(Published {
+                    generation,
+                    sealed: answer.extra[1].clone(),
+                })))
+            }
+            "reserved" => {
+                let me = self.me.upgrade().ok_or(Refusal::Storage)?;
+                {
+                    let mut inner = lock(&self.inner);
+                    inner.epoch = Some(String::from_utf8_lossy(&answer.extra[0]).into_owned());
+                    inner.attempts.push((fingerprint, id));
+                }
+                self.in_flight.fetch_add(1, Ordering::AcqRel);
+                Ok(Some(Begun::Attempt(Attempt::new(me, fingerprint))))
+            }
+            "wait" => Ok(None),
+            _ => Err(Refusal::Locked(
+                answer.record.reason.unwrap_or_else(|| "locked".to_owned()),
+            )),
+        }
+    }
+
+    async fn settle_attempt(&self, fingerprint: Fingerprint, outcome: AttemptOutcome) {
+        let id = {
+            let mut inner = lock(&self.inner);
+            let position = inner.attempts.iter().position(|(f, _)| *f == fingerprint);
+            let id = position.map(|p| inner.attempts.remove(p).1);
+            match outcome {
+                AttemptOutcome::Success => {
+                    inner.failures = 0;
+                    inner.not_before = None;
+                }
+                AttemptOutcome::NotSent | AttemptOutcome::Unknown => {
+                    inner.failures += 1;
+                    inner.not_before = Some(Instant::now() + transport_backoff(inner.failures));
+                }
+                AttemptOutcome::Rejected => {}
+            }
+            id
+        };
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.settled.notify_waiters();
+        let Some(id) = id else { return };
+        let outcome_arg = match outcome {
+            AttemptOutcome::Success => "success",
+            AttemptOutcome::Rejected => "rejected",
+            AttemptOutcome::NotSent => "not_sent",
+            AttemptOutcome::Unknown => "unknown",
+        };
+        let args = [id, outcome_arg.to_owned(), self.limits.budget.to_string()];
+        match self
+            .store
+            .run(&self.store.scripts.settle, &self.keys(fingerprint), &args)
+            .await
+        {
+            Ok(answer) => {
+                if answer.status == "locked_now" {
+                    tracing::error!(gateway = %self.gateway, reason = answer.record.reason.as_deref().unwrap_or(""),
+                        "gateway locked for every replica: no authentication will be sent until the credentials change or an operator unlocks it");
+                }
+                self.remember(fingerprint, &answer.record);
+            }
+            Err(e) => {
+                // The reservation stays counted in the store (as unknown once its lease ends):
+                // the safe side. A rejection is also kept locally as the lower bound.
+                tracing::error!(gateway = %self.gateway, error = %e, outcome = outcome_arg,
+                    "cannot settle the attempt in the shared store; it counts as unknown there");
+                if outcome == AttemptOutcome::Rejected {
+                    let mut record = lock(&self.inner).record.clone();
+                    crate::guard::rules::settle(&mut record, 0, self.limits, outcome);
+                    self.remember(fingerprint, &record);
+                }
+            }
+        }
+    }
+}
+
+impl Ledger for RedisState {
+    fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
+    fn settle(&self, fingerprint: Fingerprint, outcome: AttemptOutcome) -> StateFuture<'_, ()> {
+        Box::pin(self.settle_attempt(fingerprint, outcome))
+    }
+
+    fn abandon(&self, fingerprint: Fingerprint) {
+        // Unknown: the store already counts the attempt, and will once its lease ends.
+        let Some(me) = self.me.upgrade() else { return };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                me.settle_attempt(fingerprint, AttemptOutcome::Unknown)
+                    .await;
+            });
+        }
+    }
+}
+
+impl CredentialState for RedisState {
+    fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
+    fn begin(&self, seen: Option<u64>) -> StateFuture<'_, Result<Begun, Refusal>> {
+        Box::pin(async move {
+            loop {
+                let notified = self.settled.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(begun) = self.reserve(seen).await? {
+                    return Ok(begun);
+                }
+                // Another attempt (of any replica) is in flight: ask again shortly.
+                let _ = tokio::time::timeout(WAIT_POLL, notified).await;
+            }
+        })
+    }
+
+    fn publish(&self, sealed: Vec<u8>) -> StateFuture<'_, io::Result<u64>> {
+        Box::pin(async move {
+            let (fingerprint, epoch) = {
+                let inner = lock(&self.inner);
+                (inner.fingerprint, inner.epoch.clone().unwrap_or_default())
+            };
+            let answer = self
+                .store
+                .run_publish(&self.keys(fingerprint), epoch, sealed)
+                .await
+                .map_err(io::Error::other)?;
+            let generation = String::from_utf8_lossy(&answer.extra[0])
+                .parse()
+                .unwrap_or(0);
+            if answer.status == "stale" {
+                tracing::warn!(gateway = %self.gateway, generation,
+                    "another replica renewed meanwhile; this key is used here but not published");
+            }
+            Ok(generation)
+        })
+    }
+
+    fn change_credentials(&self, fingerprint: Fingerprint) {
+        let record = self
+            .local
+            .load(&self.gateway, fingerprint)
+            .unwrap_or_default();
+        let mut inner = lock(&self.inner);
+        if inner.fingerprint == fingerprint {
+            return;
+        }
+        inner.fingerprint = fingerprint;
+        inner.record = record;
+        inner.failures = 0;
+        inner.not_before = None;
+        drop(inner);
+        self.settled.notify_waiters();
+    }
+
+    fn unlock(&self) -> StateFuture<'_, io::Result<()>> {
+        Box::pin(async move {
+            let fingerprint = lock(&self.inner).fingerprint;
+            let answer = self
+                .store
+                .run(&self.store.scripts.unlock, &self.keys(fingerprint), &[])
+                .await
+                .map_err(io::Error::other)?;
+            {
+                let mut inner = lock(&self.inner);
+                inner.failures = 0;
+                inner.not_before = None;
+            }
+            self.remember(fingerprint, &answer.record);
+            tracing::warn!(gateway = %self.gateway, "gateway unlocked by an operator, for every replica");
+            self.settled.notify_waiters();
+            Ok(())
+        })
+    }
+
+    fn clear_backoff(&self) {
+        let mut inner = lock(&self.inner);
+        inner.failures = 0;
+        inner.not_before = None;
+    }
+
+    fn is_locked(&self) -> bool {
+        lock(&self.inner).record.locked
+    }
+
+    fn status(&self) -> GuardStatus {
+        GuardStatus {
+            record: lock(&self.inner).record.clone(),
+            in_flight: self.in_flight.load(Ordering::Acquire),
+        }
+    }
+
+    fn wait_idle(&self, limit: Duration) -> StateFuture<'_, ()> {
+        Box::pin(async move {
+            let deadline = Instant::now() + limit;
+            while self.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    }
+}
+
+impl RedisStore {
+    /// Publishes with the sealed key as raw bytes (not text).
+    async fn run_publish(
+        &self,
+        keys: &[String; 3],
+        epoch: String,
+        sealed: Vec<u8>,
+    ) -> Result<Answer, StoreError> {
+        let mut connection = self.connection().await?;
+        let mut invocation = self.scripts.publish.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        invocation.arg(epoch).arg(sealed);
+        match tokio::time::timeout(
+            self.config.op_timeout,
+            invocation.invoke_async::<Value>(&mut connection),
+        )
+        .await
+        {
+            Ok(Ok(value)) => Answer::read(value),
+            Ok(Err(e)) => {
+                *self.connection.lock().await = None;
+                Err(StoreError(format!("{:?}", e.kind())))
+            }
+            Err(_) => {
+                *self.connection.lock().await = None;
+                Err(StoreError("operation timed out".into()))
+            }
+        }
+    }
+}
