@@ -287,7 +287,7 @@ fn a_lockout_record_run_would_refuse_fails_check() {
 }
 
 #[test]
-fn a_shared_section_is_checked_and_refused_until_it_is_served() {
+fn a_shared_section_is_checked_with_its_password_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = format!("dir = {:?}", dir.path().join("state").display().to_string());
     let token = format!("token_file = {:?}", secret(dir.path(), "token"));
@@ -313,10 +313,29 @@ fn a_shared_section_is_checked_and_refused_until_it_is_served() {
     ];
     let stderr = refused(dir.path(), &lines);
     assert_reported(&stderr, line_of(&lines, "no-such-file"), "password_file");
-    assert_reported(
-        &stderr,
-        line_of(&lines, "[shared]"),
-        "does not serve it yet",
+    assert_eq!(stderr.matches("\n- ").count(), 1, "{stderr}");
+
+    // With the file there, the section is valid (check does not connect to Redis).
+    let password = format!("password_file = {:?}", secret(dir.path(), "redis-password"));
+    let lines: Vec<&str> = lines
+        .iter()
+        .map(|l| {
+            if l.contains("no-such-file") {
+                password.as_str()
+            } else {
+                l
+            }
+        })
+        .collect();
+    let config = dir.path().join("payauth.toml");
+    std::fs::write(&config, lines.join("\n")).expect("config");
+    let out = check(&config);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stderr.matches("\n- ").count(), 2, "{stderr}");
+    assert!(stdout.contains("egress nat-eu-1a"), "{stdout}");
+    assert!(!stdout.contains("s3cret"), "{stdout}");
 }

@@ -172,3 +172,140 @@ mod layers {
         results.into_iter().map(|r| r.unwrap_or(false)).collect()
     }
 }
+
+mod processes {
+    use std::net::{SocketAddr, TcpListener};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{Request, StatusCode};
+    use http_body_util::Full;
+    use payauth_sim::number::{NumberSim, NumberSimConfig};
+    use tokio::task::JoinSet;
+
+    use super::common::redis::RedisServer;
+    use super::common::{self, approved, send, CARD, REST, TOKEN};
+
+    /// A `payauth run` process, killed on drop.
+    struct Payauth {
+        child: Child,
+        gateway: SocketAddr,
+        admin: SocketAddr,
+    }
+
+    impl Drop for Payauth {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn free_addr() -> SocketAddr {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+    }
+
+    /// Starts one replica: its own state dir, the shared store, the same token.
+    async fn replica(dir: &Path, n: usize, redis: &RedisServer, sim: &NumberSim) -> Payauth {
+        let (gateway, admin) = (free_addr(), free_addr());
+        let state = dir.join(format!("state-{n}"));
+        let token = dir.join("token");
+        std::fs::write(&token, TOKEN).expect("token");
+        let config = dir.join(format!("payauth-{n}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[admin]\nlisten = \"{admin}\"\n[state]\ndir = {state:?}\n\
+                 [shared]\nredis_url = \"{}\"\negress_id = \"egress-test\"\n\
+                 [[gateway]]\nname = \"number\"\nkind = \"number\"\nlisten = \"{gateway}\"\n\
+                 upstream = \"{}\"\naccount_code = \"EP9116875\"\ntoken_file = {token:?}\n",
+                redis.url(),
+                sim.url()
+            ),
+        )
+        .expect("config");
+        let child = Command::new(env!("CARGO_BIN_EXE_payauth"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("payauth runs");
+        let process = Payauth {
+            child,
+            gateway,
+            admin,
+        };
+        let client = common::client();
+        let live = || async {
+            let request = Request::get(format!("http://{}/live", process.admin))
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            client.request(request).await.is_ok()
+        };
+        assert!(
+            common::eventually_async(Duration::from_secs(20), live).await,
+            "payauth {n} started"
+        );
+        process
+    }
+
+    fn sale(addr: SocketAddr) -> Request<Full<Bytes>> {
+        Request::post(format!("http://{addr}{REST}/CreditCardSale_Manual"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(format!(
+                r#"{{"Amount": 1.00, "CardNum": "{CARD}", "CVV": "123"}}"#
+            ))))
+            .expect("request")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_processes_renew_once_for_300_calls_across_an_expiry() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let sim = common::number_sim(NumberSimConfig::default()).await;
+        let dir = tempfile::tempdir().expect("dir");
+        let mut replicas = Vec::new();
+        for n in 0..3 {
+            replicas.push(replica(dir.path(), n, &redis, &sim).await);
+        }
+        let client = common::client();
+        for p in &replicas {
+            let reply = send(&client, sale(p.gateway)).await;
+            assert!(
+                approved(&reply, "CreditCardSale_Manual"),
+                "{}",
+                reply.text()
+            );
+        }
+        assert_eq!(sim.stats().auth_attempts, 1, "three processes, one key");
+
+        sim.expire_keys();
+        let mut calls = JoinSet::new();
+        for i in 0..300 {
+            let (client, addr) = (client.clone(), replicas[i % 3].gateway);
+            calls.spawn(async move { send(&client, sale(addr)).await });
+        }
+        let mut ok = 0;
+        while let Some(reply) = calls.join_next().await {
+            let reply = reply.expect("task");
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            if approved(&reply, "CreditCardSale_Manual") {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 300);
+        assert_eq!(
+            sim.stats().auth_attempts,
+            2,
+            "one renewal across the three processes"
+        );
+        drop(replicas);
+        sim.shutdown().await;
+    }
+}

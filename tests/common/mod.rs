@@ -285,3 +285,19 @@ pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut check: F) -> 
     }
     check()
 }
+
+/// Polls the async `check` until it holds or `timeout` passes.
+pub async fn eventually_async<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check().await
+}

@@ -17,13 +17,16 @@ use crate::admin::{self, AdminGateway};
 use crate::config::{Config, GatewayConfig, GatewayKind};
 use crate::credentials::{warn_if_expiring, CredentialSource, CredentialTarget, Credentials};
 use crate::creditguard::CreditGuardSessionLayer;
+use crate::files::read_secret;
 use crate::gateway::GatewayControl;
-use crate::guard::{FileGuardStore, GuardStore};
+use crate::gateway::SharedState;
+use crate::guard::{FileGuardStore, GuardLimits, GuardStore};
 use crate::metrics::{GatewayMetrics, Metrics};
 use crate::number::{NumberAuthLayer, Protocol};
 use crate::proxy::client::UpstreamClient;
 use crate::proxy::reload::TlsWatch;
 use crate::proxy::{self, FrontLayer, FrontLimits, GatewayService};
+use crate::shared::RedisStore;
 
 /// One gateway as the sidecar runs it.
 #[derive(Clone, Debug)]
@@ -88,24 +91,21 @@ impl Sidecar {
         config
             .check_secrets()
             .map_err(|e| StartError(format!("configuration problems:\n{e}")))?;
-        if config.shared.is_some() {
-            return Err(StartError(
-                crate::config::validate::SHARED_NOT_SERVED.to_owned(),
-            ));
-        }
         let state = |e: std::io::Error| {
             StartError(format!("state dir {}: {e}", config.state_dir.display()))
         };
         std::fs::create_dir_all(&config.state_dir).map_err(state)?;
-        let store: Arc<dyn GuardStore> =
-            Arc::new(FileGuardStore::new(&config.state_dir).map_err(state)?);
+        let store = Guards {
+            local: Arc::new(FileGuardStore::new(&config.state_dir).map_err(state)?),
+            shared: shared_store(&config)?,
+        };
         let registry = Registry::new();
         let metrics = Metrics::new(&registry).map_err(|e| StartError(format!("metrics: {e}")))?;
         let mut bound = Vec::new();
         for gateway in &config.gateways {
             let metrics = metrics.gateway(gateway.name());
             bound.push(
-                bind_gateway(gateway, &config, Arc::clone(&store), metrics)
+                bind_gateway(gateway, &config, &store, metrics)
                     .await
                     .map_err(|e| StartError(format!("gateway {:?}: {e}", gateway.name())))?,
             );
@@ -224,7 +224,7 @@ type WarmUp = Box<dyn FnOnce() + Send>;
 async fn bind_gateway(
     gateway: &GatewayConfig,
     config: &Config,
-    store: Arc<dyn GuardStore>,
+    store: &Guards,
     metrics: GatewayMetrics,
 ) -> Result<Bound, String> {
     let client = UpstreamClient::new(&gateway.tls, gateway.connect_timeout)?;
@@ -272,11 +272,62 @@ type Built = (
     Option<WarmUp>,
 );
 
+/// Where the gateways' credential state lives: the state dir, and the shared store if any.
+struct Guards {
+    local: Arc<dyn GuardStore>,
+    shared: Option<Arc<RedisStore>>,
+}
+
+impl Guards {
+    /// The gateway's state in the shared store (with the local record as its lower bound).
+    fn shared_state(
+        &self,
+        gateway: &GatewayConfig,
+        proven_concurrency: u32,
+        fingerprint: crate::guard::Fingerprint,
+    ) -> Option<SharedState> {
+        let store = self.shared.as_ref()?;
+        let settings = gateway.settings();
+        let limits = GuardLimits {
+            budget: settings.auth_failure_budget,
+            proven_concurrency,
+        };
+        // An attempt may take the request timeout; past that (and a margin) its holder is
+        // taken for gone and the attempt for unknown.
+        let lease = settings.request_timeout + Duration::from_secs(5);
+        let state: SharedState = store.state(
+            &settings.name,
+            limits,
+            fingerprint,
+            Arc::clone(&self.local),
+            lease,
+        );
+        Some(state)
+    }
+}
+
+/// The shared store the config names, if any (its password read from its file).
+fn shared_store(config: &Config) -> Result<Option<Arc<RedisStore>>, StartError> {
+    let Some(shared) = &config.shared else {
+        return Ok(None);
+    };
+    let password = match &shared.password_file {
+        Some(path) => {
+            Some(read_secret(path).map_err(|e| StartError(format!("shared.password_file: {e}")))?)
+        }
+        None => None,
+    };
+    let store = RedisStore::new(shared, password).map_err(|e| StartError(e.to_string()))?;
+    tracing::info!(egress_id = %shared.egress_id,
+        "shared mode: replicas behind this egress share session keys and lockout budgets");
+    Ok(Some(Arc::new(store)))
+}
+
 fn build_layer(
     gateway: &GatewayConfig,
     credentials: Credentials,
     client: UpstreamClient,
-    store: Arc<dyn GuardStore>,
+    store: &Guards,
     metrics: GatewayMetrics,
 ) -> Result<Built, String> {
     match (&gateway.kind, credentials) {
@@ -296,9 +347,19 @@ fn build_layer(
                 metrics.set_token_expiry(at as f64);
                 warn_if_expiring(gateway.name(), at);
             }
-            let layer =
-                NumberAuthLayer::with_state(settings.layer.clone(), credentials, store, metrics)
-                    .map_err(|e| e.to_string())?;
+            let config = settings.layer.clone();
+            let layer = match store.shared_state(gateway, 1, credentials.fingerprint()) {
+                Some(state) => {
+                    NumberAuthLayer::with_credential_state(config, credentials, state, metrics)
+                }
+                None => NumberAuthLayer::with_state(
+                    config,
+                    credentials,
+                    Arc::clone(&store.local),
+                    metrics,
+                ),
+            }
+            .map_err(|e| e.to_string())?;
             let handle = layer.handle();
             let service = BoxCloneSyncService::new(layer.layer(client));
             Ok((
@@ -309,12 +370,22 @@ fn build_layer(
             ))
         }
         (GatewayKind::CreditGuard(settings), Credentials::CreditGuard(credentials)) => {
-            let layer = CreditGuardSessionLayer::with_state(
-                settings.layer.clone(),
-                credentials,
-                store,
-                metrics,
-            )
+            let config = settings.layer.clone();
+            let concurrency = config.session_fetch_concurrency;
+            let layer = match store.shared_state(gateway, concurrency, credentials.fingerprint()) {
+                Some(state) => CreditGuardSessionLayer::with_credential_state(
+                    config,
+                    credentials,
+                    state,
+                    metrics,
+                ),
+                None => CreditGuardSessionLayer::with_state(
+                    config,
+                    credentials,
+                    Arc::clone(&store.local),
+                    metrics,
+                ),
+            }
             .map_err(|e| e.to_string())?;
             let handle = layer.handle();
             let service = layer.layer(client);

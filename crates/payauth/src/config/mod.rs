@@ -7,7 +7,7 @@
 
 mod raw;
 mod source;
-pub(crate) mod validate;
+mod validate;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -40,11 +40,6 @@ pub(super) enum Checks {
     Files,
 }
 
-/// Why a config with `[shared]` cannot run yet.
-pub(crate) const SHARED_NOT_SERVED: &str = "[shared]: this version of payauth reads the shared \
-    mode's settings but does not serve it yet; remove the section to run (each process then \
-    keeps its own key and lockout budget)";
-
 const SECTIONS: [&str; 5] = ["admin", "state", "proxy", "shared", "gateway"];
 
 pub(super) fn validate(text: &str, checks: Checks) -> Result<Config, ConfigErrors> {
@@ -234,8 +229,6 @@ impl<'a> Validator<'a> {
             if let Some(path) = &raw.password_file {
                 self.secret_file(&table, "password_file", path);
             }
-            // What `run` would refuse, `check` refuses too.
-            self.problem(table.header, SHARED_NOT_SERVED.to_owned());
         }
         let millis = |value: Option<Count<u64>>, default: u64| {
             Duration::from_millis(value.map_or(default, |c| c.0))
