@@ -58,8 +58,8 @@ mod layers {
             username: None,
             password_file: None,
             egress_id: "egress-test".into(),
-            connect_timeout: Duration::from_secs(1),
-            op_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(500),
+            op_timeout: Duration::from_millis(250),
             key_poll: Duration::from_secs(1),
         }
     }
@@ -74,6 +74,7 @@ mod layers {
             credentials.fingerprint(),
             Arc::new(MemoryGuardStore::default()),
             Duration::from_secs(35),
+            GatewayMetrics::unregistered("number"),
         );
         let layer = NumberAuthLayer::with_credential_state(
             NumberConfig::rest("number", sim.url().parse().expect("uri")),
@@ -143,6 +144,46 @@ mod layers {
                 assert!(!stored.contains(&key), "the key is stored sealed");
             }
         }
+        sim.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frozen_store_keeps_the_key_in_hand_and_fails_renewals_fast() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let sim = common::number_sim(NumberSimConfig::default()).await;
+        let number = replica(&redis, &sim);
+        assert!(sale(&number, &sim).await);
+        assert_eq!(sim.stats().auth_attempts, 1);
+
+        redis.pause();
+        assert!(sale(&number, &sim).await, "the key in hand needs no store");
+        sim.expire_keys();
+        let started = std::time::Instant::now();
+        let request = Request::post(format!("{}{REST}/CreditCardSale_Manual", sim.url()))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("request");
+        let error = number.clone().oneshot(request).await.expect_err("no key");
+        let waited = started.elapsed();
+        assert_eq!(error.code(), payauth::ErrorCode::AuthUnavailable, "{error}");
+        assert!(error.message().contains("shared store"), "{error}");
+        // The contract's bound for this case: a fast 503, never a hang.
+        assert!(waited < Duration::from_secs(1), "{waited:?}");
+        assert_eq!(
+            sim.stats().auth_attempts,
+            1,
+            "no authentication without the store"
+        );
+
+        redis.resume();
+        assert!(sale(&number, &sim).await, "service resumes");
+        assert_eq!(
+            sim.stats().auth_attempts,
+            2,
+            "with exactly one authentication"
+        );
         sim.shutdown().await;
     }
 

@@ -236,6 +236,9 @@ pub enum Refusal {
     Backoff(Duration),
     /// The guard's record could not be written, so no attempt is made.
     Storage,
+    /// The shared store could not be reached, so no attempt is made (calls go on with the key
+    /// in hand until the gateway refuses it).
+    SharedStore,
 }
 
 impl Refusal {
@@ -263,6 +266,12 @@ impl Refusal {
                 ErrorCode::AuthUnavailable,
                 gateway,
                 "the lockout guard cannot be persisted under the state dir; no authentication sent",
+            ),
+            Refusal::SharedStore => Error::new(
+                ErrorCode::AuthUnavailable,
+                gateway,
+                "the shared store cannot be reached, so no authentication is sent; nothing was \
+                 forwarded",
             ),
         }
     }

@@ -89,6 +89,8 @@ pub struct Metrics {
     reauth: IntCounterVec,
     replays: IntCounterVec,
     young_key_refusals: IntCounterVec,
+    shared_store_up: IntGaugeVec,
+    shared_store_errors: IntCounterVec,
     auth_locked: IntGaugeVec,
     session_pool_size: IntGaugeVec,
     sessions_wasted: IntCounterVec,
@@ -144,6 +146,21 @@ impl Metrics {
                 ),
                 gw,
             )?,
+            shared_store_up: IntGaugeVec::new(
+                Opts::new(
+                    "payauth_shared_store_up",
+                    "1 while the shared store (Redis) answered the gateway's last operation, 0 \
+                     after a failure; absent without a shared store.",
+                ),
+                gw,
+            )?,
+            shared_store_errors: IntCounterVec::new(
+                Opts::new(
+                    "payauth_shared_store_errors_total",
+                    "Shared store operations that failed (unreachable, timed out), by operation.",
+                ),
+                &["gateway", "op"],
+            )?,
             auth_locked: IntGaugeVec::new(
                 Opts::new(
                     "payauth_auth_locked",
@@ -186,6 +203,8 @@ impl Metrics {
         registry.register(Box::new(m.reauth.clone()))?;
         registry.register(Box::new(m.replays.clone()))?;
         registry.register(Box::new(m.young_key_refusals.clone()))?;
+        registry.register(Box::new(m.shared_store_up.clone()))?;
+        registry.register(Box::new(m.shared_store_errors.clone()))?;
         registry.register(Box::new(m.auth_locked.clone()))?;
         registry.register(Box::new(m.session_pool_size.clone()))?;
         registry.register(Box::new(m.sessions_wasted.clone()))?;
@@ -213,6 +232,8 @@ impl Metrics {
             reauth_456: reauth(ReauthReason::SessionTimeout456),
             replays: self.replays.with_label_values(l),
             young_key_refusals: self.young_key_refusals.with_label_values(l),
+            shared_store_up: self.shared_store_up.clone(),
+            shared_store_errors: self.shared_store_errors.clone(),
             auth_locked: self.auth_locked.with_label_values(l),
             session_pool_size: self.session_pool_size.with_label_values(l),
             sessions_wasted: self.sessions_wasted.with_label_values(l),
@@ -242,6 +263,9 @@ struct Handles {
     reauth_456: IntCounter,
     replays: IntCounter,
     young_key_refusals: IntCounter,
+    /// Labelled on first use: a process without a shared store exports none.
+    shared_store_up: IntGaugeVec,
+    shared_store_errors: IntCounterVec,
     auth_locked: IntGauge,
     session_pool_size: IntGauge,
     sessions_wasted: IntCounter,
@@ -309,6 +333,24 @@ impl GatewayMetrics {
             ReauthReason::Expired5030 => self.0.reauth_5030.inc(),
             ReauthReason::IpChanged5050 => self.0.reauth_5050.inc(),
             ReauthReason::SessionTimeout456 => self.0.reauth_456.inc(),
+        }
+    }
+
+    /// The shared store answered an operation (`Ok`) or failed it (`Err`, with the operation).
+    pub fn shared_store(&self, result: Result<(), &str>) {
+        let up = self
+            .0
+            .shared_store_up
+            .with_label_values(&[self.0.name.as_str()]);
+        match result {
+            Ok(()) => up.set(1),
+            Err(op) => {
+                up.set(0);
+                self.0
+                    .shared_store_errors
+                    .with_label_values(&[self.0.name.as_str(), op])
+                    .inc();
+            }
         }
     }
 

@@ -285,6 +285,7 @@ impl Guards {
         gateway: &GatewayConfig,
         proven_concurrency: u32,
         fingerprint: crate::guard::Fingerprint,
+        metrics: &GatewayMetrics,
     ) -> Option<SharedState> {
         let store = self.shared.as_ref()?;
         let settings = gateway.settings();
@@ -301,6 +302,7 @@ impl Guards {
             fingerprint,
             Arc::clone(&self.local),
             lease,
+            metrics.clone(),
         );
         Some(state)
     }
@@ -348,7 +350,7 @@ fn build_layer(
                 warn_if_expiring(gateway.name(), at);
             }
             let config = settings.layer.clone();
-            let layer = match store.shared_state(gateway, 1, credentials.fingerprint()) {
+            let layer = match store.shared_state(gateway, 1, credentials.fingerprint(), &metrics) {
                 Some(state) => {
                     NumberAuthLayer::with_credential_state(config, credentials, state, metrics)
                 }
@@ -372,21 +374,23 @@ fn build_layer(
         (GatewayKind::CreditGuard(settings), Credentials::CreditGuard(credentials)) => {
             let config = settings.layer.clone();
             let concurrency = config.session_fetch_concurrency;
-            let layer = match store.shared_state(gateway, concurrency, credentials.fingerprint()) {
-                Some(state) => CreditGuardSessionLayer::with_credential_state(
-                    config,
-                    credentials,
-                    state,
-                    metrics,
-                ),
-                None => CreditGuardSessionLayer::with_state(
-                    config,
-                    credentials,
-                    Arc::clone(&store.local),
-                    metrics,
-                ),
-            }
-            .map_err(|e| e.to_string())?;
+            let layer =
+                match store.shared_state(gateway, concurrency, credentials.fingerprint(), &metrics)
+                {
+                    Some(state) => CreditGuardSessionLayer::with_credential_state(
+                        config,
+                        credentials,
+                        state,
+                        metrics,
+                    ),
+                    None => CreditGuardSessionLayer::with_state(
+                        config,
+                        credentials,
+                        Arc::clone(&store.local),
+                        metrics,
+                    ),
+                }
+                .map_err(|e| e.to_string())?;
             let handle = layer.handle();
             let service = layer.layer(client);
             // Sessions are fetched ahead of the first call, off the request path, but only once

@@ -35,6 +35,7 @@ use crate::guard::{
     transport_backoff, Attempt, AttemptOutcome, Fingerprint, GuardLimits, GuardRecord, GuardStatus,
     GuardStore, Refusal, MAX_BUDGET,
 };
+use crate::metrics::GatewayMetrics;
 use crate::secret::Secret;
 use crate::sync::lock;
 use scripts::Scripts;
@@ -173,6 +174,7 @@ impl RedisStore {
         fingerprint: Fingerprint,
         local: Arc<dyn GuardStore>,
         lease: Duration,
+        metrics: GatewayMetrics,
     ) -> Arc<RedisState> {
         let record = local.load(gateway, fingerprint).unwrap_or_default();
         Arc::new_cyclic(|me| RedisState {
@@ -185,6 +187,7 @@ impl RedisStore {
             },
             lease,
             local,
+            metrics,
             inner: Mutex::new(Inner {
                 fingerprint,
                 record,
@@ -192,6 +195,7 @@ impl RedisStore {
                 not_before: None,
                 epoch: None,
                 attempts: Vec::new(),
+                abandoned: Vec::new(),
             }),
             in_flight: AtomicU32::new(0),
             settled: Notify::new(),
@@ -207,6 +211,7 @@ pub struct RedisState {
     limits: GuardLimits,
     lease: Duration,
     local: Arc<dyn GuardStore>,
+    metrics: GatewayMetrics,
     inner: Mutex<Inner>,
     /// Attempts of this process in flight.
     in_flight: AtomicU32,
@@ -234,6 +239,9 @@ struct Inner {
     epoch: Option<String>,
     /// Ids of this process's attempts in flight, by fingerprint.
     attempts: Vec<(Fingerprint, String)>,
+    /// Reservations whose answer never came (the store may still have made them), with when
+    /// they were given up: cancelled by the next reservations until their lease is over.
+    abandoned: Vec<(Fingerprint, String, Instant)>,
 }
 
 /// A script's answer: its status, the record after it, and up to two extra values.
@@ -285,6 +293,13 @@ fn now_ms() -> u64 {
 }
 
 impl RedisState {
+    /// Notes what an operation of the store came to, in the metrics.
+    fn observed<T>(&self, op: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.metrics
+            .shared_store(result.as_ref().map(|_| ()).map_err(|_| op));
+        result
+    }
+
     fn keys(&self, fingerprint: Fingerprint) -> [String; 3] {
         let base = format!("payauth:{}:{}", self.store.config.egress_id, self.gateway);
         let fp = fingerprint.to_hex();
@@ -317,8 +332,10 @@ impl RedisState {
     }
 
     async fn reserve(&self, seen: Option<u64>) -> Result<Option<Begun>, Refusal> {
-        let (fingerprint, lower_bound) = {
-            let inner = lock(&self.inner);
+        let (fingerprint, lower_bound, abandoned) = {
+            let mut inner = lock(&self.inner);
+            let lease = self.lease;
+            inner.abandoned.retain(|(_, _, at)| at.elapsed() < lease);
             if inner.record.locked {
                 return Err(Refusal::Locked(
                     inner
@@ -334,10 +351,17 @@ impl RedisState {
                     return Err(Refusal::Backoff(not_before - now));
                 }
             }
-            (inner.fingerprint, inner.record.clone())
+            let fingerprint = inner.fingerprint;
+            let abandoned: Vec<String> = inner
+                .abandoned
+                .iter()
+                .filter(|(f, _, _)| *f == fingerprint)
+                .map(|(_, id, _)| id.clone())
+                .collect();
+            (fingerprint, inner.record.clone(), abandoned)
         };
         let id = self.store.next_attempt_id();
-        let args = [
+        let mut args = vec![
             seen.map_or("-1".to_owned(), |g| g.to_string()),
             self.limits.budget.to_string(),
             self.limits.proven_concurrency.to_string(),
@@ -349,15 +373,19 @@ impl RedisState {
             if lower_bound.locked { "1" } else { "0" }.to_owned(),
             lower_bound.reason.clone().unwrap_or_default(),
         ];
-        let answer = self
+        args.extend(abandoned);
+        let result = self
             .store
             .run(&self.store.scripts.reserve, &self.keys(fingerprint), &args)
-            .await
-            .map_err(|e| {
-                tracing::error!(gateway = %self.gateway, error = %e,
-                    "the shared store cannot be reached; no authentication is sent");
-                Refusal::Storage
-            })?;
+            .await;
+        let answer = self.observed("reserve", result).map_err(|e| {
+            tracing::error!(gateway = %self.gateway, error = %e,
+                "the shared store cannot be reached; no authentication is sent");
+            lock(&self.inner)
+                .abandoned
+                .push((fingerprint, id.clone(), Instant::now()));
+            Refusal::SharedStore
+        })?;
         self.remember(fingerprint, &answer.record);
         match answer.status.as_str() {
             "adopt" => {
@@ -414,11 +442,11 @@ impl RedisState {
             AttemptOutcome::Unknown => "unknown",
         };
         let args = [id, outcome_arg.to_owned(), self.limits.budget.to_string()];
-        match self
+        let result = self
             .store
             .run(&self.store.scripts.settle, &self.keys(fingerprint), &args)
-            .await
-        {
+            .await;
+        match self.observed("settle", result) {
             Ok(answer) => {
                 if answer.status == "locked_now" {
                     tracing::error!(gateway = %self.gateway, reason = answer.record.reason.as_deref().unwrap_or(""),
@@ -488,11 +516,11 @@ impl CredentialState for RedisState {
                 let inner = lock(&self.inner);
                 (inner.fingerprint, inner.epoch.clone().unwrap_or_default())
             };
-            let answer = self
+            let result = self
                 .store
                 .run_publish(&self.keys(fingerprint), epoch, sealed)
-                .await
-                .map_err(io::Error::other)?;
+                .await;
+            let answer = self.observed("publish", result).map_err(io::Error::other)?;
             let generation = String::from_utf8_lossy(&answer.extra[0])
                 .parse()
                 .unwrap_or(0);
@@ -524,11 +552,11 @@ impl CredentialState for RedisState {
     fn unlock(&self) -> StateFuture<'_, io::Result<()>> {
         Box::pin(async move {
             let fingerprint = lock(&self.inner).fingerprint;
-            let answer = self
+            let result = self
                 .store
                 .run(&self.store.scripts.unlock, &self.keys(fingerprint), &[])
-                .await
-                .map_err(io::Error::other)?;
+                .await;
+            let answer = self.observed("unlock", result).map_err(io::Error::other)?;
             {
                 let mut inner = lock(&self.inner);
                 inner.failures = 0;

@@ -25,9 +25,17 @@ end
 
 /// KEYS: guard, inflight, key. ARGV: seen generation (-1: none), budget, proven concurrency,
 /// attempt id, now (ms), lease (ms), then the local lower bound to seed a missing record with:
-/// rejected, unconfirmed, locked, reason. Answers `adopt` (extra: generation, sealed),
-/// `reserved` (extra: epoch), `wait` or `locked`.
+/// rejected, unconfirmed, locked, reason; then the ids of reservations this holder gave up on
+/// (a reservation whose answer timed out may still have been made: it is cancelled here, as
+/// not sent, since its holder never sent anything for it). Answers `adopt` (extra:
+/// generation, sealed), `reserved` (extra: epoch), `wait` or `locked`.
 const RESERVE: &str = r#"
+for i = 11, #ARGV do
+  if redis.call('ZREM', KEYS[2], ARGV[i]) == 1 then
+    local unconfirmed = tonumber(redis.call('HGET', KEYS[1], 'unconfirmed') or '0')
+    redis.call('HSET', KEYS[1], 'unconfirmed', math.max(unconfirmed - 1, 0))
+  end
+end
 local seen = tonumber(ARGV[1])
 local generation = tonumber(redis.call('HGET', KEYS[3], 'generation') or '0')
 if seen >= 0 and generation > seen then
