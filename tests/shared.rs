@@ -66,18 +66,24 @@ mod layers {
 
     /// One replica: its own store connection, its own local record, its own client.
     fn replica(redis: &RedisServer, sim: &NumberSim) -> Number {
+        replica_with_budget(redis, sim, 1)
+    }
+
+    fn replica_with_budget(redis: &RedisServer, sim: &NumberSim, budget: u32) -> Number {
         let store = Arc::new(RedisStore::new(&shared(redis), None).expect("store"));
         let credentials = NumberCredentials::new("EP9116875", TOKEN);
         let state = store.state(
             "number",
-            GuardLimits::serial(1),
+            GuardLimits::serial(budget),
             credentials.fingerprint(),
             Arc::new(MemoryGuardStore::default()),
             Duration::from_secs(35),
             GatewayMetrics::unregistered("number"),
         );
+        let mut config = NumberConfig::rest("number", sim.url().parse().expect("uri"));
+        config.gateway.auth_failure_budget = budget;
         let layer = NumberAuthLayer::with_credential_state(
-            NumberConfig::rest("number", sim.url().parse().expect("uri")),
+            config,
             credentials,
             state,
             GatewayMetrics::unregistered("number"),
@@ -184,6 +190,36 @@ mod layers {
             2,
             "with exactly one authentication"
         );
+        sim.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_that_lost_its_data_is_reseeded_and_the_budget_not_spent_again() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let sim = common::number_sim(NumberSimConfig::default()).await;
+        sim.set_token("A-TOKEN-PAYAUTH-DOES-NOT-HOLD");
+        let number = replica_with_budget(&redis, &sim, 2);
+        assert!(!sale(&number, &sim).await);
+        assert_eq!(sim.stats().auth_attempts, 1, "one rejection recorded");
+
+        // The store restarts empty (no persistence).
+        assert_eq!(redis.command(&["FLUSHALL"]), "+OK\r\n");
+        for _ in 0..3 {
+            assert!(!sale(&number, &sim).await);
+        }
+        // Re-seeded with the rejection: one more attempt reaches the budget of 2 and locks.
+        // Without the lower bound the store would have allowed two more (three in all).
+        assert_eq!(sim.stats().auth_attempts, 2, "{:?}", sim.stats());
+        let record = redis.command(&["KEYS", "payauth:egress-test:number:guard:*"]);
+        let key = record
+            .lines()
+            .find(|l| l.starts_with("payauth:"))
+            .expect("a guard record")
+            .to_owned();
+        let locked = redis.command(&["HGET", &key, "locked"]);
+        assert!(locked.contains("\r\n1\r\n"), "{locked:?}");
         sim.shutdown().await;
     }
 
