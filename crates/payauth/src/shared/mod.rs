@@ -628,3 +628,148 @@ impl RedisStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A model of the store's scripts (the guard's rules plus leases) driven through random
+    //! interleavings of replicas, outcomes and crashes.
+
+    use proptest::prelude::*;
+
+    use crate::guard::rules::{self, Admit};
+    use crate::guard::{AttemptOutcome, GuardLimits, GuardRecord};
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A replica asks to authenticate.
+        Reserve(usize),
+        /// A replica's oldest attempt in flight ends so.
+        Settle(usize, AttemptOutcome),
+        /// A replica dies with its attempts in flight: they are never settled.
+        Crash(usize),
+        /// Time passes (ms): leases may end.
+        Tick(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let outcome = prop_oneof![
+            Just(AttemptOutcome::Success),
+            Just(AttemptOutcome::Rejected),
+            Just(AttemptOutcome::NotSent),
+            Just(AttemptOutcome::Unknown),
+        ];
+        prop_oneof![
+            (0..4usize).prop_map(Op::Reserve),
+            ((0..4usize), outcome).prop_map(|(r, o)| Op::Settle(r, o)),
+            (0..4usize).prop_map(Op::Crash),
+            (0..20_000u64).prop_map(Op::Tick),
+        ]
+    }
+
+    /// The store: one record, the leases of attempts in flight (replica, lease end).
+    struct Store {
+        record: GuardRecord,
+        leases: Vec<(usize, u64)>,
+        now: u64,
+    }
+
+    const LEASE: u64 = 35_000;
+
+    impl Store {
+        fn expire(&mut self) {
+            let now = self.now;
+            let before = self.leases.len();
+            self.leases.retain(|(_, end)| *end > now);
+            if self.leases.len() < before {
+                self.record.proven = false;
+            }
+        }
+
+        /// The reserve script (without adoption, which sends nothing).
+        fn reserve(&mut self, replica: usize, limits: GuardLimits) -> bool {
+            self.expire();
+            if self.record.locked {
+                return false;
+            }
+            match rules::admit(&self.record, self.leases.len() as u32, limits) {
+                Admit::Send => {
+                    rules::reserve(&mut self.record);
+                    self.leases.push((replica, self.now + LEASE));
+                    true
+                }
+                Admit::Wait => false,
+                Admit::Lock(reason) => {
+                    self.record.locked = true;
+                    self.record.reason = Some(reason.to_owned());
+                    false
+                }
+            }
+        }
+
+        /// The settle script for `replica`'s oldest lease.
+        fn settle(&mut self, replica: usize, outcome: AttemptOutcome, limits: GuardLimits) -> bool {
+            let Some(at) = self.leases.iter().position(|(r, _)| *r == replica) else {
+                return false;
+            };
+            self.leases.remove(at);
+            let in_flight = self.leases.len() as u32;
+            rules::settle(&mut self.record, in_flight, limits, outcome);
+            true
+        }
+    }
+
+    proptest! {
+        /// However replicas interleave, crash or see their answers lost, the gateway never sees
+        /// more than five failed-or-unknown authentications in a row (its lock is at six), and
+        /// never more than the budget of rejections once its rejections are known.
+        #[test]
+        fn replicas_sharing_a_record_never_reach_the_vendor_lock(
+            budget in 1u32..=5,
+            ops in proptest::collection::vec(op(), 1..120),
+        ) {
+            let limits = GuardLimits::serial(budget);
+            let mut store = Store { record: GuardRecord::default(), leases: Vec::new(), now: 0 };
+            // What the gateway may have counted: failures in a row, worst case.
+            let mut vendor_run = 0u32;
+            let mut rejections_in_a_row = 0u32;
+            let mut live = [true; 4];
+            // Attempts sent and not yet answered, by replica (a crashed replica's never are).
+            let mut sent: Vec<usize> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Reserve(r) if live[r] && store.reserve(r, limits) => sent.push(r),
+                    Op::Settle(r, outcome) if live[r] => {
+                        if let Some(i) = sent.iter().position(|x| *x == r) {
+                            if store.settle(r, outcome, limits) {
+                                sent.remove(i);
+                                match outcome {
+                                    AttemptOutcome::Success => {
+                                        vendor_run = 0;
+                                        rejections_in_a_row = 0;
+                                    }
+                                    AttemptOutcome::Rejected => {
+                                        vendor_run += 1;
+                                        rejections_in_a_row += 1;
+                                    }
+                                    AttemptOutcome::Unknown => vendor_run += 1,
+                                    AttemptOutcome::NotSent => {}
+                                }
+                            }
+                        }
+                    }
+                    Op::Crash(r) => {
+                        live[r] = false;
+                        // Its attempts in flight may have reached the gateway.
+                        let lost = sent.iter().filter(|x| **x == r).count() as u32;
+                        vendor_run += lost;
+                        sent.retain(|x| *x != r);
+                    }
+                    Op::Tick(ms) => store.now += ms,
+                    _ => {}
+                }
+                prop_assert!(vendor_run <= 5, "{vendor_run} failures in a row reached the gateway");
+                prop_assert!(rejections_in_a_row <= budget, "{rejections_in_a_row} rejections, budget {budget}");
+            }
+        }
+    }
+}
