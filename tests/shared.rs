@@ -70,6 +70,14 @@ mod layers {
     }
 
     fn replica_with_budget(redis: &RedisServer, sim: &NumberSim, budget: u32) -> Number {
+        replica_and_handle(redis, sim, budget).0
+    }
+
+    fn replica_and_handle(
+        redis: &RedisServer,
+        sim: &NumberSim,
+        budget: u32,
+    ) -> (Number, payauth::number::NumberHandle) {
         let store = Arc::new(RedisStore::new(&shared(redis), None).expect("store"));
         let credentials = NumberCredentials::new("EP9116875", TOKEN);
         let state = store.state(
@@ -89,7 +97,11 @@ mod layers {
             GatewayMetrics::unregistered("number"),
         )
         .expect("layer");
-        BoxCloneSyncService::new(layer.layer(common::client()))
+        let handle = layer.handle();
+        (
+            BoxCloneSyncService::new(layer.layer(common::client())),
+            handle,
+        )
     }
 
     async fn sale(number: &Number, sim: &NumberSim) -> bool {
@@ -220,6 +232,31 @@ mod layers {
             .to_owned();
         let locked = redis.command(&["HGET", &key, "locked"]);
         assert!(locked.contains("\r\n1\r\n"), "{locked:?}");
+        sim.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_learns_of_a_peers_new_key_before_the_gateway_refuses_its_own() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let sim = common::number_sim(NumberSimConfig::default()).await;
+        let (a, _) = replica_and_handle(&redis, &sim, 1);
+        let (b, b_handle) = replica_and_handle(&redis, &sim, 1);
+        assert!(sale(&a, &sim).await && sale(&b, &sim).await);
+        assert!(!b_handle.refresh().await, "nothing newer yet");
+        sim.expire_keys();
+        assert!(sale(&a, &sim).await, "a renews");
+        let refused = sim.stats().calls_5030;
+        assert!(b_handle.refresh().await, "b takes a's new key");
+        assert_eq!(b_handle.key().map(|k| k.generation), Some(2));
+        assert!(sale(&b, &sim).await);
+        assert_eq!(
+            sim.stats().calls_5030,
+            refused,
+            "b's call was not refused first"
+        );
+        assert_eq!(sim.stats().auth_attempts, 2);
         sim.shutdown().await;
     }
 

@@ -156,6 +156,13 @@ impl Sidecar {
             admin_stop_rx,
             grace,
         ));
+        if let Some(shared) = &config.shared {
+            for gateway in gateways.iter() {
+                if let CredentialTarget::Number(handle) = &gateway.target {
+                    tasks.spawn(poll_keys(handle.clone(), shared.key_poll, stop_rx.clone()));
+                }
+            }
+        }
         tasks.spawn(poll_files(
             Arc::clone(&gateways),
             config.proxy.secret_poll_interval,
@@ -405,6 +412,24 @@ fn build_layer(
             ))
         }
         _ => Err("the credentials do not match the gateway's kind".to_owned()),
+    }
+}
+
+/// Shared mode: looks for a key a peer published every `interval`, so that replicas move to a
+/// new key ahead of the gateway refusing theirs.
+async fn poll_keys(
+    handle: crate::number::NumberHandle,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = proxy::stopped(&mut stop) => return,
+        }
+        handle.refresh().await;
     }
 }
 

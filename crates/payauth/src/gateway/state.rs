@@ -83,6 +83,12 @@ pub trait CredentialState: Send + Sync + fmt::Debug + 'static {
 
     /// Resolves once no attempt of this process is in flight (or after `limit`).
     fn wait_idle(&self, limit: Duration) -> StateFuture<'_, ()>;
+
+    /// The newest credential published, where others may publish (a shared store); `None`
+    /// where only this process does (it already holds its newest).
+    fn latest(&self) -> StateFuture<'_, Option<Published>> {
+        Box::pin(async { None })
+    }
 }
 
 /// How a gateway's state is held: `Arc<dyn CredentialState>`.

@@ -278,6 +278,36 @@ impl NumberHandle {
         self.shared.core.guard.wait_idle(limit).await;
     }
 
+    /// Takes a key a peer published, if it is newer than the one in use (shared mode: replicas
+    /// learn of a new key ahead of the gateway refusing theirs). Returns whether it did.
+    pub async fn refresh(&self) -> bool {
+        let shared = &self.shared;
+        let Some(published) = shared.core.guard.latest().await else {
+            return false;
+        };
+        let current = shared.key.load().as_ref().map_or(0, |k| k.generation);
+        if published.generation <= current {
+            return false;
+        }
+        let creds = shared.credentials.load_full();
+        let Ok(key) = creds.seal.open(&published.sealed) else {
+            return false;
+        };
+        let Ok(state) = shared.key_state(key, published.generation, creds.signer.clone()) else {
+            return false;
+        };
+        // Under the flight slot, so a renewal finishing meanwhile is not overwritten by an
+        // older key.
+        let _slot = crate::sync::lock(&shared.flight);
+        if shared.key.load().as_ref().map_or(0, |k| k.generation) < published.generation {
+            shared.key.store(Some(state));
+            tracing::info!(gateway = %shared.core.name(), generation = published.generation,
+                "using the session key a peer published");
+            return true;
+        }
+        false
+    }
+
     /// The current key, if any.
     pub fn key(&self) -> Option<KeyInfo> {
         self.shared.key.load().as_ref().map(|k| KeyInfo {

@@ -594,9 +594,42 @@ impl CredentialState for RedisState {
             }
         })
     }
+
+    fn latest(&self) -> StateFuture<'_, Option<Published>> {
+        Box::pin(async move {
+            let fingerprint = lock(&self.inner).fingerprint;
+            let [_, _, key] = self.keys(fingerprint);
+            let result = self.store.latest(&key).await;
+            self.observed("latest", result).ok().flatten()
+        })
+    }
 }
 
 impl RedisStore {
+    /// The key hash's generation and sealed key, if a key was published.
+    async fn latest(&self, key: &str) -> Result<Option<Published>, StoreError> {
+        let mut connection = self.connection().await?;
+        let mut command = redis::cmd("HMGET");
+        command.arg(key).arg("generation").arg("sealed");
+        let result = tokio::time::timeout(
+            self.config.op_timeout,
+            command.query_async::<(Option<u64>, Option<Vec<u8>>)>(&mut connection),
+        )
+        .await;
+        match result {
+            Ok(Ok((Some(generation), Some(sealed)))) => Ok(Some(Published { generation, sealed })),
+            Ok(Ok(_)) => Ok(None),
+            Ok(Err(e)) => {
+                *self.connection.lock().await = None;
+                Err(StoreError(format!("{:?}", e.kind())))
+            }
+            Err(_) => {
+                *self.connection.lock().await = None;
+                Err(StoreError("operation timed out".into()))
+            }
+        }
+    }
+
     /// Publishes with the sealed key as raw bytes (not text).
     async fn run_publish(
         &self,
