@@ -378,6 +378,51 @@ mod processes {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rejected_token_spends_one_budget_across_five_processes_and_restarts() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let sim = common::number_sim(NumberSimConfig::default()).await;
+        sim.set_token("THE-VENDOR-REVOKED-PAYAUTHS-TOKEN");
+        let dir = tempfile::tempdir().expect("dir");
+        let client = common::client();
+        for round in 0..2 {
+            let mut replicas = Vec::new();
+            for n in 0..5 {
+                replicas.push(replica(dir.path(), n, &redis, &sim).await);
+            }
+            for _ in 0..3 {
+                for p in &replicas {
+                    let reply = send(&client, sale(p.gateway)).await;
+                    assert_eq!(
+                        reply.status,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "{}",
+                        reply.text()
+                    );
+                }
+            }
+            for (n, p) in replicas.iter().enumerate() {
+                let reply = send(&client, sale(p.gateway)).await;
+                assert_eq!(
+                    reply.error_code().as_deref(),
+                    Some("auth_locked"),
+                    "round {round}, replica {n}: {}",
+                    reply.text()
+                );
+            }
+            // Every process stops (the next round starts them again on the same state dirs).
+            drop(replicas);
+        }
+        assert_eq!(
+            sim.stats().auth_rejected,
+            1,
+            "the budget of 1 is spent once for all processes and restarts"
+        );
+        sim.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn three_processes_renew_once_for_300_calls_across_an_expiry() {
         let Some(redis) = RedisServer::start() else {
             return;
