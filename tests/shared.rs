@@ -464,6 +464,16 @@ mod processes {
             2,
             "one renewal across the three processes"
         );
+        for p in &replicas {
+            let request = Request::get(format!("http://{}/metrics", p.admin))
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let metrics = send(&client, request).await.text();
+            assert!(
+                metrics.contains("payauth_shared_store_up{gateway=\"number\"} 1"),
+                "{metrics}"
+            );
+        }
         drop(replicas);
         sim.shutdown().await;
     }
