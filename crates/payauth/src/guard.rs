@@ -101,6 +101,10 @@ pub struct GuardRecord {
     /// (see [`rules`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub proven: bool,
+    /// This is a replica's copy of a record kept in a shared store (see [`crate::shared`]): the
+    /// shared record existed, so finding it missing later means the store lost it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 /// Where guard records live. The default is [`FileGuardStore`]; a shared backend lets several

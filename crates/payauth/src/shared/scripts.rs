@@ -16,6 +16,7 @@ use redis::Script;
 
 /// The record fields every script returns, in order, after its status.
 const RETURN_RECORD: &str = r#"
+local LOST = 'the shared store lost the lockout record: check the gateway, then unlock it'
 local function answer(status, extra1, extra2)
   local r = redis.call('HMGET', KEYS[1], 'rejected', 'unconfirmed', 'locked', 'proven', 'reason')
   return {status, r[1] or '0', r[2] or '0', r[3] or '0', r[4] or '0', r[5] or '',
@@ -25,12 +26,15 @@ end
 
 /// KEYS: guard, inflight, key. ARGV: seen generation (-1: none), budget, proven concurrency,
 /// attempt id, now (ms), lease (ms), then the local lower bound to seed a missing record with:
-/// rejected, unconfirmed, locked, reason; then the ids of reservations this holder gave up on
+/// rejected, unconfirmed, locked, reason, and whether that copy is of a shared record (`1`: the
+/// record existed, so it is missing because the store lost it, and it is seeded locked: other
+/// replicas may have spent the budget since the copy was taken); then the ids of reservations
+/// this holder gave up on
 /// (a reservation whose answer timed out may still have been made: it is cancelled here, as
 /// not sent, since its holder never sent anything for it). Answers `adopt` (extra:
 /// generation, sealed), `reserved` (extra: epoch), `wait` or `locked`.
 const RESERVE: &str = r#"
-for i = 11, #ARGV do
+for i = 12, #ARGV do
   if redis.call('ZREM', KEYS[2], ARGV[i]) == 1 then
     local unconfirmed = tonumber(redis.call('HGET', KEYS[1], 'unconfirmed') or '0')
     redis.call('HSET', KEYS[1], 'unconfirmed', math.max(unconfirmed - 1, 0))
@@ -42,10 +46,16 @@ if seen >= 0 and generation > seen then
   return answer('adopt', tostring(generation), redis.call('HGET', KEYS[3], 'sealed') or '')
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  -- A new record, or the store lost it: start from this replica's last copy, a lower bound.
-  redis.call('HSET', KEYS[1], 'rejected', ARGV[7], 'unconfirmed', ARGV[8], 'locked', ARGV[9],
-             'proven', '0')
-  if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'reason', ARGV[10]) end
+  if ARGV[11] == '1' then
+    -- The store lost the record: fail closed until an operator has looked.
+    redis.call('HSET', KEYS[1], 'rejected', ARGV[7], 'unconfirmed', ARGV[8], 'locked', '1',
+               'proven', '0', 'reason', LOST)
+  else
+    -- A new record: start from this replica's own record (a lower bound).
+    redis.call('HSET', KEYS[1], 'rejected', ARGV[7], 'unconfirmed', ARGV[8], 'locked', ARGV[9],
+               'proven', '0')
+    if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'reason', ARGV[10]) end
+  end
 end
 local now = tonumber(ARGV[5])
 if redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) > 0 then
@@ -80,6 +90,11 @@ return answer('reserved', tostring(epoch))
 /// KEYS: guard, inflight. ARGV: attempt id, outcome (`success`, `rejected`, `not_sent`,
 /// `unknown`), budget. Answers `settled`, or `locked_now` when this rejection locks.
 const SETTLE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  -- The attempt was reserved in a record the store has since lost.
+  redis.call('HSET', KEYS[1], 'rejected', '0', 'unconfirmed', '1', 'locked', '1', 'proven', '0',
+             'reason', LOST)
+end
 redis.call('ZREM', KEYS[2], ARGV[1])
 local in_flight_after = redis.call('ZCARD', KEYS[2])
 local r = redis.call('HMGET', KEYS[1], 'rejected', 'unconfirmed', 'locked')
