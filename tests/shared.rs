@@ -57,11 +57,71 @@ mod layers {
             redis_url: redis.url(),
             username: None,
             password_file: None,
+            ca_file: None,
             egress_id: "egress-test".into(),
             connect_timeout: Duration::from_millis(500),
             op_timeout: Duration::from_millis(250),
             key_poll: Duration::from_secs(1),
         }
+    }
+
+    /// One replica on a store given by its settings.
+    fn replica_on(shared: &SharedConfig, sim: &NumberSim) -> Number {
+        let store = Arc::new(RedisStore::new(shared, None).expect("store"));
+        let credentials = NumberCredentials::new("EP9116875", TOKEN);
+        let state = store.state(
+            "number",
+            GuardLimits::serial(1),
+            credentials.fingerprint(),
+            Arc::new(MemoryGuardStore::default()),
+            Duration::from_secs(35),
+            GatewayMetrics::unregistered("number"),
+        );
+        let layer = NumberAuthLayer::with_credential_state(
+            NumberConfig::rest("number", sim.url().parse().expect("uri")),
+            credentials,
+            state,
+            GatewayMetrics::unregistered("number"),
+        )
+        .expect("layer");
+        BoxCloneSyncService::new(layer.layer(common::client()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_share_a_key_over_tls_and_refuse_an_untrusted_store() {
+        let ca = payauth_sim::tls::SimCa::new("redis test CA").expect("ca");
+        let server = ca
+            .server_tls(&["localhost", "127.0.0.1"])
+            .expect("server certificate");
+        let Some(redis) =
+            RedisServer::start_tls(&server.cert_chain_pem, &server.key_pem, ca.cert_pem())
+        else {
+            return;
+        };
+        let dir = tempfile::tempdir().expect("dir");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).expect("ca file");
+        let sim = common::number_sim(NumberSimConfig::default()).await;
+        let tls = SharedConfig {
+            redis_url: format!("rediss://localhost:{}/0", redis.port()),
+            ca_file: Some(ca_file),
+            ..shared(&redis)
+        };
+        let replicas: Vec<Number> = (0..3).map(|_| replica_on(&tls, &sim)).collect();
+        let ok = join_all(replicas.iter().map(|r| sale(r, &sim))).await;
+        assert!(ok.iter().all(|ok| *ok), "{ok:?}");
+        assert_eq!(sim.stats().auth_attempts, 1, "one key for three, over TLS");
+
+        // The same store, not trusted (the system's CAs do not know the test CA): no
+        // reservation, so no authentication, and the call fails.
+        let untrusted = SharedConfig {
+            ca_file: None,
+            ..tls.clone()
+        };
+        let stranger = replica_on(&untrusted, &sim);
+        assert!(!sale(&stranger, &sim).await);
+        assert_eq!(sim.stats().auth_attempts, 1);
+        sim.shutdown().await;
     }
 
     /// One replica: its own store connection, its own local record, its own client.

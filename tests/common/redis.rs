@@ -63,6 +63,61 @@ impl RedisServer {
         panic!("redis-server did not start on any port tried");
     }
 
+    /// Starts one that speaks only TLS, with `cert_pem`/`key_pem` (for `localhost` and
+    /// 127.0.0.1) issued by the CA in `ca_pem`; clients need no certificate.
+    pub fn start_tls(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Option<Self> {
+        Self::start()?; // only to learn that redis-server is there (it is stopped again)
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cert, key, ca) = (
+            dir.path().join("redis.pem"),
+            dir.path().join("redis-key.pem"),
+            dir.path().join("ca.pem"),
+        );
+        std::fs::write(&cert, cert_pem).expect("cert");
+        std::fs::write(&key, key_pem).expect("key");
+        std::fs::write(&ca, ca_pem).expect("ca");
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+            ])
+            .arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .arg("--tls-ca-cert-file")
+            .arg(&ca)
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "TLS redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Self {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+
     /// `redis://127.0.0.1:<port>/0`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)

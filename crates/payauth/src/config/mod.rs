@@ -48,6 +48,9 @@ pub struct SharedConfig {
     pub username: Option<String>,
     /// File holding the Redis password, if any.
     pub password_file: Option<PathBuf>,
+    /// `rediss://` only: the CA (PEM) the server's certificate is verified against, instead of
+    /// the system's trusted CAs.
+    pub ca_file: Option<PathBuf>,
     /// Names the egress IP or NAT the replicas share: a key is shared only under the same
     /// `egress_id`, never across egress IPs (Number binds keys to the caller's IP).
     pub egress_id: String,

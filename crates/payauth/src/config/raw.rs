@@ -47,6 +47,7 @@ pub(super) struct RawShared {
     pub(super) redis_url: Option<RedisUrl>,
     pub(super) username: Option<String>,
     pub(super) password_file: Option<PathBuf>,
+    pub(super) ca_file: Option<PathBuf>,
     pub(super) egress_id: Option<String>,
     pub(super) connect_timeout_ms: Option<Count<u64>>,
     pub(super) op_timeout_ms: Option<Count<u64>>,

@@ -225,9 +225,26 @@ impl<'a> Validator<'a> {
             let message = "shared.username needs shared.password_file".to_owned();
             self.problem(table.at("username"), message);
         }
+        if let (Some(_), Some(url)) = (&raw.ca_file, &raw.redis_url) {
+            if !url.0.starts_with("rediss://") {
+                let message = "shared.ca_file is for rediss:// (TLS) only".to_owned();
+                self.problem(table.at("ca_file"), message);
+            }
+        }
         if self.checks == Checks::Files {
             if let Some(path) = &raw.password_file {
                 self.secret_file(&table, "password_file", path);
+            }
+            if let Some(path) = &raw.ca_file {
+                let files = TlsFiles {
+                    ca_file: Some(path.clone()),
+                    ..TlsFiles::default()
+                };
+                if let Err(problems) = crate::proxy::tls::check_files(&files) {
+                    for problem in problems {
+                        self.problem(table.at("ca_file"), format!("shared.ca_file: {problem}"));
+                    }
+                }
             }
         }
         let millis = |value: Option<Count<u64>>, default: u64| {
@@ -251,6 +268,7 @@ impl<'a> Validator<'a> {
             redis_url: raw.redis_url?.0,
             username: raw.username,
             password_file: raw.password_file,
+            ca_file: raw.ca_file,
             egress_id: egress_id?,
             connect_timeout,
             op_timeout,

@@ -87,7 +87,19 @@ impl RedisStore {
             redis = redis.set_password(password.expose());
         }
         info = info.set_redis_settings(redis);
-        let client = Client::open(info).map_err(|e| StoreError(format!("{:?}", e.kind())))?;
+        let client = match &config.ca_file {
+            None => Client::open(info),
+            Some(path) => {
+                let root_cert = std::fs::read(path)
+                    .map_err(|e| StoreError(format!("ca_file {}: {e}", path.display())))?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                Client::build_with_tls(info, certificates)
+            }
+        }
+        .map_err(|e| StoreError(format!("{:?}", e.kind())))?;
         Ok(Self {
             client,
             config: config.clone(),
