@@ -65,6 +65,83 @@ mod layers {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn creditguard_rejections_count_in_the_shared_budget() {
+        use payauth::creditguard::{
+            CreditGuardConfig, CreditGuardCredentials, CreditGuardSessionLayer,
+        };
+        use payauth_sim::creditguard::{CreditGuardSim, CreditGuardSimConfig};
+
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let sim =
+            CreditGuardSim::start(([127, 0, 0, 1], 0).into(), CreditGuardSimConfig::default())
+                .await
+                .expect("simulator");
+        sim.set_password("the-password-was-changed-at-the-gateway");
+        let replica = || {
+            let store = Arc::new(RedisStore::new(&shared(&redis), None).expect("store"));
+            let credentials = CreditGuardCredentials::new("merchant-user", "s3cret-Passw0rd");
+            let mut config = CreditGuardConfig::new("creditguard", sim.url().parse().expect("uri"));
+            config.terminals = vec!["0882819014".into()];
+            let state = store.state(
+                "creditguard",
+                GuardLimits {
+                    budget: 1,
+                    proven_concurrency: config.session_fetch_concurrency,
+                },
+                credentials.fingerprint(),
+                Arc::new(MemoryGuardStore::default()),
+                Duration::from_secs(35),
+                GatewayMetrics::unregistered("creditguard"),
+            );
+            let layer = CreditGuardSessionLayer::with_credential_state(
+                config,
+                credentials,
+                state,
+                GatewayMetrics::unregistered("creditguard"),
+            )
+            .expect("layer");
+            (layer.handle(), layer.layer(common::client()))
+        };
+        let deal = || {
+            let xml = "<ashrait><request><version>2000</version><command>doDeal</command><doDeal>\
+                <terminalNumber>0882819014</terminalNumber><validation>AutoComm</validation>\
+                <transactionType>Debit</transactionType></doDeal></request></ashrait>";
+            Request::post(sim.relay_url())
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Full::new(Bytes::from(format!(
+                    "user=app&password=app&int_in={xml}"
+                ))))
+                .expect("request")
+        };
+        let replicas: Vec<_> = (0..4).map(|_| replica()).collect();
+        for _ in 0..3 {
+            for (_, service) in &replicas {
+                let answer = service.clone().oneshot(deal()).await;
+                let error = answer.expect_err("no session with a rejected password");
+                assert!(
+                    matches!(
+                        error.code(),
+                        payauth::ErrorCode::AuthLocked | payauth::ErrorCode::AuthUnavailable
+                    ),
+                    "{error}"
+                );
+            }
+        }
+        assert_eq!(
+            sim.stats().get_session_rejected,
+            1,
+            "one rejection for four replicas: {:?}",
+            sim.stats()
+        );
+        for (handle, _) in &replicas {
+            assert!(handle.guard().is_locked());
+        }
+        sim.shutdown().await;
+    }
+
     /// One replica on a store given by its settings.
     fn replica_on(shared: &SharedConfig, sim: &NumberSim) -> Number {
         let store = Arc::new(RedisStore::new(shared, None).expect("store"));
@@ -267,7 +344,7 @@ mod layers {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_store_that_lost_its_data_fails_closed_until_an_operator_unlocks() {
-        let Some(redis) = RedisServer::start() else {
+        let Some(mut redis) = RedisServer::start() else {
             return;
         };
         let sim = common::number_sim(NumberSimConfig::default()).await;
@@ -278,7 +355,8 @@ mod layers {
 
         // The store restarts empty (no persistence). Other replicas may have spent the budget
         // since this one's copy: the record is seeded locked, and nothing is sent.
-        assert_eq!(redis.command(&["FLUSHALL"]), "+OK\r\n");
+        redis.restart_empty();
+        assert_eq!(redis.command(&["DBSIZE"]), ":0\r\n");
         for _ in 0..3 {
             assert!(!sale(&number, &sim).await);
         }

@@ -165,6 +165,32 @@ impl RedisServer {
         false
     }
 
+    /// Kills the server and starts a new one on the same port: with no persistence, it comes
+    /// back empty (as a Redis without persistence does after a restart).
+    pub fn restart_empty(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.child = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            if self.wait_ready(Duration::from_secs(2)) {
+                break;
+            }
+            let _ = self.child.kill();
+            assert!(Instant::now() < deadline, "redis-server did not restart");
+        }
+        self._dir = dir;
+    }
+
     /// Freezes the server (`kill -STOP`): connections hang, as with a network partition.
     pub fn pause(&self) {
         signal(self.child.id(), "-STOP");
