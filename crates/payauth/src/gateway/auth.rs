@@ -99,40 +99,6 @@ impl Core {
         Ok(Started::Attempt(attempt, credentials))
     }
 
-    /// Like [`authenticate`](Self::authenticate), but a credential issued comes back with its
-    /// attempt still open: the caller settles it (success) once it has published the credential,
-    /// so that no other holder is admitted between the two.
-    pub(crate) async fn authenticate_open<S, ResB, T>(
-        &self,
-        attempt: Attempt,
-        request: Request<Full<Bytes>>,
-        client: S,
-        answer_limit: usize,
-        words: Words,
-        judge: impl FnOnce(&Bytes) -> Verdict<T>,
-    ) -> Result<(T, Attempt), Error>
-    where
-        S: Client<ResB>,
-        ResB: GatewayBody,
-    {
-        let mut open = None;
-        let credential = self
-            .settle_by(
-                attempt,
-                request,
-                client,
-                answer_limit,
-                words,
-                judge,
-                &mut open,
-            )
-            .await?;
-        match open {
-            Some(attempt) => Ok((credential, attempt)),
-            None => Err(self.error(ErrorCode::AuthUnavailable, "the attempt was settled")),
-        }
-    }
-
     /// Sends `request` for `attempt`, reads the answer whole (up to `answer_limit` bytes) and
     /// settles the attempt by `judge`'s verdict on it.
     pub(crate) async fn authenticate<S, ResB, T>(
@@ -148,28 +114,18 @@ impl Core {
         S: Client<ResB>,
         ResB: GatewayBody,
     {
-        let mut open = None;
-        let credential = self
-            .settle_by(
-                attempt,
-                request,
-                client,
-                answer_limit,
-                words,
-                judge,
-                &mut open,
-            )
+        let (credential, attempt) = self
+            .authenticate_open(attempt, request, client, answer_limit, words, judge)
             .await?;
-        if let Some(attempt) = open {
-            attempt.success().await;
-            self.metrics.credential_obtained();
-        }
+        attempt.success().await;
+        self.metrics.credential_obtained();
         Ok(credential)
     }
 
-    /// The common part: everything but a success's settlement, whose attempt is left in `open`.
-    #[allow(clippy::too_many_arguments)]
-    async fn settle_by<S, ResB, T>(
+    /// Like [`authenticate`](Self::authenticate), but a credential issued comes back with its
+    /// attempt still open: the caller settles it (success) once it has published the credential,
+    /// so that no other holder is admitted between the two. Every other verdict is settled here.
+    pub(crate) async fn authenticate_open<S, ResB, T>(
         &self,
         attempt: Attempt,
         request: Request<Full<Bytes>>,
@@ -177,8 +133,7 @@ impl Core {
         answer_limit: usize,
         words: Words,
         judge: impl FnOnce(&Bytes) -> Verdict<T>,
-        open: &mut Option<Attempt>,
-    ) -> Result<T, Error>
+    ) -> Result<(T, Attempt), Error>
     where
         S: Client<ResB>,
         ResB: GatewayBody,
@@ -205,10 +160,7 @@ impl Core {
             }
         };
         match judge(&bytes) {
-            Verdict::Issued(credential) => {
-                *open = Some(attempt);
-                Ok(credential)
-            }
+            Verdict::Issued(credential) => Ok((credential, attempt)),
             Verdict::Rejected(detail) => {
                 attempt.rejected().await;
                 tracing::error!(gateway = %name, detail = %detail,

@@ -135,7 +135,7 @@ impl RedisStore {
         Ok(connection)
     }
 
-    /// Runs `script` within `op_timeout`; a failed connection is dropped for the next call.
+    /// Runs `script` within `op_timeout`.
     async fn run(
         &self,
         script: &redis::Script,
@@ -150,22 +150,25 @@ impl RedisStore {
         for arg in args {
             invocation.arg(arg);
         }
-        let result = tokio::time::timeout(
-            self.config.op_timeout,
-            invocation.invoke_async::<Value>(&mut connection),
-        )
-        .await;
-        match result {
-            Ok(Ok(value)) => Answer::read(value),
-            Ok(Err(e)) => {
-                *self.connection.lock().await = None;
-                Err(StoreError(format!("{:?}", e.kind())))
-            }
-            Err(_) => {
-                *self.connection.lock().await = None;
-                Err(StoreError("operation timed out".into()))
-            }
-        }
+        let value = self
+            .timed(invocation.invoke_async::<Value>(&mut connection))
+            .await?;
+        Answer::read(value)
+    }
+
+    /// Runs one operation within `op_timeout`; a failed connection is dropped for the next.
+    async fn timed<T>(
+        &self,
+        operation: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let result = tokio::time::timeout(self.config.op_timeout, operation).await;
+        let error = match result {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => StoreError(format!("{:?}", e.kind())),
+            Err(_) => StoreError("operation timed out".into()),
+        };
+        *self.connection.lock().await = None;
+        Err(error)
     }
 
     fn next_attempt_id(&self) -> String {
@@ -625,23 +628,13 @@ impl RedisStore {
         let mut connection = self.connection().await?;
         let mut command = redis::cmd("HMGET");
         command.arg(key).arg("generation").arg("sealed");
-        let result = tokio::time::timeout(
-            self.config.op_timeout,
-            command.query_async::<(Option<u64>, Option<Vec<u8>>)>(&mut connection),
-        )
-        .await;
-        match result {
-            Ok(Ok((Some(generation), Some(sealed)))) => Ok(Some(Published { generation, sealed })),
-            Ok(Ok(_)) => Ok(None),
-            Ok(Err(e)) => {
-                *self.connection.lock().await = None;
-                Err(StoreError(format!("{:?}", e.kind())))
-            }
-            Err(_) => {
-                *self.connection.lock().await = None;
-                Err(StoreError("operation timed out".into()))
-            }
-        }
+        let found = self
+            .timed(command.query_async::<(Option<u64>, Option<Vec<u8>>)>(&mut connection))
+            .await?;
+        Ok(match found {
+            (Some(generation), Some(sealed)) => Some(Published { generation, sealed }),
+            _ => None,
+        })
     }
 
     /// Publishes with the sealed key as raw bytes (not text).
@@ -657,22 +650,10 @@ impl RedisStore {
             invocation.key(key);
         }
         invocation.arg(epoch).arg(sealed);
-        match tokio::time::timeout(
-            self.config.op_timeout,
-            invocation.invoke_async::<Value>(&mut connection),
-        )
-        .await
-        {
-            Ok(Ok(value)) => Answer::read(value),
-            Ok(Err(e)) => {
-                *self.connection.lock().await = None;
-                Err(StoreError(format!("{:?}", e.kind())))
-            }
-            Err(_) => {
-                *self.connection.lock().await = None;
-                Err(StoreError("operation timed out".into()))
-            }
-        }
+        let value = self
+            .timed(invocation.invoke_async::<Value>(&mut connection))
+            .await?;
+        Answer::read(value)
     }
 }
 
