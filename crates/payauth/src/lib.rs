@@ -16,6 +16,8 @@
 //! refused the credential get a new one once and replay the call once. [`proxy::FrontLayer`] is
 //! the stack the sidecar puts in front of a gateway (request ids, access log, the contract's
 //! error responses, load shedding), for embedders who serve a gateway themselves.
+//! [`shared`] keeps a gateway's credential state in Redis, so that replicas behind one egress
+//! IP share one session key and one lockout budget.
 //!
 //! # Embedding in axum
 //!
