@@ -1,7 +1,7 @@
 //! The shared mode: replicas behind one egress IP share one session key per Number gateway and
 //! one lockout budget per gateway, through Redis.
 //!
-//! [`RedisState`] implements [`CredentialState`] with the scripts in [`scripts`]: every
+//! [`RedisState`] implements [`CredentialState`] with four Lua scripts (`shared/scripts.rs`): every
 //! reservation, settlement and publication is one atomic script where the state lives, never a
 //! load-modify-save. Nothing is asked of Redis on the request path: a layer keeps its key in
 //! memory and asks the store only to renew it.
