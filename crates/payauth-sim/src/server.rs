@@ -19,6 +19,48 @@ use tokio::task::JoinSet;
 /// Any error a connection task can end with.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// An answer of a simulator.
+pub(crate) type Resp = Response<Full<Bytes>>;
+
+/// Largest request body a simulator reads; bigger ones get 413.
+pub(crate) const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// Reads a request body, at most [`MAX_BODY`] (413 above, 400 when it cannot be read).
+pub(crate) async fn read_body(body: Incoming) -> Result<Bytes, Resp> {
+    use http_body_util::{BodyExt, LengthLimitError, Limited};
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(text(
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+        )),
+        Err(_) => Err(text(
+            http::StatusCode::BAD_REQUEST,
+            "could not read request body",
+        )),
+    }
+}
+
+/// A plain-text answer.
+pub(crate) fn text(status: http::StatusCode, msg: &'static str) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from_static(msg.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Locks a simulator's state. A poisoned lock is taken anyway: the state is consistent between
+/// statements, and one panicked handler must not fail every later call.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// How long in-flight requests may take once a simulator is told to stop.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 

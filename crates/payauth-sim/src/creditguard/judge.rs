@@ -69,13 +69,8 @@ impl Shared {
         }
     }
 
-    /// The simulator's one way to its state. A poisoned lock is taken anyway: the state is
-    /// consistent between statements, and one panicked handler must not fail every later call.
-    #[allow(clippy::disallowed_methods)]
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::server::lock(&self.state)
     }
 
     pub(super) fn expire_sessions(&self) {
@@ -89,7 +84,7 @@ impl Shared {
         st.stats.consecutive_rejections = 0;
     }
 
-    /// Judges a `getSessionId`; returns the answer's result and, on success, the session.
+    /// Judges a `getSessionId` (the record notes what it asked for and what it was issued).
     pub(super) fn get_session(&self, parsed: &Parsed, record: &mut ReceivedCall) -> Answer {
         let mut st = self.lock();
         st.stats.get_session_calls += 1;

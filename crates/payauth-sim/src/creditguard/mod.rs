@@ -65,12 +65,9 @@ pub const ERR_SESSION_TIMEOUT: &str = "456";
 pub const ERR_INVALID_VALUE: &str = "462";
 
 /// Rejected `getSessionId`s in a row that lock the user (the vendor's rule).
-pub(crate) const LOCK_AFTER_REJECTIONS: u64 = 6;
-/// Largest request body read; bigger ones get 413.
-pub(crate) const MAX_BODY: usize = 4 * 1024 * 1024;
+const LOCK_AFTER_REJECTIONS: u64 = 6;
 /// "Permitted transaction" in Hebrew, ISO-8859-8 (as the real relay's `userMessage`).
-pub(crate) const HEBREW_PERMITTED: &[u8] =
-    &[0xF2, 0xF1, 0xF7, 0xE4, b' ', 0xFA, 0xF7, 0xE9, 0xF0, 0xE4];
+const HEBREW_PERMITTED: &[u8] = &[0xF2, 0xF1, 0xF7, 0xE4, b' ', 0xFA, 0xF7, 0xE9, 0xF0, 0xE4];
 
 /// Settings of a [`CreditGuardSim`].
 #[derive(Clone)]
@@ -203,7 +200,8 @@ pub struct ReceivedCall {
     pub kind: ReceivedKind,
     /// The request body exactly as received.
     pub body: Bytes,
-    /// The form's field names, in order (unnamed segments as an empty string).
+    /// The form's field names as sent, in order (a piece without `=` is all name, as to a
+    /// servlet).
     pub field_names: Vec<String>,
     /// `int_in`'s value exactly as received (still encoded, if it was).
     pub int_in: Option<Bytes>,
@@ -227,7 +225,8 @@ impl fmt::Debug for ReceivedCall {
         f.debug_struct("ReceivedCall")
             .field("kind", &self.kind)
             .field("body_len", &self.body.len())
-            .field("field_names", &self.field_names)
+            // A piece without `=` is a name to the servlet, and may be part of a raw password.
+            .field("field_count", &self.field_names.len())
             .field("int_in_len", &self.int_in.as_ref().map(Bytes::len))
             .field(
                 "session_id",

@@ -6,14 +6,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::judge::{Parsed, Shared};
 use super::wire::{Form, IntIn};
-use super::{ReceivedCall, ReceivedKind, MAX_BODY};
-
-type Resp = Response<Full<Bytes>>;
+use super::{ReceivedCall, ReceivedKind};
+use crate::server::{read_body, text, Resp};
 
 pub(super) async fn handle(
     shared: Arc<Shared>,
@@ -42,8 +41,9 @@ pub(super) async fn handle(
 
 async fn relay(shared: &Shared, body: Bytes) -> Resp {
     let form = Form::read(&body);
-    let int_in = form.field("int_in").and_then(|f| IntIn::read(&f.value));
-    let record = ReceivedCall {
+    let int_in_field = form.field("int_in");
+    let int_in = int_in_field.and_then(|f| IntIn::read(&f.value));
+    let mut record = ReceivedCall {
         kind: if int_in.as_ref().is_some_and(IntIn::is_get_session_id) {
             ReceivedKind::GetSessionId
         } else {
@@ -55,7 +55,7 @@ async fn relay(shared: &Shared, body: Bytes) -> Resp {
             .iter()
             .map(|f| String::from_utf8_lossy(&f.raw_name).into_owned())
             .collect(),
-        int_in: form.field("int_in").map(|f| f.raw_value.clone()),
+        int_in: int_in_field.map(|f| f.raw_value.clone()),
         session_id: form
             .value("sessionId")
             .map(|v| String::from_utf8_lossy(v).into_owned()),
@@ -66,7 +66,6 @@ async fn relay(shared: &Shared, body: Bytes) -> Resp {
         result: String::new(),
     };
     let parsed = Parsed { form, int_in };
-    let mut record = record;
     let latency = {
         let st = shared.lock();
         match record.kind {
@@ -90,33 +89,6 @@ async fn relay(shared: &Shared, body: Bytes) -> Resp {
     resp.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/xml; charset=ISO-8859-8"),
-    );
-    resp
-}
-
-async fn read_body(body: Incoming) -> Result<Bytes, Resp> {
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err)
-            if err
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large",
-            ))
-        }
-        Err(_) => Err(text(StatusCode::BAD_REQUEST, "could not read request body")),
-    }
-}
-
-fn text(status: StatusCode, msg: &'static str) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from_static(msg.as_bytes())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
 }

@@ -140,3 +140,52 @@ fn debug_output_hides_secrets() {
         "{shown}"
     );
 }
+
+#[test]
+fn hostile_int_in_is_unreadable_not_a_panic() {
+    for bad in [
+        &b"<![CDATA[x]]>"[..],
+        b"<ashrait><request><command>doDeal</command></request></ashrait><![CDATA[x]]>",
+        b"<![CDATA[x]]><ashrait><request><command>doDeal</command></request></ashrait>",
+        b"text<ashrait/>",
+        b"",
+    ] {
+        assert_eq!(IntIn::read(bad), None, "{}", String::from_utf8_lossy(bad));
+    }
+    // An empty CDATA is no value, like an empty element.
+    let empty =
+        IntIn::read(b"<ashrait><request><command><![CDATA[ ]]></command></request></ashrait>");
+    assert_eq!(empty, None, "no command");
+    // `<scope></scope>` is a scope, as `<scope/>` is.
+    let xml = b"<ashrait><request><command>getSessionId</command><getSessionId><scope>\
+        </scope></getSessionId></request></ashrait>";
+    assert_eq!(
+        IntIn::read(xml).expect("readable").scope,
+        Some(ReceivedScope::default())
+    );
+    // Deal fields count under the command's own element only, the first of each.
+    let xml = b"<ashrait><request><command>doDeal</command><other><validation>Verify\
+        </validation></other><doDeal><validation>AutoComm</validation><validation>Token\
+        </validation></doDeal></request></ashrait>";
+    assert_eq!(
+        IntIn::read(xml).expect("readable").validation.as_deref(),
+        Some("AutoComm")
+    );
+}
+
+#[test]
+fn form_names_are_trimmed_as_java_trims_and_debug_shows_no_value() {
+    let form = Form::read(&Bytes::from_static(
+        b"%01password=p&%C2%A0user=u&int_in=%3Cx%2F%3E",
+    ));
+    assert!(
+        form.fields[0].is_like("password"),
+        "bytes up to 0x20 are trimmed"
+    );
+    assert!(!form.fields[1].is_like("user"), "a no-break space is not");
+    let shown = format!("{form:?}");
+    assert!(
+        !shown.contains("password") && !shown.contains("%3C"),
+        "{shown}"
+    );
+}

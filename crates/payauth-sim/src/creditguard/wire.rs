@@ -14,6 +14,8 @@
 //! * **Scopes**: the vendor's lists of commands, validations and transaction types, compared
 //!   without ASCII case.
 
+use std::fmt;
+
 use bytes::Bytes;
 use percent_encoding::percent_decode;
 use quick_xml::escape::escape;
@@ -26,7 +28,7 @@ use super::{ReceivedScope, HEBREW_PERMITTED};
 const RELAY_FIELDS: [&str; 4] = ["user", "password", "sessionId", "int_in"];
 
 /// One field of a form, as the servlet sees it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(super) struct Field {
     /// The name as sent (not decoded).
     pub(super) raw_name: Bytes,
@@ -38,16 +40,35 @@ pub(super) struct Field {
     pub(super) value: Vec<u8>,
 }
 
+// Hand-written: values hold passwords, session ids and card data.
+impl fmt::Debug for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Field")
+            .field("name_len", &self.name.len())
+            .field("value_len", &self.value.len())
+            .finish()
+    }
+}
+
+/// Java's `String.trim`: bytes up to 0x20 at either end.
+fn java_trim(s: &str) -> &str {
+    s.trim_matches(|c| c <= ' ')
+}
+
 impl Field {
-    /// Whether the decoded name, trimmed, is `want` in any ASCII case (how payauth must treat a
-    /// credential, whatever the servlet's own case rules).
+    /// Whether the decoded name, trimmed as Java trims, is `want` in any ASCII case (how payauth
+    /// must treat a credential, whatever the servlet's own case rules).
     pub(super) fn is_like(&self, want: &str) -> bool {
-        self.name.trim().eq_ignore_ascii_case(want)
+        java_trim(&self.name).eq_ignore_ascii_case(want)
+    }
+
+    fn is_relay_field(&self) -> bool {
+        RELAY_FIELDS.iter().any(|f| self.is_like(f))
     }
 }
 
 /// A relay form, read.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub(super) struct Form {
     pub(super) fields: Vec<Field>,
 }
@@ -55,41 +76,42 @@ pub(super) struct Form {
 impl Form {
     /// Reads `body` as the servlet does (see the module docs).
     pub(super) fn read(body: &Bytes) -> Self {
+        // Every piece between `&`s (empty ones skipped), as its byte range.
         let mut pieces: Vec<(usize, usize)> = Vec::new();
         let mut start = 0;
-        for (i, b) in body.iter().enumerate() {
-            if *b == b'&' {
-                pieces.push((start, i));
-                start = i + 1;
+        for end in memchr_all(body).chain(std::iter::once(body.len())) {
+            if end > start {
+                pieces.push((start, end));
             }
+            start = end + 1;
         }
-        pieces.push((start, body.len()));
-        let mut fields: Vec<Field> = Vec::new();
+        let fields: Vec<Field> = pieces
+            .iter()
+            .map(|&(from, to)| read_field(body, from, to))
+            .collect();
+        // A raw int_in takes the pieces after it back in, up to the next relay field.
+        let mut out = Vec::with_capacity(fields.len());
         let mut i = 0;
-        while i < pieces.len() {
+        while i < fields.len() {
             let (from, mut to) = pieces[i];
+            let raw_int_in = fields[i].is_like("int_in") && is_raw_xml(&fields[i].raw_value);
             i += 1;
-            if body[from..to].is_empty() {
-                continue;
-            }
-            let field = field(body, from, to);
-            if field.is_like("int_in") && is_raw_xml(&field.raw_value) {
-                while i < pieces.len() && !starts_relay_field(&body[pieces[i].0..pieces[i].1]) {
+            if raw_int_in {
+                while i < fields.len() && !fields[i].is_relay_field() {
                     to = pieces[i].1;
                     i += 1;
                 }
+                out.push(read_field(body, from, to));
+            } else {
+                out.push(fields[i - 1].clone());
             }
-            fields.push(self::field(body, from, to));
         }
-        Self { fields }
+        Self { fields: out }
     }
 
     /// The first value named exactly `name` (servlet `getParameter`), decoded.
     pub(super) fn value(&self, name: &str) -> Option<&[u8]> {
-        self.fields
-            .iter()
-            .find(|f| f.name == name)
-            .map(|f| f.value.as_slice())
+        self.field(name).map(|f| f.value.as_slice())
     }
 
     /// The first field named exactly `name`.
@@ -98,7 +120,15 @@ impl Form {
     }
 }
 
-fn field(body: &Bytes, from: usize, to: usize) -> Field {
+/// The positions of every `&` in `body`.
+fn memchr_all(body: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    body.iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'&')
+        .map(|(i, _)| i)
+}
+
+fn read_field(body: &Bytes, from: usize, to: usize) -> Field {
     let piece = &body[from..to];
     let (name_end, value_start) = match piece.iter().position(|b| *b == b'=') {
         Some(eq) => (from + eq, from + eq + 1),
@@ -124,20 +154,14 @@ fn decode(raw: &[u8]) -> Vec<u8> {
     percent_decode(&plus_as_space).collect()
 }
 
+/// Whether a value is raw XML: its first byte, after a byte-order mark and spaces, tabs, CRs
+/// and LFs, is `<`.
 fn is_raw_xml(value: &[u8]) -> bool {
     let value = value.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(value);
     value
         .iter()
-        .find(|b| !b.is_ascii_whitespace())
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
         .is_some_and(|b| *b == b'<')
-}
-
-fn starts_relay_field(piece: &[u8]) -> bool {
-    let name = piece.split(|b| *b == b'=').next().unwrap_or_default();
-    let name = String::from_utf8_lossy(&decode(name)).into_owned();
-    RELAY_FIELDS
-        .iter()
-        .any(|f| name.trim().eq_ignore_ascii_case(f))
 }
 
 /// What the simulator reads from `int_in`.
@@ -163,6 +187,9 @@ impl IntIn {
         let mut path: Vec<String> = Vec::new();
         let mut out = IntIn::default();
         let mut command = None;
+        // `validation`/`transactionType` under each `request` child, first value each: the
+        // command's own are picked once the command is known.
+        let mut deal_fields: Vec<(String, &'static str, String)> = Vec::new();
         let mut roots = 0;
         loop {
             match reader.read_event().ok()? {
@@ -170,7 +197,11 @@ impl IntIn {
                     if path.is_empty() {
                         roots += 1;
                     }
-                    path.push(String::from_utf8_lossy(e.local_name().as_ref()).into_owned());
+                    let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                    if name == "scope" && at(&path, &["ashrait", "request", "getSessionId"]) {
+                        out.scope.get_or_insert_with(ReceivedScope::default);
+                    }
+                    path.push(name);
                 }
                 Event::Empty(e) => {
                     if path.is_empty() {
@@ -188,17 +219,11 @@ impl IntIn {
                 }
                 Event::Text(t) => {
                     let value = t.unescape().ok()?.trim().to_owned();
-                    if value.is_empty() {
-                        continue;
-                    }
-                    if path.is_empty() {
-                        return None;
-                    }
-                    out.take(&path, value, &mut command);
+                    out.take(&path, value, &mut command, &mut deal_fields)?;
                 }
                 Event::CData(c) => {
                     let value = String::from_utf8_lossy(&c).trim().to_owned();
-                    out.take(&path, value, &mut command);
+                    out.take(&path, value, &mut command, &mut deal_fields)?;
                 }
                 Event::DocType(_) => return None,
                 Event::Eof => break,
@@ -208,13 +233,34 @@ impl IntIn {
         if roots != 1 || !path.is_empty() {
             return None;
         }
-        out.command = command?;
+        let command = command?;
+        for (element, field, value) in deal_fields {
+            if element == command {
+                let slot = match field {
+                    "validation" => &mut out.validation,
+                    _ => &mut out.transaction_type,
+                };
+                slot.get_or_insert(value);
+            }
+        }
+        out.command = command;
         Some(out)
     }
 
-    fn take(&mut self, path: &[String], value: String, command: &mut Option<String>) {
+    /// Notes one piece of text at `path`. `None` when the document is not one the gateway
+    /// reads: text outside the root.
+    fn take(
+        &mut self,
+        path: &[String],
+        value: String,
+        command: &mut Option<String>,
+        deal_fields: &mut Vec<(String, &'static str, String)>,
+    ) -> Option<()> {
+        if value.is_empty() {
+            return Some(());
+        }
+        let last = path.last()?.as_str();
         let n = path.len();
-        let last = path[n - 1].as_str();
         if at(path, &["ashrait", "request", "command"]) {
             command.get_or_insert(value);
         } else if last == "terminalNumber" {
@@ -228,12 +274,19 @@ impl IntIn {
                 _ => {}
             }
         } else if n == 4 && at(&path[..2], &["ashrait", "request"]) {
-            match last {
-                "validation" => self.validation = Some(value),
-                "transactionType" => self.transaction_type = Some(value),
-                _ => {}
+            let field = match last {
+                "validation" => "validation",
+                "transactionType" => "transactionType",
+                _ => return Some(()),
+            };
+            if !deal_fields
+                .iter()
+                .any(|(e, f, _)| *e == path[2] && *f == field)
+            {
+                deal_fields.push((path[2].clone(), field, value));
             }
         }
+        Some(())
     }
 
     /// Whether this asks for a session.

@@ -38,6 +38,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+use crate::server::{read_body, text, Resp};
 use keys::*;
 use rest::*;
 use server::*;
@@ -54,7 +55,7 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use quick_xml::escape::escape;
 use quick_xml::events::Event;
@@ -77,8 +78,6 @@ pub const ERR_UNAUTHORIZED: i64 = 5050;
 
 /// Rejected authentications in a row that lock the caller's IP (the vendor's rule).
 const LOCK_AFTER_REJECTIONS: u64 = 6;
-/// Largest request body read; bigger ones get 413.
-const MAX_BODY: usize = 4 * 1024 * 1024;
 /// How long `shutdown` waits for in-flight requests before cutting connections.
 const SOAP11_ENVELOPE_NS: &[u8] = b"http://schemas.xmlsoap.org/soap/envelope/";
 

@@ -14,8 +14,6 @@ impl fmt::Display for DropConnection {
 
 impl std::error::Error for DropConnection {}
 
-pub(super) type Resp = Response<Full<Bytes>>;
-
 pub(super) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
@@ -59,40 +57,11 @@ pub(super) async fn handle(
     }
 }
 
-pub(super) async fn read_body(body: Incoming) -> Result<Bytes, Resp> {
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) => {
-            if err
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Err(text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body too large",
-                ))
-            } else {
-                Err(text(StatusCode::BAD_REQUEST, "could not read request body"))
-            }
-        }
-    }
-}
-
 pub(super) async fn apply_latency(shared: &Shared) {
     let latency = shared.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-}
-
-pub(super) fn text(status: StatusCode, msg: &'static str) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from_static(msg.as_bytes())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }
 
 pub(super) fn json(status: StatusCode, value: &serde_json::Value) -> Resp {

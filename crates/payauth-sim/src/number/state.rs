@@ -110,13 +110,8 @@ impl Shared {
         }
     }
 
-    /// The simulator's one way to its state. A poisoned lock is taken anyway: the state is
-    /// consistent between statements, and one panicked handler must not fail every later call.
-    #[allow(clippy::disallowed_methods)]
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::server::lock(&self.state)
     }
 
     pub(super) fn latency(&self) -> Duration {
