@@ -182,7 +182,7 @@ async fn number_tokens(
         Ok(g) => g,
         Err(response) => return response,
     };
-    let (Some(account_code), CredentialTarget::Number(_)) =
+    let (Some(account_code), CredentialTarget::Number(number)) =
         (gateway.source.account_code(), &gateway.target)
     else {
         return admin_error(StatusCode::NOT_FOUND, "not a number gateway");
@@ -200,7 +200,10 @@ async fn number_tokens(
                 "the gateway's secret files cannot be read",
             );
         }
-        Err(e) => {
+        Err(RenewError::NotNumber) => {
+            return admin_error(StatusCode::NOT_FOUND, "not a number gateway")
+        }
+        Err(e @ RenewError::Persist(_)) => {
             tracing::error!(gateway = %name, error = %e, "cannot persist the renewed token; nothing changed");
             return admin_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -210,12 +213,7 @@ async fn number_tokens(
     };
     let handle = &gateway.control;
     let was_locked = handle.guard().is_locked();
-    let renewed = crate::credentials::Credentials::Number {
-        credentials,
-        expires_at: portal.expires_at,
-        renewed: portal.token_id.clone(),
-    };
-    if gateway.target.apply(&renewed).is_err() {
+    if number.update_credentials(credentials).is_err() {
         return admin_error(
             StatusCode::BAD_REQUEST,
             "the gateway's signing settings are unusable",

@@ -52,11 +52,6 @@ impl CredentialSource {
         }
     }
 
-    /// The gateway's name.
-    pub fn gateway(&self) -> &str {
-        &self.gateway
-    }
-
     /// The credentials in force: the files', with a renewed token in force while `token_file`
     /// is unchanged since it was renewed.
     pub fn load(&self) -> io::Result<Credentials> {
@@ -70,10 +65,10 @@ impl CredentialSource {
                     &self.gateway,
                     &settings.account_code,
                     &credentials.token,
-                ) {
+                )? {
                     credentials.token = portal.token;
                     expires_at = portal.expires_at.or(expires_at);
-                    renewed = Some(portal.token_id.unwrap_or_default());
+                    renewed = Some(portal.token_id.unwrap_or_else(|| "unknown".to_owned()));
                 }
                 Ok(Credentials::Number {
                     credentials,

@@ -165,25 +165,47 @@ pub fn save(
 }
 
 /// The persisted token of `gateway`, if there is one for `account_code` and `token_file` has not
-/// changed since it arrived.
+/// changed since it arrived. An error when the file is there but cannot be read: the caller must
+/// not take that for "no renewed token" and go back to the file's (possibly revoked) one.
 pub fn load(
     state_dir: &Path,
     gateway: &str,
     account_code: &str,
     file_token: &Secret<String>,
-) -> Option<PortalToken> {
-    let bytes = std::fs::read(path(state_dir, gateway)).ok()?;
-    let record: Persisted = serde_json::from_slice(&bytes).ok()?;
+) -> std::io::Result<Option<PortalToken>> {
+    let path = path(state_dir, gateway);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot read the renewed token {}: {e}", path.display()),
+            ))
+        }
+    };
+    // The message names the file and the position only: the content is a token.
+    let record: Persisted = serde_json::from_slice(&bytes).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the renewed token {} is corrupt (line {}, column {})",
+                path.display(),
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
     if !record.account_code.eq_ignore_ascii_case(account_code)
         || record.file_fingerprint != file_fingerprint(file_token)
     {
-        return None;
+        return Ok(None);
     }
-    Some(PortalToken {
+    Ok(Some(PortalToken {
         token: Secret::new(record.token),
         token_id: record.token_id,
         expires_at: record.expires_at,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -244,11 +266,26 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        assert_eq!(load(dir.path(), "number", "EP1", &file), Some(token));
+        let load = |account: &str, file: &Secret<String>| {
+            load(dir.path(), "number", account, file).expect("readable")
+        };
+        assert_eq!(load("EP1", &file), Some(token));
+        assert_eq!(load("EP1", &Secret::from("ROTATED")), None);
+        assert_eq!(load("OTHER", &file), None);
         assert_eq!(
-            load(dir.path(), "number", "EP1", &Secret::from("ROTATED")),
+            super::load(dir.path(), "absent", "EP1", &file).expect("no file"),
             None
         );
-        assert_eq!(load(dir.path(), "number", "OTHER", &file), None);
+
+        // A file that cannot be read is an error, not "no renewed token": the caller keeps the
+        // credentials in force rather than go back to the file's token. Its message holds no
+        // token.
+        std::fs::write(
+            path(dir.path(), "number"),
+            b"{\"token\": \"SECRET-TOKEN\", broken",
+        )
+        .expect("write");
+        let error = super::load(dir.path(), "number", "EP1", &file).expect_err("corrupt");
+        assert!(!error.to_string().contains("SECRET-TOKEN"), "{error}");
     }
 }

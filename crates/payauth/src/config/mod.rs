@@ -225,6 +225,22 @@ impl Config {
         if let Some(path) = &self.admin.token_file {
             check(&mut problems, "admin.token_file".into(), path);
         }
+        if let Some(shared) = &self.shared {
+            if let Some(path) = &shared.password_file {
+                check(&mut problems, "shared.password_file".into(), path);
+            }
+            let ca = crate::proxy::tls::TlsFiles {
+                ca_file: shared.ca_file.clone(),
+                ..Default::default()
+            };
+            if let Err(tls_problems) = crate::proxy::tls::check_files(&ca) {
+                problems.extend(
+                    tls_problems
+                        .into_iter()
+                        .map(|p| Problem::whole(format!("shared: {p}"))),
+                );
+            }
+        }
         for g in &self.gateways {
             match &g.kind {
                 GatewayKind::Number(n) => {
@@ -417,9 +433,18 @@ scope = "full"
             "http://127.0.0.1:6379",
             "redis://127.0.0.1:6379/x",
             "redis:///0",
+            "redis://127.0.0.1:6379/0?password=hunter2",
+            "redis://127.0.0.1:6379/0#hunter2",
+            "valkey://:hunter2@127.0.0.1",
+            "https://user:hunter2@127.0.0.1",
+            "redis://:hun ter2@127.0.0.1",
         ] {
             let text = format!("{GOOD}\n[shared]\nredis_url = \"{url}\"\negress_id = \"e\"\n");
-            assert!(Config::parse(&text).is_err(), "{url}");
+            let errors = Config::parse(&text).expect_err(url).to_string();
+            assert!(
+                !errors.contains("hunter2") && !errors.contains("hun ter2"),
+                "{errors}"
+            );
         }
     }
 

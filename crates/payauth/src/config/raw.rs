@@ -60,26 +60,30 @@ pub(super) struct RedisUrl(pub(super) String);
 
 impl<'de> Deserialize<'de> for RedisUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        const EXPECTED: &str = "a URL like redis://host:6379/0 or rediss://host:6380/0";
+        // Never echoed back: a misplaced password may be in it.
+        const EXPECTED: &str = "expected a URL like redis://host:6379/0 or rediss://host:6380/0, \
+            with no user, password, query or fragment";
         let text = String::deserialize(d)?;
-        let uri = text
-            .parse::<Uri>()
-            .map_err(|_| de::Error::invalid_value(Unexpected::Str(&text), &EXPECTED))?;
-        let scheme_ok = matches!(uri.scheme_str(), Some("redis" | "rediss"));
-        let Some(authority) = uri.authority().filter(|_| scheme_ok) else {
-            return Err(de::Error::invalid_value(Unexpected::Str(&text), &EXPECTED));
-        };
-        if authority.as_str().contains('@') {
-            // Said without echoing the URL: it holds a secret.
+        let authority = text.split_once("://").map_or("", |(_, rest)| {
+            rest.split(['/', '?', '#']).next().unwrap_or("")
+        });
+        if authority.contains('@') {
             return Err(de::Error::custom(
                 "the URL must not hold a user or password: use username and password_file",
             ));
         }
-        let db = uri.path().trim_start_matches('/');
-        if !db.is_empty() && db.parse::<u16>().is_err() {
-            return Err(de::Error::invalid_value(Unexpected::Str(&text), &EXPECTED));
+        let good = text.parse::<Uri>().ok().filter(|uri| {
+            let db = uri.path().trim_start_matches('/');
+            matches!(uri.scheme_str(), Some("redis" | "rediss"))
+                && uri.authority().is_some_and(|a| !a.host().is_empty())
+                && uri.query().is_none()
+                && !text.contains('#')
+                && (db.is_empty() || db.parse::<u16>().is_ok())
+        });
+        match good {
+            Some(_) => Ok(RedisUrl(text)),
+            None => Err(de::Error::custom(EXPECTED)),
         }
-        Ok(RedisUrl(text))
     }
 }
 

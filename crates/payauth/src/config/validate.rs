@@ -179,18 +179,12 @@ impl<'a> Validator<'a> {
                 .secret_poll_secs
                 .map_or(Duration::from_secs(2), |s| s.0),
         };
-        let shared_present = root.contains_key("shared");
-        let shared = if shared_present {
-            self.shared(root)
-        } else {
-            None
-        };
+        // `shared` is `None` with the section present only once its problems are reported.
+        let shared = root
+            .contains_key("shared")
+            .then(|| self.shared(root))
+            .flatten();
         let gateways = self.gateways(root, admin_listen, &state_dir);
-        if shared_present && shared.is_none() {
-            // Its problems are reported; a config without the shared mode it asked for is no
-            // config at all.
-            return None;
-        }
         Some(Config {
             admin: AdminConfig {
                 listen: admin_listen,
@@ -242,7 +236,7 @@ impl<'a> Validator<'a> {
                 };
                 if let Err(problems) = crate::proxy::tls::check_files(&files) {
                     for problem in problems {
-                        self.problem(table.at("ca_file"), format!("shared.ca_file: {problem}"));
+                        self.problem(table.at("ca_file"), format!("shared.{problem}"));
                     }
                 }
             }
@@ -551,7 +545,9 @@ impl<'a> Validator<'a> {
         if raw.upstream.is_none() {
             self.required(table, "upstream");
         }
-        let budget = raw.auth_failure_budget.map_or(1, |c| c.0);
+        let budget = raw
+            .auth_failure_budget
+            .map_or(GatewaySettings::DEFAULT_AUTH_FAILURE_BUDGET, |c| c.0);
         if !(1..=MAX_BUDGET).contains(&budget) {
             let message = format!(
                 "{}auth_failure_budget {budget} must be 1..={MAX_BUDGET} (the gateway locks the IP at 6)",
