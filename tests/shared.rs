@@ -85,17 +85,19 @@ mod layers {
             let credentials = CreditGuardCredentials::new("merchant-user", "s3cret-Passw0rd");
             let mut config = CreditGuardConfig::new("creditguard", sim.url().parse().expect("uri"));
             config.terminals = vec!["0882819014".into()];
-            let state = store.state(
-                "creditguard",
-                GuardLimits {
-                    budget: 1,
-                    proven_concurrency: config.session_fetch_concurrency,
-                },
-                credentials.fingerprint(),
-                Arc::new(MemoryGuardStore::default()),
-                Duration::from_secs(35),
-                GatewayMetrics::unregistered("creditguard"),
-            );
+            let state = store
+                .state(
+                    "creditguard",
+                    GuardLimits {
+                        budget: 1,
+                        proven_concurrency: config.session_fetch_concurrency,
+                    },
+                    credentials.fingerprint(),
+                    Arc::new(MemoryGuardStore::default()),
+                    Duration::from_secs(35),
+                    GatewayMetrics::unregistered("creditguard"),
+                )
+                .expect("state");
             let layer = CreditGuardSessionLayer::with_credential_state(
                 config,
                 credentials,
@@ -146,14 +148,16 @@ mod layers {
     fn replica_on(shared: &SharedConfig, sim: &NumberSim) -> Number {
         let store = Arc::new(RedisStore::new(shared, None).expect("store"));
         let credentials = NumberCredentials::new("EP9116875", TOKEN);
-        let state = store.state(
-            "number",
-            GuardLimits::serial(1),
-            credentials.fingerprint(),
-            Arc::new(MemoryGuardStore::default()),
-            Duration::from_secs(35),
-            GatewayMetrics::unregistered("number"),
-        );
+        let state = store
+            .state(
+                "number",
+                GuardLimits::serial(1),
+                credentials.fingerprint(),
+                Arc::new(MemoryGuardStore::default()),
+                Duration::from_secs(35),
+                GatewayMetrics::unregistered("number"),
+            )
+            .expect("state");
         let layer = NumberAuthLayer::with_credential_state(
             NumberConfig::rest("number", sim.url().parse().expect("uri")),
             credentials,
@@ -217,14 +221,16 @@ mod layers {
     ) -> (Number, payauth::number::NumberHandle) {
         let store = Arc::new(RedisStore::new(&shared(redis), None).expect("store"));
         let credentials = NumberCredentials::new("EP9116875", TOKEN);
-        let state = store.state(
-            "number",
-            GuardLimits::serial(budget),
-            credentials.fingerprint(),
-            Arc::new(MemoryGuardStore::default()),
-            Duration::from_secs(35),
-            GatewayMetrics::unregistered("number"),
-        );
+        let state = store
+            .state(
+                "number",
+                GuardLimits::serial(budget),
+                credentials.fingerprint(),
+                Arc::new(MemoryGuardStore::default()),
+                Duration::from_secs(35),
+                GatewayMetrics::unregistered("number"),
+            )
+            .expect("state");
         let mut config = NumberConfig::rest("number", sim.url().parse().expect("uri"));
         config.gateway.auth_failure_budget = budget;
         let layer = NumberAuthLayer::with_credential_state(
@@ -373,6 +379,30 @@ mod layers {
         }
         assert_eq!(sim.stats().auth_attempts, 3, "{:?}", sim.stats());
         assert!(handle.guard().is_locked());
+        sim.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unlock_through_one_replica_reaches_the_others() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let sim = common::number_sim(NumberSimConfig::default()).await;
+        let (a, a_handle) = replica_and_handle(&redis, &sim, 1);
+        let (b, b_handle) = replica_and_handle(&redis, &sim, 1);
+        sim.set_token("ROTATED-AT-THE-VENDOR");
+        assert!(!sale(&a, &sim).await && !sale(&b, &sim).await);
+        assert_eq!(sim.stats().auth_rejected, 1, "one rejection for both");
+        assert!(a_handle.guard().is_locked() && b_handle.guard().is_locked());
+
+        // The vendor's token is put back; an operator unlocks through replica a.
+        sim.set_token(TOKEN);
+        a_handle.guard().unlock().await.expect("unlock");
+        assert!(b_handle.guard().is_locked(), "b has not looked yet");
+        b_handle.refresh().await;
+        assert!(!b_handle.guard().is_locked(), "b's poll sees the unlock");
+        assert!(sale(&b, &sim).await);
+        assert_eq!(sim.stats().auth_success, 1);
         sim.shutdown().await;
     }
 

@@ -158,9 +158,11 @@ impl Sidecar {
         ));
         if let Some(shared) = &config.shared {
             for gateway in gateways.iter() {
-                if let CredentialTarget::Number(handle) = &gateway.target {
-                    tasks.spawn(poll_keys(handle.clone(), shared.key_poll, stop_rx.clone()));
-                }
+                tasks.spawn(poll_shared(
+                    gateway.clone(),
+                    shared.key_poll,
+                    stop_rx.clone(),
+                ));
             }
         }
         tasks.spawn(poll_files(
@@ -293,8 +295,10 @@ impl Guards {
         proven_concurrency: u32,
         fingerprint: crate::guard::Fingerprint,
         metrics: &GatewayMetrics,
-    ) -> Option<SharedState> {
-        let store = self.shared.as_ref()?;
+    ) -> std::io::Result<Option<SharedState>> {
+        let Some(store) = self.shared.as_ref() else {
+            return Ok(None);
+        };
         let settings = gateway.settings();
         let limits = GuardLimits {
             budget: settings.auth_failure_budget,
@@ -310,8 +314,8 @@ impl Guards {
             Arc::clone(&self.local),
             lease,
             metrics.clone(),
-        );
-        Some(state)
+        )?;
+        Ok(Some(state))
     }
 }
 
@@ -357,7 +361,10 @@ fn build_layer(
                 warn_if_expiring(gateway.name(), at);
             }
             let config = settings.layer.clone();
-            let layer = match store.shared_state(gateway, 1, credentials.fingerprint(), &metrics) {
+            let layer = match store
+                .shared_state(gateway, 1, credentials.fingerprint(), &metrics)
+                .map_err(|e| e.to_string())?
+            {
                 Some(state) => {
                     NumberAuthLayer::with_credential_state(config, credentials, state, metrics)
                 }
@@ -381,23 +388,24 @@ fn build_layer(
         (GatewayKind::CreditGuard(settings), Credentials::CreditGuard(credentials)) => {
             let config = settings.layer.clone();
             let concurrency = config.session_fetch_concurrency;
-            let layer =
-                match store.shared_state(gateway, concurrency, credentials.fingerprint(), &metrics)
-                {
-                    Some(state) => CreditGuardSessionLayer::with_credential_state(
-                        config,
-                        credentials,
-                        state,
-                        metrics,
-                    ),
-                    None => CreditGuardSessionLayer::with_state(
-                        config,
-                        credentials,
-                        Arc::clone(&store.local),
-                        metrics,
-                    ),
-                }
-                .map_err(|e| e.to_string())?;
+            let layer = match store
+                .shared_state(gateway, concurrency, credentials.fingerprint(), &metrics)
+                .map_err(|e| e.to_string())?
+            {
+                Some(state) => CreditGuardSessionLayer::with_credential_state(
+                    config,
+                    credentials,
+                    state,
+                    metrics,
+                ),
+                None => CreditGuardSessionLayer::with_state(
+                    config,
+                    credentials,
+                    Arc::clone(&store.local),
+                    metrics,
+                ),
+            }
+            .map_err(|e| e.to_string())?;
             let handle = layer.handle();
             let service = layer.layer(client);
             // Sessions are fetched ahead of the first call, off the request path, but only once
@@ -415,13 +423,10 @@ fn build_layer(
     }
 }
 
-/// Shared mode: looks for a key a peer published every `interval`, so that replicas move to a
-/// new key ahead of the gateway refusing theirs.
-async fn poll_keys(
-    handle: crate::number::NumberHandle,
-    interval: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Shared mode: every `interval`, looks at the gateway's shared record (so that a lock or an
+/// unlock made through another replica shows here, in `/ready` too) and, for Number, takes a
+/// key a peer published, so that replicas move to it ahead of the gateway refusing theirs.
+async fn poll_shared(gateway: Gateway, interval: Duration, mut stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -429,7 +434,14 @@ async fn poll_keys(
             _ = ticker.tick() => {}
             () = proxy::stopped(&mut stop) => return,
         }
-        handle.refresh().await;
+        match &gateway.target {
+            CredentialTarget::Number(handle) => {
+                handle.refresh().await;
+            }
+            CredentialTarget::CreditGuard(_) => {
+                gateway.control.guard().latest().await;
+            }
+        }
     }
 }
 
@@ -503,12 +515,10 @@ impl Polled {
         match self.gateway.target.apply(&current) {
             Ok(()) => {
                 tracing::info!(gateway = %name, "credentials changed (secret files, or a token renewed through the admin API); new credentials in use");
-                if let Credentials::Number {
-                    expires_at: Some(at),
-                    ..
-                } = &current
-                {
-                    self.gateway.metrics.set_token_expiry(*at as f64);
+                if let Credentials::Number { expires_at, .. } = &current {
+                    // 0 when the token in force has no known expiry (the contract's "unknown").
+                    let at = expires_at.unwrap_or(0);
+                    self.gateway.metrics.set_token_expiry(at as f64);
                 }
                 self.credentials = Some(current);
             }

@@ -797,13 +797,14 @@ impl NumberGateway {
         };
         attempt.success().await;
         self.core.metrics.credential_obtained();
-        let generation = published.map_err(|e| {
-            tracing::error!(gateway = %self.core.name(), error = %e, "cannot publish the new session key");
-            self.core.error(
-                ErrorCode::AuthUnavailable,
-                "the new session key could not be published",
-            )
-        })?;
+        // The key is good either way: a key that could not be published is used here (under
+        // the next generation this replica knows of) rather than thrown away, which would cost
+        // another authentication.
+        let generation = published.unwrap_or_else(|e| {
+            tracing::warn!(gateway = %self.core.name(), error = %e,
+                "cannot publish the new session key; using it here only");
+            self.key.load().as_ref().map_or(0, |k| k.generation) + 1
+        });
         let state = self.key_state(key, generation, creds.signer.clone())?;
         tracing::info!(gateway = %self.core.name(), generation, "authenticated");
         Ok(state)

@@ -35,11 +35,12 @@ use http::header::{self, HeaderName};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use tower::layer::layer_fn;
 use tower::limit::ConcurrencyLimitLayer;
 use tower::load_shed::error::Overloaded;
 use tower::load_shed::LoadShedLayer;
 use tower::util::BoxCloneService;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -124,19 +125,24 @@ impl FrontLayer {
             .map_request(drop_unusable_request_id::<ReqB>)
             .layer(SetRequestIdLayer::new(REQUEST_ID, PayauthRequestIds))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-            .layer(AccessLogLayer {
+            .layer(layer_fn(|inner| AccessLog {
+                inner,
                 name: Arc::clone(&self.name),
-            })
-            .layer(RespondLayer {
-                name: Arc::clone(&self.name),
-                soap_errors: self.limits.soap_errors,
-                metrics: self.metrics.clone(),
-            })
+            }))
+            .layer(layer_fn(|inner| Respond {
+                inner,
+                layer: Responder {
+                    name: Arc::clone(&self.name),
+                    soap_errors: self.limits.soap_errors,
+                    metrics: self.metrics.clone(),
+                },
+            }))
             .layer(LoadShedLayer::new())
             .layer(ConcurrencyLimitLayer::new(self.limits.max_concurrency))
-            .layer(PrepareLayer {
+            .layer(layer_fn(|inner| Prepare {
+                inner,
                 front: self.clone(),
-            })
+            }))
             .service(service);
         BoxCloneService::new(stack)
     }
@@ -186,22 +192,6 @@ fn drop_unusable_request_id<B>(mut request: Request<B>) -> Request<B> {
 /// What the access line says the call came to; set by [`Respond`].
 #[derive(Debug, Clone, Copy)]
 struct AccessOutcome(&'static str);
-
-#[derive(Debug, Clone)]
-struct AccessLogLayer {
-    name: Arc<str>,
-}
-
-impl<S> Layer<S> for AccessLogLayer {
-    type Service = AccessLog<S>;
-
-    fn layer(&self, inner: S) -> AccessLog<S> {
-        AccessLog {
-            inner,
-            name: Arc::clone(&self.name),
-        }
-    }
-}
 
 /// A span per request and one access line per answer.
 #[derive(Debug, Clone)]
@@ -269,29 +259,19 @@ where
 
 // --- Errors become responses ----------------------------------------------------------------
 
+/// How errors are answered: the gateway's name, JSON or SOAP, and where they are counted.
 #[derive(Debug, Clone)]
-struct RespondLayer {
+struct Responder {
     name: Arc<str>,
     soap_errors: bool,
     metrics: GatewayMetrics,
-}
-
-impl<S> Layer<S> for RespondLayer {
-    type Service = Respond<S>;
-
-    fn layer(&self, inner: S) -> Respond<S> {
-        Respond {
-            inner,
-            layer: self.clone(),
-        }
-    }
 }
 
 /// Turns every error below it into the contract's response; never fails.
 #[derive(Debug, Clone)]
 pub struct Respond<S> {
     inner: S,
-    layer: RespondLayer,
+    layer: Responder,
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Respond<S>
@@ -335,7 +315,7 @@ fn answered<B>(mut response: Response<B>) -> Response<B> {
     response
 }
 
-impl RespondLayer {
+impl Responder {
     fn error_response<ResB>(&self, error: BoxError) -> Response<ResponseBody<ResB>> {
         let error = match error.downcast::<Error>() {
             Ok(error) => *error,
@@ -381,22 +361,6 @@ fn full_bytes(body: Full<Bytes>) -> Bytes {
 }
 
 // --- Preparation ----------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct PrepareLayer {
-    front: FrontLayer,
-}
-
-impl<S> Layer<S> for PrepareLayer {
-    type Service = Prepare<S>;
-
-    fn layer(&self, inner: S) -> Prepare<S> {
-        Prepare {
-            inner,
-            front: self.front.clone(),
-        }
-    }
-}
 
 /// Drops hop-by-hop headers and `Host`, points the URI at the upstream and reads the body.
 #[derive(Debug, Clone)]

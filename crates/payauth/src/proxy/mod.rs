@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -32,8 +32,6 @@ pub type ProxyBody = ResponseBody<Incoming>;
 /// A gateway's layer stack around its upstream client, as the listener calls it: the request
 /// body is already read (bounded in size and time) by the front.
 pub type GatewayService = BoxCloneSyncService<Request<Full<Bytes>>, Response<ProxyBody>, Error>;
-
-pub use crate::forward::Replayed;
 
 /// The one accept loop: serves HTTP/1.1 on `listener` with `service` (a gateway's front, the
 /// admin router) until `shutdown` turns true, then lets connections finish for up to `grace`.
@@ -97,9 +95,4 @@ pub async fn bind(what: &str, addr: SocketAddr) -> std::io::Result<TcpListener> 
     TcpListener::bind(addr)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("{what}: cannot listen on {addr}: {e}")))
-}
-
-/// Turns a boxed executor-agnostic builder into one for tokio (re-exported for the admin server).
-pub fn executor() -> TokioExecutor {
-    TokioExecutor::new()
 }

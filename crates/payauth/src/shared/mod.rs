@@ -8,10 +8,14 @@
 //!
 //! * **Fail closed for authentication.** No attempt is sent without a reservation the store
 //!   confirmed; when the store cannot be reached within `op_timeout`, the attempt is refused
-//!   (`Refusal::Storage`: 503 `auth_unavailable`) and nothing is sent.
-//! * **A lower bound of its own.** Each replica keeps its last copy of the shared record in its
-//!   state dir; a store that lost the record (restart without persistence, flush, failover) is
-//!   re-seeded from it, so a recorded rejection is not forgotten.
+//!   (`Refusal::SharedStore`: 503 `auth_unavailable`) and nothing is sent.
+//! * **A copy of its own.** Each replica keeps its last copy of the shared record in its state
+//!   dir. A new record starts from it; a record the copy says existed but the store no longer
+//!   has (restart without persistence, flush, failover) is seeded locked until an operator
+//!   unlocks, since other replicas may have spent the budget since the copy was taken.
+//! * **Everyone learns.** Every `key_poll` each replica looks at the record and the key
+//!   ([`CredentialState::latest`]), so a lock or an unlock made through another replica, and a
+//!   key a peer published, reach it without waiting for its next renewal.
 //! * **Secrets.** Redis holds the session key only sealed ([`crate::number::KeySeal`]), and no
 //!   secret is part of any Redis key: keys name the egress, the gateway and the credentials'
 //!   fingerprint.
@@ -136,11 +140,11 @@ impl RedisStore {
     }
 
     /// Runs `script` within `op_timeout`.
-    async fn run(
+    async fn run<A: redis::ToRedisArgs>(
         &self,
         script: &redis::Script,
         keys: &[String; 3],
-        args: &[String],
+        args: &[A],
     ) -> Result<Answer, StoreError> {
         let mut connection = self.connection().await?;
         let mut invocation = script.prepare_invoke();
@@ -190,9 +194,10 @@ impl RedisStore {
         local: Arc<dyn GuardStore>,
         lease: Duration,
         metrics: GatewayMetrics,
-    ) -> Arc<RedisState> {
-        let record = local.load(gateway, fingerprint).unwrap_or_default();
-        Arc::new_cyclic(|me| RedisState {
+    ) -> io::Result<Arc<RedisState>> {
+        // An unreadable copy refuses the start, as the local guard's record does.
+        let record = local.load(gateway, fingerprint)?;
+        Ok(Arc::new_cyclic(|me| RedisState {
             me: me.clone(),
             store: Arc::clone(self),
             gateway: gateway.to_owned(),
@@ -214,7 +219,7 @@ impl RedisStore {
             }),
             in_flight: AtomicU32::new(0),
             settled: Notify::new(),
-        })
+        }))
     }
 }
 
@@ -326,12 +331,15 @@ impl RedisState {
         ]
     }
 
-    /// Keeps the record as the store answered it, here and in the local store (best effort:
-    /// the store is the record; the local copy is only its lower bound).
+    /// Keeps the record as the store answered it, here and, when it changed, in the local
+    /// store (best effort: the store is the record; the local copy is what tells a lost store).
     fn remember(&self, fingerprint: Fingerprint, record: &GuardRecord) {
         {
             let mut inner = lock(&self.inner);
             if inner.fingerprint == fingerprint {
+                if inner.record == *record {
+                    return;
+                }
                 inner.record = record.clone();
             }
         }
@@ -352,15 +360,8 @@ impl RedisState {
             let mut inner = lock(&self.inner);
             let lease = self.lease;
             inner.abandoned.retain(|(_, _, at)| at.elapsed() < lease);
-            if inner.record.locked {
-                return Err(Refusal::Locked(
-                    inner
-                        .record
-                        .reason
-                        .clone()
-                        .unwrap_or_else(|| "locked".into()),
-                ));
-            }
+            // A cached lock is not trusted: an operator may have unlocked through another
+            // replica. The store says (the reserve script refuses a locked record).
             if let Some(not_before) = inner.not_before {
                 let now = Instant::now();
                 if now < not_before {
@@ -533,9 +534,10 @@ impl CredentialState for RedisState {
                 let inner = lock(&self.inner);
                 (inner.fingerprint, inner.epoch.clone().unwrap_or_default())
             };
+            let args = [epoch.into_bytes(), sealed];
             let result = self
                 .store
-                .run_publish(&self.keys(fingerprint), epoch, sealed)
+                .run(&self.store.scripts.publish, &self.keys(fingerprint), &args)
                 .await;
             let answer = self.observed("publish", result).map_err(io::Error::other)?;
             let generation = String::from_utf8_lossy(&answer.extra[0])
@@ -553,7 +555,15 @@ impl CredentialState for RedisState {
         let record = self
             .local
             .load(&self.gateway, fingerprint)
-            .unwrap_or_default();
+            .unwrap_or_else(|e| {
+                tracing::error!(gateway = %self.gateway, error = %e,
+                    "cannot read the local copy of the lockout record; treating new credentials as locked");
+                GuardRecord {
+                    locked: true,
+                    reason: Some("guard state unreadable".into()),
+                    ..GuardRecord::default()
+                }
+            });
         let mut inner = lock(&self.inner);
         if inner.fingerprint == fingerprint {
             return;
@@ -571,7 +581,7 @@ impl CredentialState for RedisState {
             let fingerprint = lock(&self.inner).fingerprint;
             let result = self
                 .store
-                .run(&self.store.scripts.unlock, &self.keys(fingerprint), &[])
+                .run::<String>(&self.store.scripts.unlock, &self.keys(fingerprint), &[])
                 .await;
             let answer = self.observed("unlock", result).map_err(io::Error::other)?;
             {
@@ -615,45 +625,20 @@ impl CredentialState for RedisState {
     fn latest(&self) -> StateFuture<'_, Option<Published>> {
         Box::pin(async move {
             let fingerprint = lock(&self.inner).fingerprint;
-            let [_, _, key] = self.keys(fingerprint);
-            let result = self.store.latest(&key).await;
-            self.observed("latest", result).ok().flatten()
+            let args = [now_ms().to_string()];
+            let result = self
+                .store
+                .run(&self.store.scripts.look, &self.keys(fingerprint), &args)
+                .await;
+            let answer = self.observed("look", result).ok()?;
+            if answer.status != "look" {
+                return None;
+            }
+            self.remember(fingerprint, &answer.record);
+            let generation = String::from_utf8_lossy(&answer.extra[0]).parse().ok()?;
+            let sealed = answer.extra[1].clone();
+            (generation > 0 && !sealed.is_empty()).then_some(Published { generation, sealed })
         })
-    }
-}
-
-impl RedisStore {
-    /// The key hash's generation and sealed key, if a key was published.
-    async fn latest(&self, key: &str) -> Result<Option<Published>, StoreError> {
-        let mut connection = self.connection().await?;
-        let mut command = redis::cmd("HMGET");
-        command.arg(key).arg("generation").arg("sealed");
-        let found = self
-            .timed(command.query_async::<(Option<u64>, Option<Vec<u8>>)>(&mut connection))
-            .await?;
-        Ok(match found {
-            (Some(generation), Some(sealed)) => Some(Published { generation, sealed }),
-            _ => None,
-        })
-    }
-
-    /// Publishes with the sealed key as raw bytes (not text).
-    async fn run_publish(
-        &self,
-        keys: &[String; 3],
-        epoch: String,
-        sealed: Vec<u8>,
-    ) -> Result<Answer, StoreError> {
-        let mut connection = self.connection().await?;
-        let mut invocation = self.scripts.publish.prepare_invoke();
-        for key in keys {
-            invocation.key(key);
-        }
-        invocation.arg(epoch).arg(sealed);
-        let value = self
-            .timed(invocation.invoke_async::<Value>(&mut connection))
-            .await?;
-        Answer::read(value)
     }
 }
 

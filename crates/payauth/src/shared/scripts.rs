@@ -146,6 +146,21 @@ redis.call('HDEL', KEYS[1], 'reason')
 return answer('unlocked')
 "#;
 
+/// KEYS: guard, inflight, key. ARGV: now (ms). The record as it stands (attempts whose lease
+/// ended count as unknown) and the key: answers `look` (extra: generation, sealed), or `missing`
+/// without touching anything when there is no record (so that a lost record is still found
+/// missing by the next reservation).
+const LOOK: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'missing', '0', '0', '0', '0', '', '', ''}
+end
+if redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[1])) > 0 then
+  redis.call('HSET', KEYS[1], 'proven', '0')
+end
+return answer('look', redis.call('HGET', KEYS[3], 'generation') or '0',
+              redis.call('HGET', KEYS[3], 'sealed') or '')
+"#;
+
 /// The scripts, compiled once (Redis caches them by their SHA-1).
 #[derive(Debug)]
 pub(crate) struct Scripts {
@@ -153,6 +168,7 @@ pub(crate) struct Scripts {
     pub(crate) settle: Script,
     pub(crate) publish: Script,
     pub(crate) unlock: Script,
+    pub(crate) look: Script,
 }
 
 impl Scripts {
@@ -163,6 +179,7 @@ impl Scripts {
             settle: with_answer(SETTLE),
             publish: with_answer(PUBLISH),
             unlock: with_answer(UNLOCK),
+            look: with_answer(LOOK),
         }
     }
 }
