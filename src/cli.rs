@@ -123,10 +123,13 @@ pub(crate) fn main() -> ExitCode {
         "info"
     };
     crate::telemetry::init(cli.log_format, default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `run` serves its gateways on worker threads of their own ([proxy] workers); what is left
+    // for this runtime (admin, file polling, session filling) needs no more than one thread.
+    let mut builder = match cli.command {
+        Command::Run { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("payauth: cannot start the runtime: {e}");

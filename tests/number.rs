@@ -186,6 +186,88 @@ async fn sixty_four_concurrent_calls_across_one_expiry_cost_one_authentication()
     h.stop().await;
 }
 
+/// The open-file limit this process may use (soft), from /proc/self/limits.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_calls_on_two_workers_across_one_expiry_cost_one_authentication() {
+    const CALLS: usize = 1000;
+    // Each call holds a connection from the test's client, payauth's listener, payauth's pool
+    // and the simulator: four descriptors in this one process.
+    if let Some(limit) = open_file_limit() {
+        assert!(
+            limit >= 4 * CALLS as u64 + 256,
+            "this test needs {} open files and the limit is {limit}: raise it (`ulimit -n`),              as scripts/test does",
+            4 * CALLS + 256
+        );
+    }
+    let sim = number_sim(NumberSimConfig {
+        hmac_secret: Some(HMAC_SECRET.into()),
+        ..NumberSimConfig::default()
+    })
+    .await;
+    let h = Harness::start(
+        &sim.url(),
+        Options {
+            signing: true,
+            workers: 2,
+            max_concurrency: 2 * CALLS,
+            request_timeout_secs: 30.0,
+            ..Options::default()
+        },
+    )
+    .await;
+    assert!(approved(
+        &sale(&h.client, h.addr).await,
+        "CreditCardSale_Manual"
+    ));
+    sim.expire_keys();
+    let before = sim.stats().auth_attempts;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CALLS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CALLS {
+        let (client, addr, barrier) = (h.client.clone(), h.addr, barrier.clone());
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let reply = sale(&client, addr).await;
+            (approved(&reply, "CreditCardSale_Manual"), reply.status)
+        });
+    }
+    let mut ok = 0;
+    let mut failed = std::collections::BTreeMap::new();
+    while let Some(result) = tasks.join_next().await {
+        match result.expect("task") {
+            (true, _) => ok += 1,
+            (false, status) => *failed.entry(status.as_u16()).or_insert(0) += 1,
+        }
+    }
+    let stats = sim.stats();
+    assert_eq!(
+        ok, CALLS,
+        "every call succeeded; the others ended with {failed:?}"
+    );
+    assert_eq!(
+        stats.auth_attempts - before,
+        1,
+        "exactly one extra authentication"
+    );
+    assert_eq!(stats.bad_signatures, 0);
+    assert_eq!(
+        h.metric("payauth_reauth_total{gateway=\"number\",reason=\"5030\"}")
+            .await,
+        1.0
+    );
+    let served = h
+        .metric("payauth_requests_total{gateway=\"number\",outcome=\"forwarded\"}")
+        .await;
+    assert_eq!(served, (CALLS + 1) as f64);
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn a_rejected_token_locks_once_across_calls_and_restarts() {
     let sim = number_sim(NumberSimConfig::default()).await;

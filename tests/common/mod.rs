@@ -108,6 +108,8 @@ pub struct Options {
     pub max_request_bytes: usize,
     pub max_concurrency: usize,
     pub upstream: Option<String>,
+    /// `[proxy] workers`: 2 unless a test says otherwise, so that every test crosses threads.
+    pub workers: usize,
 }
 
 impl Default for Options {
@@ -121,6 +123,7 @@ impl Default for Options {
             max_request_bytes: 1 << 20,
             max_concurrency: 256,
             upstream: None,
+            workers: 2,
         }
     }
 }
@@ -168,6 +171,7 @@ dir = "{state}"
 [proxy]
 shutdown_grace_secs = 5
 secret_poll_secs = 0.05
+workers = {workers}
 [[gateway]]
 name = "number"
 kind = "number"
@@ -190,6 +194,7 @@ max_concurrency = {max_concurrency}
             timeout = options.request_timeout_secs,
             max_body = options.max_request_bytes,
             max_concurrency = options.max_concurrency,
+            workers = options.workers,
         );
         let mut harness = Self {
             dir,

@@ -1,5 +1,7 @@
-//! The sidecar: config → gateways (layers around upstream clients) → listeners, plus the admin
-//! listener, the file poller (secrets and certificates) and graceful shutdown.
+//! The sidecar: config → gateways (layers around upstream clients) → listeners served by the
+//! worker threads ([`crate::proxy::workers`]), plus, on the runtime that starts it, the admin
+//! listener, the file poller (secrets and certificates), the shared-store poller, CreditGuard's
+//! session filler and graceful shutdown.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::Registry;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::util::BoxCloneSyncService;
@@ -25,6 +26,7 @@ use crate::metrics::{GatewayMetrics, Metrics};
 use crate::number::{NumberAuthLayer, Protocol};
 use crate::proxy::client::UpstreamClient;
 use crate::proxy::reload::TlsWatch;
+use crate::proxy::workers::{self, WorkerJob, Workers};
 use crate::proxy::{self, FrontLayer, FrontLimits, GatewayService};
 use crate::shared::RedisStore;
 
@@ -37,7 +39,8 @@ pub struct Gateway {
     pub control: Arc<dyn GatewayControl>,
     /// Its metrics.
     pub metrics: GatewayMetrics,
-    /// Its upstream client (reloaded when certificate files change).
+    /// Its upstream client (reloaded, with each worker's fork of it, when certificate files
+    /// change). Used off the request path, such as by CreditGuard's session filler.
     pub client: UpstreamClient,
     /// Where its credentials come from.
     pub source: Arc<CredentialSource>,
@@ -62,7 +65,9 @@ pub struct Sidecar {
     admin_addr: SocketAddr,
     gateway_addrs: Vec<(String, SocketAddr)>,
     stop: watch::Sender<bool>,
+    /// The file and shared-store pollers.
     tasks: JoinSet<()>,
+    workers: Workers,
     /// The admin listener stops last: `/ready` answers 503 while the gateways drain.
     admin_stop: watch::Sender<bool>,
     admin_task: JoinSet<()>,
@@ -79,8 +84,10 @@ pub struct StartError(pub String);
 /// A gateway built and bound, not serving yet.
 struct Bound {
     gateway: Gateway,
-    listener: TcpListener,
-    front: proxy::Front<hyper::body::Incoming, hyper::body::Incoming>,
+    /// One listener per worker.
+    listeners: Vec<std::net::TcpListener>,
+    front: FrontLayer,
+    make: MakeService,
     warm_up: Option<WarmUp>,
 }
 
@@ -116,29 +123,39 @@ impl Sidecar {
         let admin_addr = admin_listener
             .local_addr()
             .map_err(|e| StartError(e.to_string()))?;
-        // Every listener is bound: nothing can fail the start any more.
         let (stop, stop_rx) = watch::channel(false);
         let grace = config.proxy.shutdown_grace;
-        let mut tasks = JoinSet::new();
+        let mut jobs: Vec<WorkerJob> = (0..config.proxy.workers).map(|_| Vec::new()).collect();
         let mut gateways = Vec::new();
         let mut gateway_addrs = Vec::new();
+        let mut warm_ups = Vec::new();
         for Bound {
             gateway,
-            listener,
+            listeners,
             front,
+            make,
             warm_up,
         } in bound
         {
-            if let Some(warm_up) = warm_up {
-                warm_up();
-            }
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(gateway = %gateway.config.name(), %addr, upstream = %gateway.config.settings().upstream, "listening");
+            if let Some(addr) = listeners.first().and_then(|l| l.local_addr().ok()) {
+                tracing::info!(gateway = %gateway.config.name(), %addr, upstream = %gateway.config.settings().upstream,
+                    workers = listeners.len(), "listening");
                 gateway_addrs.push((gateway.config.name().to_owned(), addr));
             }
-            tasks.spawn(proxy::serve(listener, front, stop_rx.clone(), grace));
+            // Each worker calls the gateway through a connection pool of its own.
+            for (job, listener) in jobs.iter_mut().zip(listeners) {
+                job.push((listener, front.front(make(gateway.client.fork()))));
+            }
+            warm_ups.extend(warm_up);
             gateways.push(gateway);
         }
+        let workers = Workers::start(jobs, &stop_rx, grace)
+            .map_err(|e| StartError(format!("cannot start the worker threads: {e}")))?;
+        // Every listener is bound and served: nothing can fail the start any more.
+        for warm_up in warm_ups {
+            warm_up();
+        }
+        let mut tasks = JoinSet::new();
         let gateways = Arc::new(gateways);
         let draining = Arc::new(AtomicBool::new(false));
         let admin_state = admin::Shared {
@@ -175,6 +192,7 @@ impl Sidecar {
             gateway_addrs,
             stop,
             tasks,
+            workers,
             admin_stop,
             admin_task,
             gateways,
@@ -217,9 +235,11 @@ impl Sidecar {
     pub async fn shutdown(mut self) {
         self.begin_shutdown();
         while self.tasks.join_next().await.is_some() {}
+        self.workers.served().await;
         for gateway in self.gateways.iter() {
             gateway.control.stop(Duration::from_secs(5)).await;
         }
+        self.workers.release().await;
         let _ = self.admin_stop.send(true);
         while self.admin_task.join_next().await.is_some() {}
         tracing::info!("stopped");
@@ -229,7 +249,11 @@ impl Sidecar {
 /// Starts a gateway's background credential work (the CreditGuard session pool).
 type WarmUp = Box<dyn FnOnce() + Send>;
 
-/// Builds a gateway's layer around its upstream client and binds its listener.
+/// Makes a gateway's service (its layer, sharing the gateway's credential state) around an
+/// upstream client: each worker's own.
+type MakeService = Box<dyn Fn(UpstreamClient) -> GatewayService + Send>;
+
+/// Builds a gateway's layer and binds its listeners, one per worker.
 async fn bind_gateway(
     gateway: &GatewayConfig,
     config: &Config,
@@ -239,10 +263,10 @@ async fn bind_gateway(
     let client = UpstreamClient::new(&gateway.tls, gateway.connect_timeout)?;
     let source = Arc::new(CredentialSource::new(gateway, &config.state_dir));
     let credentials = source.load().map_err(|e| e.to_string())?;
-    let (service, control, target, warm_up) =
+    let (make, control, target, warm_up) =
         build_layer(gateway, credentials, client.clone(), store, metrics.clone())?;
-    let listener = proxy::bind(&format!("gateway {:?}", gateway.name()), gateway.listen)
-        .await
+    let what = format!("gateway {:?}", gateway.name());
+    let listeners = workers::bind_group(&what, gateway.listen, config.proxy.workers)
         .map_err(|e| e.to_string())?;
     let soap_errors =
         matches!(&gateway.kind, GatewayKind::Number(n) if n.layer.protocol == Protocol::Soap);
@@ -257,8 +281,7 @@ async fn bind_gateway(
             soap_errors,
         },
         metrics.clone(),
-    )
-    .front(service);
+    );
     Ok(Bound {
         gateway: Gateway {
             config: gateway.clone(),
@@ -268,14 +291,15 @@ async fn bind_gateway(
             source,
             target,
         },
-        listener,
+        listeners,
         front,
+        make,
         warm_up,
     })
 }
 
 type Built = (
-    GatewayService,
+    MakeService,
     Arc<dyn GatewayControl>,
     CredentialTarget,
     Option<WarmUp>,
@@ -377,9 +401,11 @@ fn build_layer(
             }
             .map_err(|e| e.to_string())?;
             let handle = layer.handle();
-            let service = BoxCloneSyncService::new(layer.layer(client));
+            drop(client);
+            let make: MakeService =
+                Box::new(move |client| BoxCloneSyncService::new(layer.layer(client)));
             Ok((
-                service,
+                make,
                 Arc::new(handle.clone()),
                 CredentialTarget::Number(handle),
                 None,
@@ -410,10 +436,11 @@ fn build_layer(
             let service = layer.layer(client);
             // Sessions are fetched ahead of the first call, off the request path, but only once
             // every listener is bound: a start that fails must not have sent a getSessionId.
-            let warm = service.clone();
-            let warm_up: WarmUp = Box::new(move || warm.warm_up());
+            let warm_up: WarmUp = Box::new(move || service.warm_up());
+            let make: MakeService =
+                Box::new(move |client| BoxCloneSyncService::new(layer.layer(client)));
             Ok((
-                BoxCloneSyncService::new(service),
+                make,
                 Arc::new(handle.clone()),
                 CredentialTarget::CreditGuard(handle),
                 Some(warm_up),

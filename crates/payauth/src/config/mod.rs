@@ -78,6 +78,21 @@ pub struct ProxyConfig {
     pub shutdown_grace: Duration,
     /// How often secret files are checked for changes.
     pub secret_poll_interval: Duration,
+    /// Threads serving the gateways' listeners, each with its own runtime, listeners
+    /// (`SO_REUSEPORT`) and upstream connections (default: the available parallelism, which
+    /// honours a cgroup CPU limit).
+    pub workers: usize,
+}
+
+/// The most `[proxy] workers` may be.
+pub const MAX_WORKERS: usize = 256;
+
+/// The default of `[proxy] workers`: the available parallelism (the CPUs this process may use,
+/// within a cgroup CPU limit), 1 when it cannot be told.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(MAX_WORKERS)
 }
 
 /// One `[[gateway]]`.
@@ -287,14 +302,15 @@ impl Config {
         let _ = std::fmt::Write::write_fmt(
             &mut out,
             format_args!(
-                "admin: listen {} (admin API {})\nstate dir: {}\n",
+                "admin: listen {} (admin API {})\nstate dir: {}\nworkers: {}\n",
                 self.admin.listen,
                 if self.admin.token_file.is_some() {
                     "on"
                 } else {
                     "off: no token_file"
                 },
-                self.state_dir.display()
+                self.state_dir.display(),
+                self.proxy.workers,
             ),
         );
         match &self.shared {
@@ -576,6 +592,29 @@ scope = "everything"
                 .contains("protocol: unknown variant `rpc`, expected `rest` or `soap`"),
             "{errors}"
         );
+    }
+
+    #[test]
+    fn workers_default_to_the_available_parallelism_and_are_bounded() {
+        let config = Config::parse(GOOD).expect("good");
+        assert_eq!(config.proxy.workers, default_workers());
+        assert!(config.proxy.workers >= 1);
+        let config = Config::parse(&format!("[proxy]\nworkers = 3\n{GOOD}")).expect("3 workers");
+        assert_eq!(config.proxy.workers, 3);
+        assert!(
+            config.summary().contains("workers: 3"),
+            "{}",
+            config.summary()
+        );
+        for bad in ["0", "257"] {
+            let errors = Config::parse(&format!("[proxy]\nworkers = {bad}\n{GOOD}"))
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                errors.contains("line 2: proxy.workers must be 1 to 256"),
+                "{bad}: {errors}"
+            );
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub(super) struct RawState {
 pub(super) struct RawProxy {
     pub(super) shutdown_grace_secs: Option<Seconds>,
     pub(super) secret_poll_secs: Option<Seconds>,
+    pub(super) workers: Option<Count<usize>>,
 }
 
 /// `[shared]`: the store replicas behind one egress IP share.

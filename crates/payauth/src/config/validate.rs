@@ -155,7 +155,7 @@ impl<'a> Validator<'a> {
         }
         let (admin, admin_table) = self.section::<RawAdmin>(root, "admin");
         let (state, state_table) = self.section::<RawState>(root, "state");
-        let (proxy, _) = self.section::<RawProxy>(root, "proxy");
+        let (proxy, proxy_table) = self.section::<RawProxy>(root, "proxy");
         let admin_listen = admin
             .listen
             .map_or(SocketAddr::from(([127, 0, 0, 1], 9901)), |a| a.0);
@@ -171,7 +171,13 @@ impl<'a> Validator<'a> {
                 self.problem(at, format!("state.dir {}: {e}", state_dir.display()));
             }
         }
+        let workers = proxy.workers.map_or_else(super::default_workers, |c| c.0);
+        if !(1..=super::MAX_WORKERS).contains(&workers) {
+            let message = format!("proxy.workers must be 1 to {}", super::MAX_WORKERS);
+            self.problem(proxy_table.at("workers"), message);
+        }
         let proxy = ProxyConfig {
+            workers,
             shutdown_grace: proxy
                 .shutdown_grace_secs
                 .map_or(Duration::from_secs(25), |s| s.0),

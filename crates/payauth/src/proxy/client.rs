@@ -1,7 +1,7 @@
 //! The upstream client: hyper-util's pooled client over rustls, swappable when certificate files
 //! change.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,52 +17,88 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::Service;
 
 use super::tls::TlsFiles;
+use crate::sync::lock;
 
 type Inner = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A pooled HTTP/1.1 client for one gateway, `http://` or `https://`.
 ///
-/// Clones share the pool. [`UpstreamClient::reload`] swaps in a client built from the current
-/// certificate files; calls already under way finish on the old one.
+/// Clones share the pool. [`UpstreamClient::fork`] makes a client with a pool of its own (the
+/// sidecar gives each worker thread one, so that a connection is only ever driven by the thread
+/// that uses it). [`UpstreamClient::reload`] swaps in clients built from the current certificate
+/// files, for this client and every fork of it; calls already under way finish on the old ones.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
     current: Arc<ArcSwap<Inner>>,
+    family: Arc<Mutex<Family>>,
+}
+
+/// What every fork of a client shares: how to build one, and the forks to reload.
+#[derive(Debug)]
+struct Family {
+    config: Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
+    members: Vec<Weak<ArcSwap<Inner>>>,
 }
 
 impl UpstreamClient {
     /// Builds a client from the gateway's TLS files.
     pub fn new(tls: &TlsFiles, connect_timeout: Duration) -> Result<Self, String> {
-        let inner = build(tls, connect_timeout)?;
-        Ok(Self {
-            current: Arc::new(ArcSwap::from_pointee(inner)),
+        let config = Arc::new(super::tls::client_config(tls)?);
+        let current = Arc::new(ArcSwap::from_pointee(build(&config, connect_timeout)));
+        let family = Family {
+            config,
             connect_timeout,
+            members: vec![Arc::downgrade(&current)],
+        };
+        Ok(Self {
+            current,
+            family: Arc::new(Mutex::new(family)),
         })
     }
 
-    /// Rebuilds the client from the files (after a certificate change).
+    /// A client with the same settings and a connection pool of its own, reloaded with this one.
+    pub fn fork(&self) -> Self {
+        let mut family = lock(&self.family);
+        let current = Arc::new(ArcSwap::from_pointee(build(
+            &family.config,
+            family.connect_timeout,
+        )));
+        family.members.retain(|m| m.strong_count() > 0);
+        family.members.push(Arc::downgrade(&current));
+        Self {
+            current,
+            family: Arc::clone(&self.family),
+        }
+    }
+
+    /// Rebuilds this client and its forks from the files (after a certificate change).
     pub fn reload(&self, tls: &TlsFiles) -> Result<(), String> {
-        let inner = build(tls, self.connect_timeout)?;
-        self.current.store(Arc::new(inner));
+        let config = Arc::new(super::tls::client_config(tls)?);
+        let mut family = lock(&self.family);
+        family.members.retain(|m| m.strong_count() > 0);
+        for member in family.members.iter().filter_map(Weak::upgrade) {
+            member.store(Arc::new(build(&config, family.connect_timeout)));
+        }
+        family.config = config;
         Ok(())
     }
 }
 
-fn build(tls: &TlsFiles, connect_timeout: Duration) -> Result<Inner, String> {
-    let config = super::tls::client_config(tls)?;
+fn build(config: &Arc<rustls::ClientConfig>, connect_timeout: Duration) -> Inner {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
+        .with_tls_config(rustls::ClientConfig::clone(config))
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+    Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .build(https))
+        .build(https)
 }
 
 impl Service<Request<Full<Bytes>>> for UpstreamClient {

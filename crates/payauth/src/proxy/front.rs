@@ -9,8 +9,9 @@
 //!    path, request id) and one `payauth::access` line when the answer is ready.
 //! 3. **Errors become the contract's responses** ([`Respond`]), the one place this happens:
 //!    JSON with `x-payauth-error`, or SOAP 1.1 Faults on a SOAP gateway.
-//! 4. **Load shedding** (tower `LoadShed` over `ConcurrencyLimit`): at `max_concurrency` calls in
-//!    flight, more get 503 `overloaded` at once; nothing is queued.
+//! 4. **Load shedding** (tower `LoadShed` over a concurrency limit): at `max_concurrency` calls in
+//!    flight, more get 503 `overloaded` at once; nothing is queued. Every front a [`FrontLayer`]
+//!    (or a clone of it) builds shares the one limit: the sidecar builds one per worker thread.
 //! 5. **Preparation** ([`Prepare`]): hop-by-hop headers and `Host` dropped, the URI pointed at the
 //!    upstream (path and query as the app sent them), the body read whole (at most
 //!    `max_request_bytes`, within the request timeout).
@@ -36,7 +37,7 @@ use http::{HeaderValue, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tower::layer::layer_fn;
-use tower::limit::ConcurrencyLimitLayer;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::error::Overloaded;
 use tower::load_shed::LoadShedLayer;
 use tower::util::BoxCloneService;
@@ -95,6 +96,8 @@ pub struct FrontLayer {
     upstream: Uri,
     limits: FrontLimits,
     metrics: GatewayMetrics,
+    /// `max_concurrency` permits, shared by every front built from this layer.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl FrontLayer {
@@ -103,6 +106,7 @@ impl FrontLayer {
         Self {
             name: name.into(),
             upstream,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrency)),
             limits,
             metrics,
         }
@@ -138,7 +142,9 @@ impl FrontLayer {
                 },
             }))
             .layer(LoadShedLayer::new())
-            .layer(ConcurrencyLimitLayer::new(self.limits.max_concurrency))
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(Arc::clone(
+                &self.in_flight,
+            )))
             .layer(layer_fn(|inner| Prepare {
                 inner,
                 front: self.clone(),
@@ -217,44 +223,46 @@ where
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let started = tokio::time::Instant::now();
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let request_id = request
-            .headers()
-            .get(&REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let span = tracing::info_span!("request", gateway = %self.name, %method, path, request_id);
-        let future = span.in_scope(|| self.inner.call(request));
+        // Reference-counted clones: the texts are formatted only into the access line.
+        let uri = request.uri().clone();
+        let request_id = request.headers().get(&REQUEST_ID).cloned();
+        // The span gives the lines logged during the call their gateway and request id; the
+        // access line has its own fields and is logged after it.
+        let span =
+            tracing::info_span!("request", gateway = %self.name, request_id = text(&request_id));
+        let future = span.in_scope(|| self.inner.call(request)).instrument(span);
         let name = Arc::clone(&self.name);
-        Box::pin(
-            async move {
-                let Ok(response) = future.await;
-                let extensions = response.extensions();
-                let outcome = extensions
-                    .get::<AccessOutcome>()
-                    .map_or("forwarded", |o| o.0);
-                let replayed = extensions.get::<Replayed>().is_some_and(|r| r.0);
-                let upstream_ms = extensions
-                    .get::<UpstreamLatency>()
-                    .map(|u| u.0.as_secs_f64() * 1000.0);
-                tracing::info!(
-                    target: "payauth::access",
-                    gateway = %name,
-                    method = %method,
-                    path,
-                    status = response.status().as_u16(),
-                    outcome,
-                    replayed,
-                    upstream_ms,
-                    duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-                    request_id,
-                );
-                Ok(response)
-            }
-            .instrument(span),
-        )
+        Box::pin(async move {
+            let Ok(response) = future.await;
+            let extensions = response.extensions();
+            let outcome = extensions
+                .get::<AccessOutcome>()
+                .map_or("forwarded", |o| o.0);
+            let replayed = extensions.get::<Replayed>().is_some_and(|r| r.0);
+            let upstream_ms = extensions
+                .get::<UpstreamLatency>()
+                .map(|u| u.0.as_secs_f64() * 1000.0);
+            let request_id = text(&request_id);
+            tracing::info!(
+                target: "payauth::access",
+                gateway = %name,
+                method = %method,
+                path = uri.path(),
+                status = response.status().as_u16(),
+                outcome,
+                replayed,
+                upstream_ms,
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                request_id,
+            );
+            Ok(response)
+        })
     }
+}
+
+/// A header's text, `""` when it has none.
+fn text(value: &Option<HeaderValue>) -> &str {
+    value.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 // --- Errors become responses ----------------------------------------------------------------

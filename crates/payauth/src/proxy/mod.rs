@@ -5,6 +5,7 @@ pub mod client;
 pub mod front;
 pub mod reload;
 pub mod tls;
+pub mod workers;
 
 pub use front::{Front, FrontLayer, FrontLimits};
 
