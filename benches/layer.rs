@@ -1,6 +1,7 @@
 //! What `NumberAuthLayer` adds to a call, measured around an in-memory client (no network) so
 //! that only payauth's own work shows: the baseline calls the same client directly.
-//! Both sides pay the same request building and body collection.
+//! Both sides pay the same request building and body collection. `front_number_rest_signed` adds
+//! the sidecar's front around the signed layer.
 
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
@@ -11,7 +12,9 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
+use payauth::metrics::Metrics;
 use payauth::number::{NumberAuthLayer, NumberConfig, NumberCredentials};
+use payauth::proxy::{FrontLayer, FrontLimits};
 use tower::{service_fn, Layer, ServiceExt};
 
 const AUTH: &[u8] = br#"{"AuthenticateResult": {"AuthSuccess": true, "ErrCode": 0, "ErrMsg": "", "FunctionOk": true, "SessKey": "9B9175EF556E4DDA93303132323141303035383339", "ThisUser": {"ID": 123}}}"#;
@@ -91,6 +94,52 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // The sidecar's whole in-process path: the front (request id, span and access line, error
+    // responses, load shedding, body read) around the signed Number layer. No log subscriber
+    // is installed, so the access line is not formatted: bench/vs-nginx.sh measures that.
+    let layer = NumberAuthLayer::new(
+        NumberConfig::rest("number", "http://gateway.test".parse().expect("uri")),
+        NumberCredentials::new("EP9116875", "2148B239CF6846BDA5D141BF4A4CFBE8")
+            .with_signing("7D55DBB3D691C9E0FDF341E4AB38C3C9", 123),
+    )
+    .expect("layer");
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry).expect("metrics").gateway("number");
+    let front = FrontLayer::new(
+        "number",
+        "http://gateway.test".parse().expect("uri"),
+        FrontLimits {
+            max_concurrency: 256,
+            max_request_bytes: 1 << 20,
+            body_timeout: std::time::Duration::from_secs(30),
+            soap_errors: false,
+        },
+        metrics,
+    )
+    .front(layer.layer(gateway));
+    let app_request = || {
+        Request::post("/APIcardProcREST/v1.0.0/CreditCardSale_Manual")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(CALL)))
+            .expect("request")
+    };
+    rt.block_on(front.clone().oneshot(app_request()))
+        .expect("warm");
+    group.bench_function("front_number_rest_signed", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let response = front.clone().oneshot(app_request()).await.expect("answer");
+                black_box(
+                    response
+                        .into_body()
+                        .collect()
+                        .await
+                        .expect("body")
+                        .to_bytes(),
+                )
+            })
+        })
+    });
     group.finish();
 }
 

@@ -97,6 +97,8 @@ fn build(config: &Arc<rustls::ClientConfig>, connect_timeout: Duration) -> Inner
         .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
+        // One write(2) per request rather than writev(2) of head and body.
+        .http1_writev(false)
         .pool_idle_timeout(Duration::from_secs(60))
         .build(https)
 }
