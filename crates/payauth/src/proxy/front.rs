@@ -4,7 +4,9 @@
 //!
 //! 1. **Request id** (tower-http `SetRequestId`/`PropagateRequestId`): the app's `x-request-id`
 //!    is kept when it is 1 to 64 letters, digits, `-` or `_`; any other is replaced by payauth's
-//!    own (`pa-<hex>`), so a hostile id never reaches a log line. The id goes back on the answer.
+//!    own (`pa-<process>-<n>`: 48 random bits drawn at start, then a counter, both in hex, so
+//!    that ids of different runs and pods do not collide), so a hostile id never reaches a log
+//!    line. The id goes back on the answer.
 //! 2. **Span and access log** ([`AccessLog`]): one `request` span per call (gateway, method,
 //!    path, request id) and one `payauth::access` line when the answer is ready.
 //! 3. **Errors become the contract's responses** ([`Respond`]), the one place this happens:
@@ -160,17 +162,32 @@ impl FrontLayer {
 
 // --- Request id -----------------------------------------------------------------------------
 
-/// Request ids are unique across the process's gateways.
+/// Request ids are unique across the process's gateways: a counter...
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
+/// ...after 48 random bits drawn once per process, so that runs and pods do not collide.
+static PROCESS_ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 #[derive(Debug, Clone, Copy)]
 struct PayauthRequestIds;
 
 impl MakeRequestId for PayauthRequestIds {
     fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        let id = format!("pa-{:x}", REQUEST_IDS.fetch_add(1, Ordering::Relaxed));
-        HeaderValue::from_str(&id).ok().map(RequestId::new)
+        Some(RequestId::new(next_request_id()))
     }
+}
+
+/// `pa-<12 hex digits of the process>-<counter in hex>`.
+fn next_request_id() -> HeaderValue {
+    let process = *PROCESS_ID.get_or_init(|| {
+        // Not a secret, only distinct: the clock mixed with a per-thread random seed.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        (fastrand::u64(..) ^ nanos.rotate_left(17)) & 0xffff_ffff_ffff
+    });
+    let n = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
+    let id = format!("pa-{process:012x}-{n:x}");
+    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("pa-0"))
 }
 
 /// Whether the app's request id may be kept: 1 to 64 letters, digits, `-` or `_`.
@@ -500,6 +517,19 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payauth_request_ids_are_plain_and_distinct() {
+        let (a, b) = (next_request_id(), next_request_id());
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            assert!(usable_request_id(id), "{id:?}");
+            let text = id.to_str().unwrap();
+            let mut parts = text.split('-');
+            assert_eq!(parts.next(), Some("pa"));
+            assert_eq!(parts.next().map(str::len), Some(12), "{text}");
+        }
+    }
 
     #[test]
     fn only_plain_request_ids_are_kept() {
