@@ -160,6 +160,8 @@ impl Payauth {
 [admin]
 listen = "{admin}"
 token_file = "{admin_token}"
+# Opted in: these tests see a lock in /ready too (the default keeps /ready 200).
+ready_requires_unlocked = true
 [state]
 dir = "{state}"
 [proxy]

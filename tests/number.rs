@@ -293,9 +293,13 @@ async fn a_rejected_token_locks_once_across_calls_and_restarts() {
         "one rejected authentication, never retried"
     );
     assert_eq!(sim.stats().calls, 0, "nothing forwarded without a key");
+    // payauth can still serve: readiness stays (see the opt-in test below); /status says why.
+    assert_eq!(h.admin_get("/ready").await.status, StatusCode::OK);
+    let status = h.admin_get("/status").await.json();
+    assert_eq!(status["gateways"][0]["locked"], true, "{status}");
     assert_eq!(
-        h.admin_get("/ready").await.status,
-        StatusCode::SERVICE_UNAVAILABLE
+        status["gateways"][0]["metrics"]["last_auth_result"],
+        "rejected"
     );
     assert_eq!(
         h.metric("payauth_auth_locked{gateway=\"number\"}").await,
@@ -325,6 +329,92 @@ async fn a_rejected_token_locks_once_across_calls_and_restarts() {
     assert_eq!(sim.stats().auth_attempts, 2);
     assert_eq!(h.admin_get("/ready").await.status, StatusCode::OK);
     h.stop().await;
+}
+
+#[tokio::test]
+async fn a_locked_gateway_leaves_ready_alone_unless_opted_in_and_status_holds_no_secret() {
+    const WRONG: &str = "0000REVOKED0000TOKEN0000000000AB";
+    let sim = number_sim(NumberSimConfig {
+        hmac_secret: Some(HMAC_SECRET.into()),
+        ..NumberSimConfig::default()
+    })
+    .await;
+    for opted_in in [false, true] {
+        let h = Harness::start(
+            &sim.url(),
+            Options {
+                token: WRONG.into(),
+                signing: true,
+                ready_requires_unlocked: opted_in,
+                ..Options::default()
+            },
+        )
+        .await;
+        assert_eq!(h.admin_get("/ready").await.status, StatusCode::OK);
+        let reply = sale(&h.client, h.addr).await;
+        assert_eq!(reply.error_code().as_deref(), Some("auth_locked"));
+        let ready = h.admin_get("/ready").await;
+        let expected = if opted_in {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(
+            ready.status,
+            expected,
+            "opted in: {opted_in}: {}",
+            ready.text()
+        );
+        let status = h.admin_get("/status").await;
+        assert_eq!(status.status, StatusCode::OK);
+        let json = status.json();
+        let gateway = &json["gateways"][0];
+        assert_eq!(gateway["name"], "number");
+        assert_eq!(gateway["kind"], "number");
+        assert_eq!(gateway["locked"], true, "{json}");
+        assert!(gateway["lock_reason"].is_string(), "{json}");
+        assert_eq!(gateway["rejected_in_a_row"], 1);
+        assert_eq!(gateway["metrics"]["auth_attempts"]["rejected"], 1);
+        assert_eq!(json["ready_requires_unlocked"], opted_in);
+        let text = status.text();
+        for secret in [WRONG, TOKEN, HMAC_SECRET, ADMIN_TOKEN] {
+            assert!(!text.contains(secret), "/status holds a secret: {text}");
+        }
+        h.stop().await;
+    }
+    // And with good credentials, the key it got is not in /status either.
+    let h = Harness::start(
+        &sim.url(),
+        Options {
+            signing: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    assert!(approved(
+        &sale(&h.client, h.addr).await,
+        "CreditCardSale_Manual"
+    ));
+    let text = h.admin_get("/status").await.text();
+    let keys: Vec<String> = sim
+        .calls_seen()
+        .into_iter()
+        .filter_map(|c| c.sess_key_header)
+        .collect();
+    assert!(!keys.is_empty());
+    for key in &keys {
+        let bare = key.split('_').next().unwrap_or(key);
+        assert!(
+            !text.contains(bare),
+            "/status holds the session key: {text}"
+        );
+    }
+    for secret in [TOKEN, HMAC_SECRET, ADMIN_TOKEN] {
+        assert!(!text.contains(secret), "/status holds a secret: {text}");
+    }
+    assert!(text.contains("\"last_auth_result\":\"success\""), "{text}");
+    h.stop().await;
+    sim.shutdown().await;
 }
 
 #[tokio::test]

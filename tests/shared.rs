@@ -219,6 +219,20 @@ mod layers {
         sim: &NumberSim,
         budget: u32,
     ) -> (Number, payauth::number::NumberHandle) {
+        let (number, handle, _) = replica_with_metrics(redis, sim, budget);
+        (number, handle)
+    }
+
+    /// A replica whose metrics are on a registry of its own, handed back.
+    fn replica_with_metrics(
+        redis: &RedisServer,
+        sim: &NumberSim,
+        budget: u32,
+    ) -> (Number, payauth::number::NumberHandle, prometheus::Registry) {
+        let registry = prometheus::Registry::new();
+        let metrics = payauth::metrics::Metrics::new(&registry)
+            .expect("metrics")
+            .gateway("number");
         let store = Arc::new(RedisStore::new(&shared(redis), None).expect("store"));
         let credentials = NumberCredentials::new("EP9116875", TOKEN);
         let state = store
@@ -228,23 +242,26 @@ mod layers {
                 credentials.fingerprint(),
                 Arc::new(MemoryGuardStore::default()),
                 Duration::from_secs(35),
-                GatewayMetrics::unregistered("number"),
+                metrics.clone(),
             )
             .expect("state");
         let mut config = NumberConfig::rest("number", sim.url().parse().expect("uri"));
         config.gateway.auth_failure_budget = budget;
-        let layer = NumberAuthLayer::with_credential_state(
-            config,
-            credentials,
-            state,
-            GatewayMetrics::unregistered("number"),
-        )
-        .expect("layer");
+        let layer = NumberAuthLayer::with_credential_state(config, credentials, state, metrics)
+            .expect("layer");
         let handle = layer.handle();
         (
             BoxCloneSyncService::new(layer.layer(common::client())),
             handle,
+            registry,
         )
+    }
+
+    fn metric(registry: &prometheus::Registry, line_start: &str) -> Option<f64> {
+        payauth::metrics::render(registry)
+            .lines()
+            .find_map(|l| l.strip_prefix(line_start))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     async fn sale(number: &Number, sim: &NumberSim) -> bool {
@@ -388,12 +405,19 @@ mod layers {
             return;
         };
         let sim = common::number_sim(NumberSimConfig::default()).await;
-        let (a, a_handle) = replica_and_handle(&redis, &sim, 1);
-        let (b, b_handle) = replica_and_handle(&redis, &sim, 1);
+        let (a, a_handle, a_metrics) = replica_with_metrics(&redis, &sim, 1);
+        let (b, b_handle, b_metrics) = replica_with_metrics(&redis, &sim, 1);
         sim.set_token("ROTATED-AT-THE-VENDOR");
         assert!(!sale(&a, &sim).await && !sale(&b, &sim).await);
         assert_eq!(sim.stats().auth_rejected, 1, "one rejection for both");
         assert!(a_handle.guard().is_locked() && b_handle.guard().is_locked());
+        // The lock shows in each replica's metrics (the alert's input), and the one rejected
+        // attempt in the metrics of the replica that sent it.
+        let locked = "payauth_auth_locked{gateway=\"number\"} ";
+        assert_eq!(metric(&a_metrics, locked), Some(1.0));
+        assert_eq!(metric(&b_metrics, locked), Some(1.0));
+        let rejected = "payauth_auth_attempts_total{gateway=\"number\",result=\"rejected\"} ";
+        assert_eq!(metric(&a_metrics, rejected), Some(1.0));
 
         // The vendor's token is put back; an operator unlocks through replica a.
         sim.set_token(TOKEN);
@@ -401,6 +425,7 @@ mod layers {
         assert!(b_handle.guard().is_locked(), "b has not looked yet");
         b_handle.refresh().await;
         assert!(!b_handle.guard().is_locked(), "b's poll sees the unlock");
+        assert_eq!(metric(&b_metrics, locked), Some(0.0));
         assert!(sale(&b, &sim).await);
         assert_eq!(sim.stats().auth_success, 1);
         sim.shutdown().await;

@@ -110,6 +110,8 @@ pub struct Options {
     pub upstream: Option<String>,
     /// `[proxy] workers`: 2 unless a test says otherwise, so that every test crosses threads.
     pub workers: usize,
+    /// `[admin] ready_requires_unlocked`.
+    pub ready_requires_unlocked: bool,
 }
 
 impl Default for Options {
@@ -124,6 +126,7 @@ impl Default for Options {
             max_concurrency: 256,
             upstream: None,
             workers: 2,
+            ready_requires_unlocked: false,
         }
     }
 }
@@ -166,6 +169,7 @@ impl Harness {
 [admin]
 listen = "127.0.0.1:0"
 token_file = "{admin}"
+ready_requires_unlocked = {ready_requires_unlocked}
 [state]
 dir = "{state}"
 [proxy]
@@ -195,6 +199,7 @@ max_concurrency = {max_concurrency}
             max_body = options.max_request_bytes,
             max_concurrency = options.max_concurrency,
             workers = options.workers,
+            ready_requires_unlocked = options.ready_requires_unlocked,
         );
         let mut harness = Self {
             dir,

@@ -1,4 +1,11 @@
-//! The admin listener: `/live`, `/ready`, `/metrics`, and the bearer-protected `POST /admin/*`.
+//! The admin listener: `/live`, `/ready`, `/status`, `/metrics`, and the bearer-protected
+//! `POST /admin/*`.
+//!
+//! `/ready` says whether payauth can serve: started and not draining. A locked gateway does not
+//! make it fail unless `[admin] ready_requires_unlocked` is set: with shared credentials every
+//! pod of the app would go unready at once, taking the app's other endpoints down, and
+//! unreadiness does nothing to unlock (an operator must). A locked gateway shows in `/status`,
+//! in `payauth_auth_locked` and in the alerts.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +35,8 @@ pub struct Shared {
     pub gateways: Arc<Vec<AdminGateway>>,
     /// File holding the admin bearer token (`None`: the `POST /admin/*` API is off).
     pub admin_token_file: Option<PathBuf>,
+    /// `/ready` also fails while a gateway is locked.
+    pub ready_requires_unlocked: bool,
     /// True once shutdown began: `/ready` answers 503.
     pub draining: Arc<AtomicBool>,
 }
@@ -50,6 +59,7 @@ pub fn router(shared: Shared) -> Router {
     Router::new()
         .route("/live", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
+        .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/admin/{gateway}/unlock", post(unlock))
         .route("/admin/number/{gateway}/tokens", post(number_tokens))
@@ -62,7 +72,7 @@ async fn ready(State(shared): State<Shared>) -> Response {
         problems.push("draining: shutting down".to_owned());
     }
     for gateway in shared.gateways.iter() {
-        if gateway.control.guard().is_locked() {
+        if shared.ready_requires_unlocked && gateway.control.guard().is_locked() {
             problems.push(format!(
                 "gateway {}: authentication locked",
                 gateway.control.name()
@@ -78,6 +88,42 @@ async fn ready(State(shared): State<Shared>) -> Response {
         )
             .into_response()
     }
+}
+
+/// Each gateway's state, as JSON: whether it is locked and why, the guard's counts and backoff,
+/// the credential's age and the token's expiry, the last authentication's outcome, the session
+/// pool. Nothing in it is a secret: no token, key, session id or credential fingerprint.
+async fn status(State(shared): State<Shared>) -> Response {
+    let gateways: Vec<_> = shared
+        .gateways
+        .iter()
+        .map(|gateway| {
+            let guard = gateway.control.guard().status();
+            let kind = match gateway.target {
+                CredentialTarget::Number(_) => "number",
+                CredentialTarget::CreditGuard(_) => "creditguard",
+            };
+            json!({
+                "name": gateway.control.name(),
+                "kind": kind,
+                "locked": guard.record.locked,
+                "lock_reason": guard.record.reason,
+                "rejected_in_a_row": guard.record.rejected,
+                "unconfirmed_attempts": guard.record.unconfirmed,
+                "credentials_proven": guard.record.proven,
+                "attempts_in_flight": guard.in_flight,
+                "backoff_ms": guard.backoff.map(|b| b.as_millis() as u64),
+                "metrics": gateway.metrics.snapshot(),
+            })
+        })
+        .collect();
+    let draining = shared.draining.load(Ordering::SeqCst);
+    Json(json!({
+        "draining": draining,
+        "ready_requires_unlocked": shared.ready_requires_unlocked,
+        "gateways": gateways,
+    }))
+    .into_response()
 }
 
 async fn metrics(State(shared): State<Shared>) -> Response {

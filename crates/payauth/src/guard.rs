@@ -288,6 +288,9 @@ pub struct GuardStatus {
     pub record: GuardRecord,
     /// Attempts in flight.
     pub in_flight: u32,
+    /// How long until the next authentication may be sent after transport failures (`None`:
+    /// no backoff now).
+    pub backoff: Option<std::time::Duration>,
 }
 
 /// What an attempt ended as.
@@ -712,6 +715,7 @@ impl AuthGuard {
         GuardStatus {
             record: inner.record.clone(),
             in_flight: inner.in_flight,
+            backoff: remaining(inner.not_before),
         }
     }
 
@@ -792,6 +796,13 @@ impl AuthGuard {
         tracing::warn!(gateway = %self.gateway, failures = inner.transport_failures,
             backoff_ms = wait.as_millis() as u64, "authentication failed in transport; backing off");
     }
+}
+
+/// What is left of a backoff that ends at `not_before`, if any.
+pub(crate) fn remaining(not_before: Option<Instant>) -> Option<Duration> {
+    not_before
+        .map(|at| at.saturating_duration_since(Instant::now()))
+        .filter(|left| !left.is_zero())
 }
 
 /// How long to wait before the next attempt after `failures` transport failures in a row: 1 s

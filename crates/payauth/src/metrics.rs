@@ -240,6 +240,7 @@ impl Metrics {
             credential_age: self.credential_age.with_label_values(l),
             token_expiry: self.token_expiry.with_label_values(l),
             credential_obtained_ms: AtomicU64::new(0),
+            last_auth: AtomicU64::new(0),
             name: name.to_owned(),
         };
         // Families with a dynamic label are initialised so that dashboards see zeros.
@@ -273,6 +274,41 @@ struct Handles {
     token_expiry: Gauge,
     /// Unix milliseconds when the current credential was obtained, 0 = none.
     credential_obtained_ms: AtomicU64,
+    /// The last authentication attempt: Unix milliseconds × 4 + its result (1 success,
+    /// 2 rejected, 3 error); 0 = none yet.
+    last_auth: AtomicU64,
+}
+
+/// What `GET /status` shows of a gateway's metrics (no secrets, no label lookups).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MetricsSnapshot {
+    /// Age of the credential in use, in seconds, if one was obtained.
+    pub credential_age_seconds: Option<f64>,
+    /// When the token expires (Unix seconds), where known.
+    pub token_expires_at: Option<i64>,
+    /// The last authentication attempt (`success`, `rejected`, `error`), if any.
+    pub last_auth_result: Option<&'static str>,
+    /// When it ended (Unix milliseconds).
+    pub last_auth_at_ms: Option<u64>,
+    /// Authentication attempts since start, by result.
+    pub auth_attempts: AuthCounts,
+    /// Sessions pooled (CreditGuard).
+    pub session_pool_size: i64,
+    /// Requests since start: forwarded, answered locally.
+    pub requests_forwarded: u64,
+    /// Requests answered locally (the app's own login calls).
+    pub requests_local: u64,
+}
+
+/// Authentication attempts by result.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct AuthCounts {
+    /// Attempts the gateway accepted.
+    pub success: u64,
+    /// Attempts the gateway rejected.
+    pub rejected: u64,
+    /// Attempts that failed in transport or got an unusable answer.
+    pub error: u64,
 }
 
 /// One gateway's metric handles. Cheap to clone.
@@ -320,10 +356,50 @@ impl GatewayMetrics {
 
     /// Counts an authentication attempt.
     pub fn auth_attempt(&self, result: AuthResult) {
-        match result {
-            AuthResult::Success => self.0.auth_success.inc(),
-            AuthResult::Rejected => self.0.auth_rejected.inc(),
-            AuthResult::Error => self.0.auth_error.inc(),
+        let code = match result {
+            AuthResult::Success => {
+                self.0.auth_success.inc();
+                1
+            }
+            AuthResult::Rejected => {
+                self.0.auth_rejected.inc();
+                2
+            }
+            AuthResult::Error => {
+                self.0.auth_error.inc();
+                3
+            }
+        };
+        self.0
+            .last_auth
+            .store(unix_millis().saturating_mul(4) | code, Ordering::Relaxed);
+    }
+
+    /// What `GET /status` shows of these metrics.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let h = &self.0;
+        let obtained = h.credential_obtained_ms.load(Ordering::Relaxed);
+        let last = h.last_auth.load(Ordering::Relaxed);
+        let last_auth_result = match last & 3 {
+            1 => Some(AuthResult::Success.as_str()),
+            2 => Some(AuthResult::Rejected.as_str()),
+            3 => Some(AuthResult::Error.as_str()),
+            _ => None,
+        };
+        MetricsSnapshot {
+            credential_age_seconds: (obtained != 0)
+                .then(|| unix_millis().saturating_sub(obtained) as f64 / 1000.0),
+            token_expires_at: self.token_expiry(),
+            last_auth_result,
+            last_auth_at_ms: last_auth_result.map(|_| last / 4),
+            auth_attempts: AuthCounts {
+                success: h.auth_success.get(),
+                rejected: h.auth_rejected.get(),
+                error: h.auth_error.get(),
+            },
+            session_pool_size: h.session_pool_size.get(),
+            requests_forwarded: h.forwarded.get(),
+            requests_local: h.local.get(),
         }
     }
 

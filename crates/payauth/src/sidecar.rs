@@ -162,6 +162,7 @@ impl Sidecar {
             registry: registry.clone(),
             gateways: Arc::new(gateways.iter().map(Gateway::admin).collect()),
             admin_token_file: config.admin.token_file.clone(),
+            ready_requires_unlocked: config.admin.ready_requires_unlocked,
             draining: Arc::clone(&draining),
         };
         tracing::info!(%admin_addr, "admin listening");

@@ -69,6 +69,9 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// File holding the bearer token of `POST /admin/*`; without it those endpoints are off.
     pub token_file: Option<PathBuf>,
+    /// `/ready` fails while a gateway is locked (default false: readiness says whether payauth
+    /// can serve; a locked gateway shows in `/status`, metrics and alerts).
+    pub ready_requires_unlocked: bool,
 }
 
 /// `[proxy]`.
@@ -615,6 +618,25 @@ scope = "everything"
                 "{bad}: {errors}"
             );
         }
+    }
+
+    #[test]
+    fn readiness_ignores_a_lock_unless_opted_in() {
+        assert!(
+            !Config::parse(GOOD)
+                .expect("good")
+                .admin
+                .ready_requires_unlocked
+        );
+        let opted = GOOD.replace("[admin]\n", "[admin]\nready_requires_unlocked = true\n");
+        assert!(
+            Config::parse(&opted)
+                .expect("opted in")
+                .admin
+                .ready_requires_unlocked
+        );
+        let bad = GOOD.replace("[admin]\n", "[admin]\nready_requires_unlocked = \"yes\"\n");
+        assert!(Config::parse(&bad).is_err());
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::creditguard::Scope;
 pub(super) struct RawAdmin {
     pub(super) listen: Option<Addr>,
     pub(super) token_file: Option<PathBuf>,
+    pub(super) ready_requires_unlocked: Option<bool>,
 }
 
 /// `[state]`.

@@ -195,6 +195,7 @@ impl<'a> Validator<'a> {
             admin: AdminConfig {
                 listen: admin_listen,
                 token_file: admin.token_file,
+                ready_requires_unlocked: admin.ready_requires_unlocked.unwrap_or(false),
             },
             state_dir,
             proxy,

@@ -39,7 +39,7 @@ use crate::guard::{
     transport_backoff, Attempt, AttemptOutcome, Fingerprint, GuardLimits, GuardRecord, GuardStatus,
     GuardStore, Refusal, MAX_BUDGET,
 };
-use crate::metrics::GatewayMetrics;
+use crate::metrics::{AuthResult, GatewayMetrics};
 use crate::secret::Secret;
 use crate::sync::lock;
 use scripts::Scripts;
@@ -337,6 +337,8 @@ impl RedisState {
         {
             let mut inner = lock(&self.inner);
             if inner.fingerprint == fingerprint {
+                // A lock or an unlock made through any replica shows here.
+                self.metrics.set_locked(record.locked);
                 if inner.record == *record {
                     return;
                 }
@@ -433,6 +435,11 @@ impl RedisState {
     }
 
     async fn settle_attempt(&self, fingerprint: Fingerprint, outcome: AttemptOutcome) {
+        self.metrics.auth_attempt(match outcome {
+            AttemptOutcome::Success => AuthResult::Success,
+            AttemptOutcome::Rejected => AuthResult::Rejected,
+            AttemptOutcome::NotSent | AttemptOutcome::Unknown => AuthResult::Error,
+        });
         let id = {
             let mut inner = lock(&self.inner);
             let position = inner.attempts.iter().position(|(f, _)| *f == fingerprint);
@@ -607,9 +614,11 @@ impl CredentialState for RedisState {
     }
 
     fn status(&self) -> GuardStatus {
+        let inner = lock(&self.inner);
         GuardStatus {
-            record: lock(&self.inner).record.clone(),
+            record: inner.record.clone(),
             in_flight: self.in_flight.load(Ordering::Acquire),
+            backoff: crate::guard::remaining(inner.not_before),
         }
     }
 
