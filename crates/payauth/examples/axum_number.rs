@@ -1,13 +1,18 @@
-//! An axum service that charges cards through Number, with payauth's `NumberAuthLayer` around its
-//! own hyper-util client: the service never sees a session key.
+//! An axum service that charges cards through Number, with payauth's `NumberAuthLayer` around
+//! payauth's TLS-capable pooled client (`payauth::UpstreamClient`): the service never sees a
+//! session key.
 //!
-//! Try it against the simulator:
+//! Try it against the simulator over HTTPS:
 //!
 //! ```text
-//! cargo run -- simulate &                 # Number simulator on 127.0.0.1:9001
-//! NUMBER_TOKEN=2148B239CF6846BDA5D141BF4A4CFBE8 cargo run --example axum_number
+//! cargo run -- simulate --tls --tls-dir /tmp/sim-tls &   # Number simulator on https://127.0.0.1:9001
+//! NUMBER_URL=https://127.0.0.1:9001 NUMBER_CA_FILE=/tmp/sim-tls/ca.pem \
+//!   NUMBER_TOKEN=2148B239CF6846BDA5D141BF4A4CFBE8 cargo run --example axum_number
 //! curl -s localhost:3000/charge -H 'content-type: application/json' -d '{"amount": "1.00"}'
 //! ```
+//!
+//! Against the real gateway, `NUMBER_URL=https://easypay5.com` and no CA file: the webpki roots
+//! are trusted. `tests/example.rs` runs this service against the HTTPS simulator.
 
 use std::net::SocketAddr;
 
@@ -17,9 +22,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use payauth::number::{NumberAuthLayer, NumberConfig, NumberCredentials};
+use payauth::{TlsFiles, UpstreamClient};
 use serde::Deserialize;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
@@ -70,25 +74,41 @@ async fn charge(
     Ok(Json(value))
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let base = std::env::var("NUMBER_URL").unwrap_or_else(|_| "http://127.0.0.1:9001".into());
-    let token = std::env::var("NUMBER_TOKEN")
-        .map_err(|_| "set NUMBER_TOKEN (the simulator's default is in the doc above)")?;
-
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+/// The Number client the service calls: payauth's pooled TLS client (the webpki roots, plus
+/// `ca_file` if given), with the layer around it.
+pub fn number_client(
+    base: &str,
+    token: &str,
+    ca_file: Option<std::path::PathBuf>,
+) -> Result<NumberClient, Box<dyn std::error::Error>> {
+    let tls = TlsFiles {
+        ca_file,
+        ..TlsFiles::default()
+    };
+    let client = UpstreamClient::new(&tls, std::time::Duration::from_secs(5))?;
     let layer = NumberAuthLayer::new(
         NumberConfig::rest("number", base.parse()?),
         NumberCredentials::new("EP9116875", token),
     )?;
-    let number = ServiceBuilder::new().layer(layer).service(client);
+    Ok(BoxCloneSyncService::new(
+        ServiceBuilder::new().layer(layer).service(client),
+    ))
+}
 
-    let app = Router::new()
+/// The service: `POST /charge` with `{"amount": "1.00"}`.
+pub fn app(number: NumberClient, base: String) -> Router {
+    Router::new()
         .route("/charge", post(charge))
-        .with_state(AppState {
-            number: BoxCloneSyncService::new(number),
-            base,
-        });
+        .with_state(AppState { number, base })
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let base = std::env::var("NUMBER_URL").unwrap_or_else(|_| "https://127.0.0.1:9001".into());
+    let token = std::env::var("NUMBER_TOKEN")
+        .map_err(|_| "set NUMBER_TOKEN (the simulator's default is in the doc above)")?;
+    let ca_file = std::env::var_os("NUMBER_CA_FILE").map(Into::into);
+    let app = app(number_client(&base, &token, ca_file)?, base);
     let addr: SocketAddr = ([127, 0, 0, 1], 3000).into();
     println!("listening on http://{addr}");
     axum::serve(tokio::net::TcpListener::bind(addr).await?, app).await?;

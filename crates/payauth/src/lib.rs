@@ -81,4 +81,6 @@ pub mod tokens;
 mod xml;
 
 pub use error::{Error, ErrorCode};
+pub use proxy::client::UpstreamClient;
+pub use proxy::tls::TlsFiles;
 pub use secret::Secret;

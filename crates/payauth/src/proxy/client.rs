@@ -21,7 +21,36 @@ use crate::sync::lock;
 
 type Inner = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// A pooled HTTP/1.1 client for one gateway, `http://` or `https://`.
+/// A pooled HTTP/1.1 client for one gateway, `http://` or `https://`: the client the sidecar
+/// uses, for embedders too. TLS is rustls, trusting the webpki roots, plus a CA file if given,
+/// with an optional client certificate (mTLS). Wrap it in a layer:
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use payauth::number::{NumberAuthLayer, NumberConfig, NumberCredentials};
+/// use payauth::{TlsFiles, UpstreamClient};
+/// use tower::ServiceBuilder;
+///
+/// // The public roots only:
+/// let client = UpstreamClient::webpki()?;
+/// // Or with a private CA and a client certificate:
+/// let _mtls = UpstreamClient::new(
+///     &TlsFiles {
+///         ca_file: Some("/run/secrets/gateway/ca.pem".into()),
+///         client_cert_file: Some("/run/secrets/gateway/client.pem".into()),
+///         client_key_file: Some("/run/secrets/gateway/client-key.pem".into()),
+///     },
+///     std::time::Duration::from_secs(5),
+/// )?;
+/// let layer = NumberAuthLayer::new(
+///     NumberConfig::rest("number", "https://easypay5.com".parse()?),
+///     NumberCredentials::new("EP9116875", "<token>"),
+/// )?;
+/// let number = ServiceBuilder::new().layer(layer).service(client);
+/// # let _ = number;
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// Clones share the pool. [`UpstreamClient::fork`] makes a client with a pool of its own (the
 /// sidecar gives each worker thread one, so that a connection is only ever driven by the thread
@@ -42,7 +71,13 @@ struct Family {
 }
 
 impl UpstreamClient {
-    /// Builds a client from the gateway's TLS files.
+    /// A client trusting the webpki roots (no extra CA, no client certificate), connecting
+    /// within 5 s.
+    pub fn webpki() -> Result<Self, String> {
+        Self::new(&TlsFiles::default(), Duration::from_secs(5))
+    }
+
+    /// Builds a client from the gateway's TLS files; the error names the file that is unusable.
     pub fn new(tls: &TlsFiles, connect_timeout: Duration) -> Result<Self, String> {
         let config = Arc::new(super::tls::client_config(tls)?);
         let current = Arc::new(ArcSwap::from_pointee(build(&config, connect_timeout)));
