@@ -1,11 +1,11 @@
-//! The command line: `run`, `check`, `simulate`, `demo`.
+//! The command line: `run`, `check`, `simulate`, `demo`, `completions`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use payauth::config::{Config, CONFIG_ENV};
 
@@ -53,6 +53,13 @@ pub(crate) enum Command {
     Simulate(SimulateArgs),
     /// Start simulators and the sidecar on loopback and run a short scenario.
     Demo,
+    /// Print a shell completion script, for example
+    /// `payauth completions bash > /etc/bash_completion.d/payauth`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `payauth simulate` options.
@@ -115,7 +122,16 @@ pub(crate) struct SimulateArgs {
 
 /// Parses the command line and runs it.
 pub(crate) fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `--version` names the commit too: `payauth 0.1.0 (commit 0123456789ab)`.
+    let version: &'static str =
+        Box::leak(format!("{} (commit {})", payauth::VERSION, payauth::COMMIT).into_boxed_str());
+    let matches = Cli::command().version(version).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Command::Completions { shell } = cli.command {
+        let mut command = Cli::command();
+        clap_complete::generate(shell, &mut command, "payauth", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     // The demo prints its own story; its logs stay at warnings unless RUST_LOG says otherwise.
     let default_level = if matches!(cli.command, Command::Demo) {
         "warn"
@@ -157,6 +173,8 @@ async fn dispatch(command: Command) -> ExitCode {
         }
         Command::Simulate(args) => simulate(args).await,
         Command::Demo => crate::demo::run().await,
+        // Handled before the runtime starts.
+        Command::Completions { .. } => ExitCode::SUCCESS,
     }
 }
 

@@ -102,3 +102,43 @@ fn a_missing_config_file_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
 }
+
+#[test]
+fn version_names_the_commit() {
+    let output = payauth().arg("--version").output().expect("runs");
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    let expected = format!("payauth {} (commit {})", payauth::VERSION, payauth::COMMIT);
+    assert_eq!(text.trim(), expected);
+    assert!(
+        payauth::COMMIT == "unknown"
+            || (payauth::COMMIT.len() == 12
+                && payauth::COMMIT.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{}",
+        payauth::COMMIT
+    );
+}
+
+#[test]
+fn completions_are_printed_for_bash_zsh_and_fish() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = payauth()
+            .args(["completions", shell])
+            .output()
+            .expect("runs");
+        assert!(output.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        for word in ["payauth", "simulate", "check", "config", "log-format"] {
+            assert!(text.contains(word), "{shell}: no {word:?} in\n{text}");
+        }
+    }
+    let output = payauth()
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("runs");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}

@@ -418,6 +418,23 @@ async fn a_locked_gateway_leaves_ready_alone_unless_opted_in_and_status_holds_no
 }
 
 #[tokio::test]
+async fn metrics_describe_the_build_and_the_process() {
+    let sim = number_sim(NumberSimConfig::default()).await;
+    let h = Harness::start(&sim.url(), Options::default()).await;
+    let build = format!(
+        "payauth_build_info{{commit=\"{}\",version=\"{}\"}}",
+        payauth::COMMIT,
+        payauth::VERSION
+    );
+    assert_eq!(h.metric(&build).await, 1.0);
+    assert!(h.metric("process_resident_memory_bytes").await > 1e6);
+    assert!(h.metric("process_open_fds").await >= 3.0);
+    assert!(h.metric("process_start_time_seconds").await > 1.7e9);
+    h.stop().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn admin_unlock_needs_the_bearer_token() {
     let sim = number_sim(NumberSimConfig {
         token: "ROTATED-AT-THE-VENDOR".into(),

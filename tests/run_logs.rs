@@ -1,5 +1,5 @@
-//! `payauth run` as a process, its stderr a pipe: no colour codes in the text logs, and the
-//! request ids of two runs never collide.
+//! `payauth run` as a process, its stderr a pipe: no colour codes in the text logs, the request
+//! ids of two runs never collide, and a W3C trace id reaches the access line.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +10,11 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::*;
+use http_body_util::Full;
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 use payauth_sim::number::NumberSimConfig;
 
 fn free_port() -> u16 {
@@ -72,6 +76,20 @@ async fn run_once(upstream: &str, calls: usize) -> (Vec<String>, Vec<u8>) {
                     .to_owned(),
             );
         }
+        // One call traced, one with a malformed traceparent (dropped, not logged).
+        for traceparent in [TRACEPARENT, "00-not-a-trace-01"] {
+            let request = http::Request::post(format!("http://{addr}{REST}/CreditCardSale_Manual"))
+                .header("content-type", "application/json")
+                .header("traceparent", traceparent)
+                .body(Full::new(Bytes::from_static(b"{\"Amount\": 1.00}")))
+                .expect("request");
+            let reply = send(&client, request).await;
+            assert!(
+                approved(&reply, "CreditCardSale_Manual"),
+                "{}",
+                reply.text()
+            );
+        }
     }
     let mut child = child;
     let _ = child.kill();
@@ -91,6 +109,13 @@ async fn piped_text_logs_have_no_colour_codes_and_two_runs_never_share_a_request
     let (second, second_log) = run_once(&sim.url(), 20).await;
     for log in [&first_log, &second_log] {
         let text = String::from_utf8_lossy(log);
+        let traced: Vec<&str> = text.lines().filter(|l| l.contains("trace_id=")).collect();
+        assert_eq!(traced.len(), 1, "one traced call:\n{text}");
+        assert!(
+            traced[0].contains("trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\""),
+            "{}",
+            traced[0]
+        );
         assert!(
             text.contains("payauth::access"),
             "the access lines are there:\n{text}"

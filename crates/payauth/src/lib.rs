@@ -81,6 +81,11 @@ pub mod tokens;
 mod xml;
 
 pub use error::{Error, ErrorCode};
+
+/// The library's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit it was built from (12 hex digits), or `unknown` outside a git checkout.
+pub const COMMIT: &str = env!("PAYAUTH_COMMIT");
 pub use proxy::client::UpstreamClient;
 pub use proxy::tls::TlsFiles;
 pub use secret::Secret;

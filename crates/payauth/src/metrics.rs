@@ -311,6 +311,28 @@ pub struct AuthCounts {
     pub error: u64,
 }
 
+/// Registers what describes the process rather than a gateway: `payauth_build_info{version,
+/// commit}` (always 1) and, on Linux, the standard `process_*` metrics (CPU seconds, resident
+/// and virtual memory, open and maximum file descriptors, start time).
+pub fn register_process(registry: &Registry) -> prometheus::Result<()> {
+    let build = prometheus::IntGaugeVec::new(
+        Opts::new(
+            "payauth_build_info",
+            "The running payauth: its version and the git commit it was built from (always 1).",
+        ),
+        &["version", "commit"],
+    )?;
+    build
+        .with_label_values(&[crate::VERSION, crate::COMMIT])
+        .set(1);
+    registry.register(Box::new(build))?;
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    Ok(())
+}
+
 /// One gateway's metric handles. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct GatewayMetrics(Arc<Handles>);

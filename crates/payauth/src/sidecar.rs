@@ -108,6 +108,8 @@ impl Sidecar {
         };
         let registry = Registry::new();
         let metrics = Metrics::new(&registry).map_err(|e| StartError(format!("metrics: {e}")))?;
+        crate::metrics::register_process(&registry)
+            .map_err(|e| StartError(format!("metrics: {e}")))?;
         let mut bound = Vec::new();
         for gateway in &config.gateways {
             let metrics = metrics.gateway(gateway.name());

@@ -7,8 +7,10 @@
 //!    own (`pa-<process>-<n>`: 48 random bits drawn at start, then a counter, both in hex, so
 //!    that ids of different runs and pods do not collide), so a hostile id never reaches a log
 //!    line. The id goes back on the answer.
-//! 2. **Span and access log** ([`AccessLog`]): one `request` span per call (gateway, method,
-//!    path, request id) and one `payauth::access` line when the answer is ready.
+//!    A W3C `traceparent` is passed on to the gateway when it is well-formed (one header,
+//!    version `00`, non-zero ids) and dropped otherwise; its trace id goes into the access line.
+//! 2. **Span and access log** ([`AccessLog`]): one `request` span per call (gateway and request
+//!    id) and one `payauth::access` line when the answer is ready.
 //! 3. **Errors become the contract's responses** ([`Respond`]), the one place this happens:
 //!    JSON with `x-payauth-error`, or SOAP 1.1 Faults on a SOAP gateway.
 //! 4. **Load shedding** (tower `LoadShed` over a concurrency limit): at `max_concurrency` calls in
@@ -62,6 +64,7 @@ const DRAIN_LIMIT_BYTES: usize = 64 << 20;
 const DRAIN_LIMIT_TIME: Duration = Duration::from_secs(10);
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -128,7 +131,7 @@ impl FrontLayer {
         ResB: Send + 'static,
     {
         let stack = ServiceBuilder::new()
-            .map_request(drop_unusable_request_id::<ReqB>)
+            .map_request(drop_unusable_ids::<ReqB>)
             .layer(SetRequestIdLayer::new(REQUEST_ID, PayauthRequestIds))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
             .layer(layer_fn(|inner| AccessLog {
@@ -200,12 +203,43 @@ fn usable_request_id(value: &HeaderValue) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
 }
 
-fn drop_unusable_request_id<B>(mut request: Request<B>) -> Request<B> {
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, lower case, ids not
+/// all zeros), if the value is one.
+fn trace_id(value: &HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?;
+    let parts: Vec<&str> = text.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let zeros = |s: &str| s.bytes().all(|b| b == b'0');
+    match parts.as_slice() {
+        ["00", trace, parent, flags]
+            if hex(trace, 32)
+                && hex(parent, 16)
+                && hex(flags, 2)
+                && !zeros(trace)
+                && !zeros(parent) =>
+        {
+            Some(trace)
+        }
+        _ => None,
+    }
+}
+
+/// Drops an `x-request-id` or a `traceparent` that is not one well-formed value.
+fn drop_unusable_ids<B>(mut request: Request<B>) -> Request<B> {
     let headers = request.headers_mut();
-    let mut ids = headers.get_all(&REQUEST_ID).iter();
-    let keep = matches!((ids.next(), ids.next()), (Some(id), None) if usable_request_id(id));
-    if !keep {
-        headers.remove(&REQUEST_ID);
+    for (name, usable) in [
+        (&REQUEST_ID, usable_request_id as fn(&HeaderValue) -> bool),
+        (&TRACEPARENT, |v: &HeaderValue| trace_id(v).is_some()),
+    ] {
+        let mut values = headers.get_all(name).iter();
+        let keep = matches!((values.next(), values.next()), (Some(v), None) if usable(v));
+        if !keep {
+            headers.remove(name);
+        }
     }
     request
 }
@@ -243,6 +277,7 @@ where
         // Reference-counted clones: the texts are formatted only into the access line.
         let uri = request.uri().clone();
         let request_id = request.headers().get(&REQUEST_ID).cloned();
+        let traceparent = request.headers().get(&TRACEPARENT).cloned();
         // The span gives the lines logged during the call their gateway and request id; the
         // access line has its own fields and is logged after it.
         let span =
@@ -260,6 +295,7 @@ where
                 .get::<UpstreamLatency>()
                 .map(|u| u.0.as_secs_f64() * 1000.0);
             let request_id = text(&request_id);
+            let trace_id = traceparent.as_ref().and_then(trace_id);
             tracing::info!(
                 target: "payauth::access",
                 gateway = %name,
@@ -271,6 +307,7 @@ where
                 upstream_ms,
                 duration_ms = started.elapsed().as_secs_f64() * 1000.0,
                 request_id,
+                trace_id,
             );
             Ok(response)
         })
@@ -550,10 +587,45 @@ mod tests {
         request
             .headers_mut()
             .append(REQUEST_ID, HeaderValue::from_static("two"));
-        let request = drop_unusable_request_id(request);
+        let request = drop_unusable_ids(request);
         assert!(
             request.headers().get(REQUEST_ID).is_none(),
             "two ids: neither is trusted"
         );
+    }
+
+    #[test]
+    fn only_well_formed_traceparents_are_kept() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            trace_id(&HeaderValue::from_static(good)),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+        ] {
+            assert_eq!(trace_id(&HeaderValue::from_static(bad)), None, "{bad:?}");
+        }
+        let mut request = Request::new(());
+        request
+            .headers_mut()
+            .insert(TRACEPARENT, HeaderValue::from_static(good));
+        assert!(drop_unusable_ids(request)
+            .headers()
+            .contains_key(TRACEPARENT));
+        let mut request = Request::new(());
+        request
+            .headers_mut()
+            .insert(TRACEPARENT, HeaderValue::from_static("00-zz-yy-01"));
+        assert!(!drop_unusable_ids(request)
+            .headers()
+            .contains_key(TRACEPARENT));
     }
 }
