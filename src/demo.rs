@@ -23,6 +23,8 @@ const HMAC_SECRET: &str = "7D55DBB3D691C9E0FDF341E4AB38C3C9";
 const REST: &str = "/APIcardProcREST/v1.0.0";
 const CG_PASSWORD: &str = "s3cret-Passw0rd";
 const TERMINAL: &str = "0882819014";
+/// The token the vendor issues after revoking the first one (a test value too).
+const NEW_TOKEN: &str = "9D0C1E2F3A4B5C6D7E8F90A1B2C3D4E5";
 
 fn deal_int_in(total: u32) -> String {
     format!(
@@ -91,6 +93,22 @@ async fn sale(client: &HttpClient, base: &str, amount: u32) -> Result<serde_json
     }
 }
 
+/// A sale that is expected to fail: payauth's error code (`x-payauth-error`), if any.
+async fn refused_sale(client: &HttpClient, base: &str) -> Result<Option<String>, String> {
+    let request = Request::post(format!("{base}{REST}/CreditCardSale_Manual"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"Amount": 9.00, "CardNum": "4111111111111111", "ExpMonth": "12", "ExpYear": "30"}"#,
+        )))
+        .map_err(|e| e.to_string())?;
+    let response = client.request(request).await.map_err(|e| e.to_string())?;
+    Ok(response
+        .headers()
+        .get("x-payauth-error")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned))
+}
+
 /// The running demo: the simulators and the sidecar, the app's HTTP client, and the tally every
 /// step adds to.
 struct Demo {
@@ -102,6 +120,8 @@ struct Demo {
     base: String,
     /// The app's base URL for CreditGuard (payauth's listener).
     cg_base: String,
+    /// Where the token file is.
+    dir: std::path::PathBuf,
     calls: u64,
     approved: u64,
     failures: Vec<String>,
@@ -128,6 +148,7 @@ async fn scenario() -> Result<bool, String> {
     demo.key_expires().await;
     demo.egress_ip_changes().await;
     demo.concurrent_sales_across_an_expiry().await;
+    demo.a_revoked_token_locks_once().await;
 
     println!(
         "\nCreditGuard: the app keeps posting user/password forms; payauth swaps in sessions."
@@ -161,7 +182,7 @@ impl Demo {
         println!("   CreditGuard relay simulator              {}", cg.url());
         println!("   payauth listener for the app             http://{payauth_cg}/xpo/Relay");
         println!(
-            "   payauth admin (/metrics, /ready)         http://{}\n",
+            "   payauth admin (/metrics, /status)        http://{}\n",
             sidecar.admin_addr()
         );
         Ok(Self {
@@ -171,6 +192,7 @@ impl Demo {
             client: Client::builder(TokioExecutor::new()).build_http(),
             base: format!("http://{payauth}"),
             cg_base: format!("http://{payauth_cg}"),
+            dir: dir.to_owned(),
             calls: 0,
             approved: 0,
             failures: Vec::new(),
@@ -287,6 +309,49 @@ impl Demo {
         );
     }
 
+    async fn a_revoked_token_locks_once(&mut self) {
+        println!("6. The vendor revokes the token; then a new token file arrives:");
+        self.sim.set_token("REVOKED-AT-THE-VENDOR");
+        self.sim.expire_keys();
+        let (before, rejected_before) = {
+            let stats = self.sim.stats();
+            (stats.auth_attempts, stats.auth_rejected)
+        };
+        let mut codes = Vec::new();
+        for _ in 0..5 {
+            self.calls += 1;
+            match refused_sale(&self.client, &self.base).await {
+                Ok(code) => codes.push(code.unwrap_or_default()),
+                Err(e) => codes.push(e),
+            }
+        }
+        let stats = self.sim.stats();
+        let locked = codes.iter().all(|c| c == "auth_locked");
+        self.expect(
+            &format!(
+                "the revoked token was rejected {} time(s), never retried: {} authentication(s) sent for 5 sales, all 5 failed fast with auth_locked",
+                stats.auth_rejected - rejected_before,
+                stats.auth_attempts - before
+            ),
+            locked && stats.auth_rejected - rejected_before == 1 && stats.auth_attempts - before == 1,
+        );
+        // The operator puts the vendor's new token in the Secret (here: the token file).
+        self.sim.set_token(NEW_TOKEN);
+        let written = std::fs::write(self.dir.join("token"), format!("{NEW_TOKEN}\n"));
+        let mut unlocked = false;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if self.sale(10).await.is_ok() {
+                unlocked = true;
+                break;
+            }
+        }
+        self.expect(
+            "the new token file unlocked the gateway without a restart; sales are approved again",
+            written.is_ok() && unlocked,
+        );
+    }
+
     /// Waits for concurrent calls, counts each in the tally, and returns how many succeeded.
     async fn join_counted(&mut self, mut tasks: tokio::task::JoinSet<bool>) -> u64 {
         let mut ok = 0u64;
@@ -299,7 +364,7 @@ impl Demo {
     }
 
     async fn app_asks_for_a_session(&mut self) -> Result<(), String> {
-        println!("6. The app asks for a session itself:");
+        println!("7. The app asks for a session itself:");
         let request = Request::post(format!("{}/xpo/Relay", self.cg_base))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(Full::new(Bytes::from(format!(
@@ -330,7 +395,7 @@ impl Demo {
     }
 
     async fn raw_form_deals(&mut self) {
-        println!("7. Three deals, posted as raw (unencoded) forms:");
+        println!("8. Three deals, posted as raw (unencoded) forms:");
         // Give the pool a moment to fill, as it would between real calls.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut ok = 0;
@@ -353,7 +418,7 @@ impl Demo {
     }
 
     async fn pooled_sessions_time_out(&mut self) {
-        println!("8. The gateway times the pooled sessions out (456):");
+        println!("9. The gateway times the pooled sessions out (456):");
         // Let the pool refill, so the next deal takes a session the gateway then refuses.
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.cg.expire_sessions();
@@ -369,7 +434,7 @@ impl Demo {
     }
 
     async fn concurrent_deals(&mut self) {
-        println!("9. 16 concurrent deals:");
+        println!("10. 16 concurrent deals:");
         let mut tasks = tokio::task::JoinSet::new();
         for total in 0..16u32 {
             let client = self.client.clone();
@@ -395,8 +460,9 @@ impl Demo {
         );
     }
 
-    /// Prints the tally, the simulators' counters and payauth's own metrics.
-    async fn summary(&self) {
+    /// Prints the tally, the simulators' counters and payauth's own metrics, and checks that the
+    /// two agree.
+    async fn summary(&mut self) {
         let metrics = fetch_metrics(&self.client, self.sidecar.admin_addr())
             .await
             .unwrap_or_default();
@@ -412,8 +478,10 @@ impl Demo {
         println!("   calls from the app             {}", self.calls);
         println!("   approved                       {}", self.approved);
         println!(
-            "   authentications sent           {} (all accepted, {} rejected)",
-            stats.auth_attempts, stats.auth_rejected
+            "   authentications sent           {} ({} accepted, {} rejected)",
+            stats.auth_attempts,
+            stats.auth_attempts - stats.auth_rejected,
+            stats.auth_rejected
         );
         println!(
             "   Number renewals                {} (5030: {}, 5050: {})",
@@ -439,6 +507,21 @@ impl Demo {
             pick("payauth_reauth_total{gateway=\"creditguard\",reason=\"456\"}")
         );
         println!("   secrets the app held           none: token, HMAC secret, password, session keys and ids stayed in payauth");
+        let attempts = |result: &str| {
+            pick(&format!(
+                "payauth_auth_attempts_total{{gateway=\"number\",result=\"{result}\"}}"
+            ))
+        };
+        let (success, rejected) = (attempts("success"), attempts("rejected"));
+        self.expect(
+            &format!(
+                "/metrics agrees: {success} accepted and {rejected} rejected Number authentications, locked now: {}",
+                pick("payauth_auth_locked{gateway=\"number\"}")
+            ),
+            success as u64 == stats.auth_attempts - stats.auth_rejected
+                && rejected as u64 == stats.auth_rejected
+                && pick("payauth_auth_locked{gateway=\"number\"}") == 0.0,
+        );
     }
 
     /// Stops everything, removes the demo's files and prints the verdict; true when every step
@@ -498,6 +581,8 @@ listen = "127.0.0.1:0"
 dir = "{state}"
 [proxy]
 shutdown_grace_secs = 5
+# Step 6 replaces the token file; the demo notices within a fifth of a second.
+secret_poll_secs = 0.2
 [[gateway]]
 name = "number"
 kind = "number"
