@@ -142,3 +142,23 @@ fn completions_are_printed_for_bash_zsh_and_fish() {
         "an unknown shell is a usage error"
     );
 }
+
+#[test]
+fn the_demo_passes_every_step_and_its_summary_agrees_with_the_metrics() {
+    let output = payauth().arg("demo").output().expect("runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "All steps behaved as expected.",
+        "all 5 failed fast with auth_locked",
+        "the new token file unlocked the gateway",
+        "/metrics agrees:",
+    ] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+    assert!(!text.contains("FAIL"), "{text}");
+}
