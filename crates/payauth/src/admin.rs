@@ -28,34 +28,34 @@ use crate::metrics::GatewayMetrics;
 
 /// What the admin API reaches: small handles, not the sidecar's internals.
 #[derive(Clone, Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// The metrics registry.
-    pub registry: Registry,
+    pub(crate) registry: Registry,
     /// The gateways.
-    pub gateways: Arc<Vec<AdminGateway>>,
+    pub(crate) gateways: Arc<Vec<AdminGateway>>,
     /// File holding the admin bearer token (`None`: the `POST /admin/*` API is off).
-    pub admin_token_file: Option<PathBuf>,
+    pub(crate) admin_token_file: Option<PathBuf>,
     /// `/ready` also fails while a gateway is locked.
-    pub ready_requires_unlocked: bool,
+    pub(crate) ready_requires_unlocked: bool,
     /// True once shutdown began: `/ready` answers 503.
-    pub draining: Arc<AtomicBool>,
+    pub(crate) draining: Arc<AtomicBool>,
 }
 
 /// One gateway as the admin API sees it.
 #[derive(Clone, Debug)]
-pub struct AdminGateway {
+pub(crate) struct AdminGateway {
     /// Its name, guard and shutdown.
-    pub control: Arc<dyn GatewayControl>,
+    pub(crate) control: Arc<dyn GatewayControl>,
     /// Its metrics (refreshed on a scrape; the token expiry is set on a renewal).
-    pub metrics: GatewayMetrics,
+    pub(crate) metrics: GatewayMetrics,
     /// Where its credentials come from (the token renewal persists through it).
-    pub source: Arc<CredentialSource>,
+    pub(crate) source: Arc<CredentialSource>,
     /// Where new credentials go.
-    pub target: CredentialTarget,
+    pub(crate) target: CredentialTarget,
 }
 
 /// The admin router.
-pub fn router(shared: Shared) -> Router {
+pub(crate) fn router(shared: Shared) -> Router {
     Router::new()
         .route("/live", get(|| async { "ok\n" }))
         .route("/ready", get(ready))

@@ -84,7 +84,10 @@ impl CredentialSource {
 
     /// Number only: persists a token renewed in the portal and returns the credentials it puts
     /// in force. Nothing is persisted when the files cannot be read.
-    pub fn renew_token(&self, portal: &PortalToken) -> Result<NumberCredentials, RenewError> {
+    pub(crate) fn renew_token(
+        &self,
+        portal: &PortalToken,
+    ) -> Result<NumberCredentials, RenewError> {
         let GatewayKind::Number(settings) = &self.kind else {
             return Err(RenewError::NotNumber);
         };

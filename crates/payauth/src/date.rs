@@ -10,7 +10,7 @@ use time::{Date, OffsetDateTime, PrimitiveDateTime};
 /// as UTC: the vendor documents no zone, and UTC errs by at most a few hours on an expiry that is
 /// warned about days ahead. A bare date (`2027-05-01`) is midnight UTC. Impossible dates
 /// (February 31) are refused.
-pub fn parse_timestamp(text: &str) -> Option<i64> {
+pub(crate) fn parse_timestamp(text: &str) -> Option<i64> {
     let text = text.trim();
     if let Ok(at) = OffsetDateTime::parse(text, &Rfc3339) {
         return Some(at.unix_timestamp());

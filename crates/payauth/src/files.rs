@@ -3,11 +3,13 @@
 use std::io::{self, Write};
 use std::path::Path;
 
+#[cfg(feature = "sidecar")]
 use crate::secret::Secret;
 
 /// Reads a secret file: surrounding whitespace (the newline editors and `echo` add) is trimmed;
 /// an empty file is an error.
-pub fn read_secret(path: &Path) -> io::Result<Secret<String>> {
+#[cfg(feature = "sidecar")]
+pub(crate) fn read_secret(path: &Path) -> io::Result<Secret<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display())))?;
     let trimmed = text.trim();
@@ -21,7 +23,7 @@ pub fn read_secret(path: &Path) -> io::Result<Secret<String>> {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",

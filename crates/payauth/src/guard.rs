@@ -851,6 +851,7 @@ pub struct Attempt {
 
 impl Attempt {
     /// An attempt reserved in `ledger` for the credentials `fingerprint`.
+    #[cfg_attr(not(feature = "sidecar"), allow(dead_code))] // the shared store's
     pub(crate) fn new(ledger: Arc<dyn Ledger>, fingerprint: Fingerprint) -> Self {
         Self {
             ledger,

@@ -19,6 +19,13 @@
 //! [`shared`] keeps a gateway's credential state in Redis, so that replicas behind one egress
 //! IP share one session key and one lockout budget.
 //!
+//! # Features
+//!
+//! `sidecar` (on by default) adds what the `payauth` command runs: [`config`], [`sidecar`],
+//! the admin API, [`shared`], the worker threads and [`proxy::FrontLayer`]. With
+//! `default-features = false` the crate is the layers, [`UpstreamClient`] and the metrics
+//! handles, without axum, redis or the config parser.
+//!
 //! # Embedding in axum
 //!
 //! Wrap the HTTP client your service already uses; handlers call it like any client.
@@ -27,7 +34,6 @@
 //! use axum::{extract::State, routing::post, Router};
 //! use bytes::Bytes;
 //! use http_body_util::Full;
-//! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 //! use payauth::number::{NumberAuthLayer, NumberConfig, NumberCredentials};
 //! use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
 //!
@@ -47,7 +53,8 @@
 //! }
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+//! // payauth's pooled client: HTTP/1.1 over rustls, trusting the webpki roots.
+//! let client = payauth::UpstreamClient::webpki()?;
 //! let token = std::fs::read_to_string("/run/secrets/number/token")?;
 //! let layer = NumberAuthLayer::new(
 //!     NumberConfig::rest("number", "https://easypay5.com".parse()?),
@@ -58,14 +65,18 @@
 //! # let _ = app; Ok(()) }
 //! ```
 
-pub mod admin;
+#[cfg(feature = "sidecar")]
+mod admin;
 pub mod body;
+#[cfg(feature = "sidecar")]
 pub mod config;
+#[cfg(feature = "sidecar")]
 pub mod credentials;
 pub mod creditguard;
-pub mod date;
+#[cfg(feature = "sidecar")]
+mod date;
 pub mod error;
-pub mod files;
+mod files;
 pub mod forward;
 pub mod gateway;
 pub mod guard;
@@ -74,10 +85,13 @@ pub mod number;
 pub mod path;
 pub mod proxy;
 pub mod secret;
+#[cfg(feature = "sidecar")]
 pub mod shared;
+#[cfg(feature = "sidecar")]
 pub mod sidecar;
 mod sync;
-pub mod tokens;
+#[cfg(feature = "sidecar")]
+mod tokens;
 mod xml;
 
 pub use error::{Error, ErrorCode};

@@ -18,13 +18,13 @@ use crate::secret::Secret;
 
 /// A token received from the portal.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortalToken {
+pub(crate) struct PortalToken {
     /// The token.
-    pub token: Secret<String>,
+    pub(crate) token: Secret<String>,
     /// The portal's `TokenID`, as text.
-    pub token_id: Option<String>,
+    pub(crate) token_id: Option<String>,
     /// `ExpirationDate` in Unix seconds, if it could be read.
-    pub expires_at: Option<i64>,
+    pub(crate) expires_at: Option<i64>,
 }
 
 // No Debug: the posted tokens are plain strings until they are wrapped in `Secret`.
@@ -48,7 +48,7 @@ struct PostedToken {
 
 /// Reads the portal's JSON and picks the token of `account_code`. The error text never quotes
 /// the body.
-pub fn parse_portal(body: &[u8], account_code: &str) -> Result<PortalToken, String> {
+pub(crate) fn parse_portal(body: &[u8], account_code: &str) -> Result<PortalToken, String> {
     let posted: Posted = serde_json::from_slice(body).map_err(|e| {
         format!(
             "not the portal's token JSON (line {}, column {})",
@@ -84,7 +84,7 @@ pub fn parse_portal(body: &[u8], account_code: &str) -> Result<PortalToken, Stri
 /// Reads an `ExpirationDate`: ISO 8601 (`2027-05-01T00:00:00`, as the portal sends it: without
 /// an offset it is read as UTC, see [`crate::date::parse_timestamp`]), WCF's
 /// `/Date(ms[+hhmm])/`, US `M/D/YYYY [h:mm[:ss] AM|PM]` (UTC too), or Unix seconds.
-pub fn parse_expiration(value: &serde_json::Value) -> Option<i64> {
+pub(crate) fn parse_expiration(value: &serde_json::Value) -> Option<i64> {
     if let Some(n) = value.as_i64() {
         return Some(n);
     }
@@ -136,7 +136,7 @@ struct Persisted {
 }
 
 /// Where the persisted token of `gateway` lives.
-pub fn path(state_dir: &Path, gateway: &str) -> PathBuf {
+pub(crate) fn path(state_dir: &Path, gateway: &str) -> PathBuf {
     state_dir.join(format!("token-{gateway}.json"))
 }
 
@@ -145,7 +145,7 @@ fn file_fingerprint(file_token: &Secret<String>) -> String {
 }
 
 /// Persists `token` (mode 0600), noting what `token_file` held at the time.
-pub fn save(
+pub(crate) fn save(
     state_dir: &Path,
     gateway: &str,
     account_code: &str,
@@ -167,7 +167,7 @@ pub fn save(
 /// The persisted token of `gateway`, if there is one for `account_code` and `token_file` has not
 /// changed since it arrived. An error when the file is there but cannot be read: the caller must
 /// not take that for "no renewed token" and go back to the file's (possibly revoked) one.
-pub fn load(
+pub(crate) fn load(
     state_dir: &Path,
     gateway: &str,
     account_code: &str,
