@@ -1,4 +1,4 @@
-//! CreditGuard at production rates (issue 9): single-use sessions under a burst, the proven /
+//! CreditGuard at production rates: single-use sessions under a burst, the proven /
 //! unproven rule for `getSessionId`s in parallel, a password revoked while fetches are in
 //! flight, and starts that fail before serving.
 //!

@@ -112,6 +112,14 @@ max_request_bytes = 4096
             .expect("request");
         send(&self.client, request).await.status
     }
+
+    /// Whether `/status` says the gateway is locked.
+    async fn locked(&self) -> bool {
+        let request = Request::get(format!("http://{}/status", self.admin))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        send(&self.client, request).await.json()["gateways"][0]["locked"] == true
+    }
 }
 
 async fn sim() -> CreditGuardSim {
@@ -203,7 +211,9 @@ async fn a_wrong_password_locks_once_across_restarts_until_the_file_changes() {
         1,
         "one rejected getSessionId, never retried"
     );
-    assert_eq!(cg.ready().await, StatusCode::SERVICE_UNAVAILABLE);
+    // payauth can still serve: /ready stays 200 by default; /status shows the lock.
+    assert_eq!(cg.ready().await, StatusCode::OK);
+    assert!(cg.locked().await);
 
     cg.restart().await;
     assert_eq!(
@@ -237,5 +247,6 @@ async fn a_wrong_password_locks_once_across_restarts_until_the_file_changes() {
     }
     assert!(ok, "the changed password file unlocked the gateway");
     assert_eq!(cg.ready().await, StatusCode::OK);
+    assert!(!cg.locked().await);
     cg.sidecar.take().expect("running").shutdown().await;
 }

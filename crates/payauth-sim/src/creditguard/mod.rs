@@ -1,6 +1,6 @@
 //! A fake CreditGuard relay for tests, `payauth simulate` and `payauth demo`.
 //!
-//! It speaks the relay's wire (see `PROTOCOLS.md`): `POST {relay_path}` with a form of `user`,
+//! It speaks the relay's wire (see `docs/protocols.md`): `POST {relay_path}` with a form of `user`,
 //! `password` and `int_in`, or `sessionId` and `int_in`; answers are HTTP 200 with an XML body
 //! declaring ISO-8859-8 (the user message is Hebrew in ISO-8859-8 bytes, so a proxy that
 //! re-encodes answers is caught). It enforces what a session-based client must get right:

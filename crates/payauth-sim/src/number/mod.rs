@@ -1,6 +1,6 @@
 //! A fake Number gateway (REST and SOAP) for tests, `payauth simulate` and `payauth demo`.
 //!
-//! It speaks the wire format described in `PROTOCOLS.md` and enforces the vendor's rules:
+//! It speaks the wire format described in `docs/protocols.md` and enforces the vendor's rules:
 //! session keys expire (5030), keys die when the caller's IP changes (5050), six rejected
 //! authentications in a row lock the IP, and in PCI mode every call must carry a valid
 //! per-request HMAC signature. Knobs let a test force each of those situations, add latency,

@@ -65,6 +65,7 @@ const DRAIN_LIMIT_TIME: Duration = Duration::from_secs(10);
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -228,7 +229,8 @@ fn trace_id(value: &HeaderValue) -> Option<&str> {
     }
 }
 
-/// Drops an `x-request-id` or a `traceparent` that is not one well-formed value.
+/// Drops an `x-request-id` or a `traceparent` that is not one well-formed value (and, with a
+/// dropped `traceparent`, its `tracestate`, as W3C Trace Context asks).
 fn drop_unusable_ids<B>(mut request: Request<B>) -> Request<B> {
     let headers = request.headers_mut();
     for (name, usable) in [
@@ -237,8 +239,8 @@ fn drop_unusable_ids<B>(mut request: Request<B>) -> Request<B> {
     ] {
         let mut values = headers.get_all(name).iter();
         let keep = matches!((values.next(), values.next()), (Some(v), None) if usable(v));
-        if !keep {
-            headers.remove(name);
+        if !keep && headers.remove(name).is_some() && *name == TRACEPARENT {
+            headers.remove(TRACESTATE);
         }
     }
     request
@@ -624,8 +626,11 @@ mod tests {
         request
             .headers_mut()
             .insert(TRACEPARENT, HeaderValue::from_static("00-zz-yy-01"));
-        assert!(!drop_unusable_ids(request)
-            .headers()
-            .contains_key(TRACEPARENT));
+        request
+            .headers_mut()
+            .insert(TRACESTATE, HeaderValue::from_static("vendor=1"));
+        let request = drop_unusable_ids(request);
+        assert!(!request.headers().contains_key(TRACEPARENT));
+        assert!(!request.headers().contains_key(TRACESTATE));
     }
 }
