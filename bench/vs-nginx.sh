@@ -8,8 +8,11 @@
 # Each round prints req/s, p50, p99 and the CPU time the proxy process(es) spent per request;
 # the end prints the medians and payauth's ratios to nginx, and payauth's peak RSS.
 #
+# With --bare, a third contender runs in the same rounds: examples/bare_proxy.rs, a hyper proxy
+# with payauth's runtime layout and nothing else (the floor of the HTTP stack payauth uses).
+#
 # Usage: bench/vs-nginx.sh [--rounds N] [--duration SECS] [--connections C] [--threads T]
-#                          [--nginx-workers N] [--payauth-workers N] [--logs on|off]
+#                          [--nginx-workers N] [--payauth-workers N] [--logs on|off] [--bare]
 # Defaults: 3 rounds of 10 s, wrk -t2 -c64, nginx with 2 workers, payauth with its default
 # workers (the available parallelism), access logs on for both (each to a file).
 #
@@ -20,7 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=3 DURATION=10 CONNECTIONS=64 THREADS=2 NGINX_WORKERS=2 PAYAUTH_WORKERS="" LOGS=on
+ROUNDS=3 DURATION=10 CONNECTIONS=64 THREADS=2 NGINX_WORKERS=2 PAYAUTH_WORKERS="" LOGS=on BARE=no
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) ROUNDS=$2; shift 2 ;;
@@ -30,7 +33,8 @@ while [ $# -gt 0 ]; do
         --nginx-workers) NGINX_WORKERS=$2; shift 2 ;;
         --payauth-workers) PAYAUTH_WORKERS=$2; shift 2 ;;
         --logs) LOGS=$2; shift 2 ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --bare) BARE=yes; shift ;;
+        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "vs-nginx: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -59,6 +63,9 @@ else
     cargo build --release --quiet --bin payauth
     PAYAUTH=$PWD/target/release/payauth
 fi
+if [ "$BARE" = yes ]; then
+    cargo build --release --quiet --example bare_proxy
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/payauth-vs-nginx.XXXXXX")
 PIDS=()
@@ -69,9 +76,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-read -r UPSTREAM_PORT NGINX_PORT PAYAUTH_PORT ADMIN_PORT < <(python3 - <<'EOF'
+read -r UPSTREAM_PORT NGINX_PORT PAYAUTH_PORT ADMIN_PORT BARE_PORT < <(python3 - <<'EOF'
 import socket
-socks = [socket.socket() for _ in range(4)]
+socks = [socket.socket() for _ in range(5)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
@@ -168,8 +175,17 @@ PAYAUTH_LOG=/dev/null
 PAYAUTH_LEVEL=info; [ "$LOGS" = on ] || PAYAUTH_LEVEL=warn
 RUST_LOG=${RUST_LOG:-$PAYAUTH_LEVEL} "$PAYAUTH" run --config "$WORK/payauth.toml" 2>"$PAYAUTH_LOG" & PIDS+=($!)
 PAYAUTH_PID=$!
+PROXIES="nginx payauth"
+if [ "$BARE" = yes ]; then
+    BARE_WORKERS=${PAYAUTH_WORKERS:-$(nproc)}
+    target/release/examples/bare_proxy "127.0.0.1:$BARE_PORT" "http://127.0.0.1:$UPSTREAM_PORT" "$BARE_WORKERS" & PIDS+=($!)
+    BARE_PID=$!
+    PROXIES="nginx payauth bare"
+fi
 
-for port in "$UPSTREAM_PORT" "$NGINX_PORT" "$PAYAUTH_PORT"; do
+PORTS="$UPSTREAM_PORT $NGINX_PORT $PAYAUTH_PORT"
+[ "$BARE" = yes ] && PORTS="$PORTS $BARE_PORT"
+for port in $PORTS; do
     for _ in $(seq 100); do
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
         sleep 0.1
@@ -183,8 +199,9 @@ wrk.headers["Content-Type"] = "application/json"
 EOF
 URL_PATH=/APIcardProcREST/v1.0.0/CreditCardSale_Manual
 
-# Both proxies must answer the sale before anything is measured.
-for port in "$NGINX_PORT" "$PAYAUTH_PORT"; do
+# Every proxy must answer the sale before anything is measured.
+for port in $PORTS; do
+    [ "$port" = "$UPSTREAM_PORT" ] && continue
     out=$(curl -sS -X POST -H 'Content-Type: application/json' -d "$SALE_BODY" "http://127.0.0.1:$port$URL_PATH" 2>&1 || true)
     case "$out" in
         *APPROVED*) ;;
@@ -210,16 +227,18 @@ run_wrk() { # $1: port, $2: seconds
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"${2}s" --latency -s "$WORK/sale.lua" "http://127.0.0.1:$1$URL_PATH"
 }
 
+port_of() { case $1 in nginx) echo "$NGINX_PORT" ;; payauth) echo "$PAYAUTH_PORT" ;; bare) echo "$BARE_PORT" ;; esac; }
+pid_of() { case $1 in nginx) echo "$NGINX_MASTER" ;; payauth) echo "$PAYAUTH_PID" ;; bare) echo "$BARE_PID" ;; esac; }
+
 echo "== warming up (3 s each)"
-run_wrk "$NGINX_PORT" 3 >/dev/null
-run_wrk "$PAYAUTH_PORT" 3 >/dev/null
+for proxy in $PROXIES; do run_wrk "$(port_of $proxy)" 3 >/dev/null; done
 
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 echo "== $ROUNDS rounds of ${DURATION} s, wrk -t$THREADS -c$CONNECTIONS, alternating"
 for round in $(seq "$ROUNDS"); do
-    for proxy in nginx payauth; do
-        if [ $proxy = nginx ]; then port=$NGINX_PORT pid=$NGINX_MASTER; else port=$PAYAUTH_PORT pid=$PAYAUTH_PID; fi
+    for proxy in $PROXIES; do
+        port=$(port_of $proxy) pid=$(pid_of $proxy)
         before=$(cpu_ticks "$pid")
         out=$(run_wrk "$port" "$DURATION")
         after=$(cpu_ticks "$pid")
@@ -248,18 +267,25 @@ EOF
 done
 
 PEAK_RSS=$(awk '/VmHWM/ {print $2}' "/proc/$PAYAUTH_PID/status")
-python3 - "$RESULTS" "$PEAK_RSS" <<'EOF'
+python3 - "$RESULTS" "$PEAK_RSS" $PROXIES <<'EOF'
 import statistics, sys
 rows = [line.split("\t") for line in open(sys.argv[1]).read().splitlines()]
 med = {}
-for proxy in ("nginx", "payauth"):
+for proxy in sys.argv[3:]:
     values = [list(map(float, r[1:])) for r in rows if r[0] == proxy]
     med[proxy] = [statistics.median(col) for col in zip(*values)]
 print("\n== medians")
 print(f"{'':10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU µs/req':>12}")
 for proxy, (rps, p50, p99, cpu) in med.items():
     print(f"{proxy:10}{rps:10.0f}{p50:9.2f}{p99:9.2f}{cpu:12.1f}")
-n, p = med["nginx"], med["payauth"]
-print(f"{'payauth/nginx':14}{p[0]/n[0]:6.2f}x{p[1]/n[1]:8.2f}x{p[2]/n[2]:8.2f}x{p[3]/n[3]:11.2f}x")
+n = med["nginx"]
+for proxy in sys.argv[3:]:
+    if proxy == "nginx":
+        continue
+    p = med[proxy]
+    print(f"{proxy + '/nginx':14}{p[0]/n[0]:6.2f}x{p[1]/n[1]:8.2f}x{p[2]/n[2]:8.2f}x{p[3]/n[3]:11.2f}x")
+if "bare" in med:
+    p, b = med["payauth"], med["bare"]
+    print(f"{'payauth/bare':14}{p[0]/b[0]:6.2f}x{p[1]/b[1]:8.2f}x{p[2]/b[2]:8.2f}x{p[3]/b[3]:11.2f}x")
 print(f"payauth peak RSS: {int(sys.argv[2]) / 1024:.1f} MiB")
 EOF

@@ -5,8 +5,11 @@
 
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
+use std::alloc::System;
 use std::convert::Infallible;
 use std::hint::black_box;
+
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -21,6 +24,23 @@ const AUTH: &[u8] = br#"{"AuthenticateResult": {"AuthSuccess": true, "ErrCode": 
 const ANSWER: &[u8] = br#"{"CreditCardSale_ManualResult": {"FunctionOk": true, "ErrCode": 0, "ErrMsg": "", "RespMsg": "Approved", "TxID": 1000001}}"#;
 const CALL: &[u8] =
     br#"{"Amount": "1.00", "CardNum": "4111111111111111", "ExpMonth": "12", "ExpYear": "30"}"#;
+
+/// The system allocator, counting allocations: each bench first prints how many one call makes
+/// (allocation count is what a busy machine's caches pay for, more than a warm microbench shows).
+#[global_allocator]
+static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Allocations (and reallocations) per run of `f`, averaged over 100 runs.
+fn allocations_per_call(name: &str, mut f: impl FnMut()) {
+    f();
+    let region = Region::new(ALLOCATOR);
+    for _ in 0..100 {
+        f();
+    }
+    let change = region.change();
+    let per_call = (change.allocations + change.reallocations) as f64 / 100.0;
+    println!("layer/{name}: {per_call:.1} allocations per call");
+}
 
 fn request() -> Request<Full<Bytes>> {
     Request::post("http://gateway.test/APIcardProcREST/v1.0.0/CreditCardSale_Manual")
@@ -43,6 +63,12 @@ fn bench(c: &mut Criterion) {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(body))))
     });
     let mut group = c.benchmark_group("layer");
+    allocations_per_call("direct", || {
+        rt.block_on(async {
+            let response = gateway.oneshot(request()).await.expect("answer");
+            black_box(response.into_body().collect().await.expect("body").to_bytes());
+        })
+    });
     group.bench_function("direct", |b| {
         b.iter(|| {
             rt.block_on(async {
@@ -78,6 +104,12 @@ fn bench(c: &mut Criterion) {
         // The first call authenticates; the bench measures the steady state.
         rt.block_on(number.clone().oneshot(request()))
             .expect("warm");
+        allocations_per_call(name, || {
+            rt.block_on(async {
+                let response = number.clone().oneshot(request()).await.expect("answer");
+                black_box(response.into_body().collect().await.expect("body").to_bytes());
+            })
+        });
         group.bench_function(name, |b| {
             b.iter(|| {
                 rt.block_on(async {
@@ -125,6 +157,12 @@ fn bench(c: &mut Criterion) {
     };
     rt.block_on(front.clone().oneshot(app_request()))
         .expect("warm");
+    allocations_per_call("front_number_rest_signed", || {
+        rt.block_on(async {
+            let response = front.clone().oneshot(app_request()).await.expect("answer");
+            black_box(response.into_body().collect().await.expect("body").to_bytes());
+        })
+    });
     group.bench_function("front_number_rest_signed", |b| {
         b.iter(|| {
             rt.block_on(async {
