@@ -66,7 +66,14 @@ fn bench(c: &mut Criterion) {
     allocations_per_call("direct", || {
         rt.block_on(async {
             let response = gateway.oneshot(request()).await.expect("answer");
-            black_box(response.into_body().collect().await.expect("body").to_bytes());
+            black_box(
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("body")
+                    .to_bytes(),
+            );
         })
     });
     group.bench_function("direct", |b| {
@@ -107,7 +114,14 @@ fn bench(c: &mut Criterion) {
         allocations_per_call(name, || {
             rt.block_on(async {
                 let response = number.clone().oneshot(request()).await.expect("answer");
-                black_box(response.into_body().collect().await.expect("body").to_bytes());
+                black_box(
+                    response
+                        .into_body()
+                        .collect()
+                        .await
+                        .expect("body")
+                        .to_bytes(),
+                );
             })
         });
         group.bench_function(name, |b| {
@@ -160,7 +174,14 @@ fn bench(c: &mut Criterion) {
     allocations_per_call("front_number_rest_signed", || {
         rt.block_on(async {
             let response = front.clone().oneshot(app_request()).await.expect("answer");
-            black_box(response.into_body().collect().await.expect("body").to_bytes());
+            black_box(
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("body")
+                    .to_bytes(),
+            );
         })
     });
     group.bench_function("front_number_rest_signed", |b| {

@@ -19,8 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use socket2::{Domain, Protocol, Socket, Type};
 
 fn listener(addr: SocketAddr) -> std::net::TcpListener {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .expect("socket");
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).expect("socket");
     socket.set_reuse_address(true).expect("reuseaddr");
     socket.set_reuse_port(true).expect("reuseport");
     socket.set_nonblocking(true).expect("nonblocking");
@@ -31,8 +31,16 @@ fn listener(addr: SocketAddr) -> std::net::TcpListener {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let listen: SocketAddr = args.get(1).expect("LISTEN").parse().expect("LISTEN address");
-    let upstream: Uri = args.get(2).expect("UPSTREAM").parse().expect("UPSTREAM url");
+    let listen: SocketAddr = args
+        .get(1)
+        .expect("LISTEN")
+        .parse()
+        .expect("LISTEN address");
+    let upstream: Uri = args
+        .get(2)
+        .expect("UPSTREAM")
+        .parse()
+        .expect("UPSTREAM url");
     let workers: usize = args.get(3).map_or(2, |w| w.parse().expect("WORKERS"));
     let threads: Vec<_> = (0..workers)
         .map(|_| {
@@ -56,7 +64,10 @@ async fn serve(listener: std::net::TcpListener, upstream: Uri) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client: Client<HttpConnector, http_body_util::Either<Incoming, http_body_util::Full<bytes::Bytes>>> = Client::builder(TokioExecutor::new())
+    let client: Client<
+        HttpConnector,
+        http_body_util::Either<Incoming, http_body_util::Full<bytes::Bytes>>,
+    > = Client::builder(TokioExecutor::new())
         .http1_writev(false)
         .build(connector);
     loop {
@@ -108,9 +119,9 @@ async fn serve(listener: std::net::TcpListener, upstream: Uri) {
                         Ok(response) => response.map(http_body_util::Either::Left),
                         Err(_) => Response::builder()
                             .status(502)
-                            .body(http_body_util::Either::Right(http_body_util::Either::Right(
-                                http_body_util::Empty::new(),
-                            )))
+                            .body(http_body_util::Either::Right(
+                                http_body_util::Either::Right(http_body_util::Empty::new()),
+                            ))
                             .expect("502"),
                     };
                     Ok::<_, Infallible>(response)
@@ -123,7 +134,9 @@ async fn serve(listener: std::net::TcpListener, upstream: Uri) {
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(std::time::Duration::from_secs(30));
             }
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

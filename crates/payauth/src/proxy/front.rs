@@ -13,12 +13,15 @@
 //!    id) and one `payauth::access` line when the answer is ready.
 //! 3. **Errors become the contract's responses** ([`Respond`]), the one place this happens:
 //!    JSON with `x-payauth-error`, or SOAP 1.1 Faults on a SOAP gateway.
-//! 4. **Load shedding** (tower `LoadShed` over a concurrency limit): at `max_concurrency` calls in
-//!    flight, more get 503 `overloaded` at once; nothing is queued. Every front a [`FrontLayer`]
-//!    (or a clone of it) builds shares the one limit: the sidecar builds one per worker thread.
-//! 5. **Preparation** ([`Prepare`]): hop-by-hop headers and `Host` dropped, the URI pointed at the
-//!    upstream (path and query as the app sent them), the body read whole (at most
-//!    `max_request_bytes`, within the request timeout).
+//! 4. **Load shedding and preparation** ([`Prepare`]): at `max_concurrency` calls in flight, more
+//!    get 503 `overloaded` at once; nothing is queued. Every front a [`FrontLayer`] (or a clone
+//!    of it) builds shares the one limit: the sidecar builds one per worker thread. A call that
+//!    gets a slot keeps it until its answer's head is ready. Then hop-by-hop headers and `Host`
+//!    are dropped, the URI pointed at the upstream (path and query as the app sent them), the
+//!    body read whole (at most `max_request_bytes`, within the request timeout).
+//!
+//! The limit is a semaphore taken with `try_acquire`, not tower's `LoadShed` over
+//! `ConcurrencyLimit`: the same behaviour with two layers (and their futures) fewer per call.
 //!
 //! Where payauth does not use tower-http, and why: the body limit is its own ([`Prepare`]),
 //! because an oversized body must get the contract's JSON 413 and be drained (bounded) so that
@@ -41,9 +44,6 @@ use http::{HeaderValue, Request, Response, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tower::layer::layer_fn;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::load_shed::error::Overloaded;
-use tower::load_shed::LoadShedLayer;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::request_id::{
@@ -144,13 +144,8 @@ impl FrontLayer {
                 layer: Responder {
                     name: Arc::clone(&self.name),
                     soap_errors: self.limits.soap_errors,
-                    metrics: self.metrics.clone(),
                 },
             }))
-            .layer(LoadShedLayer::new())
-            .layer(GlobalConcurrencyLimitLayer::with_semaphore(Arc::clone(
-                &self.in_flight,
-            )))
             .layer(layer_fn(|inner| Prepare {
                 inner,
                 front: self.clone(),
@@ -323,12 +318,11 @@ fn text(value: &Option<HeaderValue>) -> &str {
 
 // --- Errors become responses ----------------------------------------------------------------
 
-/// How errors are answered: the gateway's name, JSON or SOAP, and where they are counted.
+/// How errors are answered: the gateway's name, JSON or SOAP.
 #[derive(Debug, Clone)]
 struct Responder {
     name: Arc<str>,
     soap_errors: bool,
-    metrics: GatewayMetrics,
 }
 
 /// Turns every error below it into the contract's response; never fails.
@@ -383,14 +377,6 @@ impl Responder {
     fn error_response<ResB>(&self, error: BoxError) -> Response<ResponseBody<ResB>> {
         let error = match error.downcast::<Error>() {
             Ok(error) => *error,
-            Err(other) if other.is::<Overloaded>() => {
-                self.metrics.request(Outcome::Error(ErrorCode::Overloaded));
-                Error::new(
-                    ErrorCode::Overloaded,
-                    self.name.to_string(),
-                    "too many calls in flight to this gateway; nothing was forwarded, retry shortly",
-                )
-            }
             Err(other) => {
                 // Nothing below fails otherwise; should it, the call was not forwarded.
                 tracing::error!(gateway = %self.name, error = %other, "unexpected error in the front");
@@ -457,7 +443,16 @@ where
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let front = self.front.clone();
         let inner = self.inner.clone();
+        // Taken now, held until the answer's head is ready; none left: 503 at once.
+        let slot = Arc::clone(&front.in_flight).try_acquire_owned();
         Box::pin(async move {
+            let Ok(_slot) = slot else {
+                front.metrics.request(Outcome::Error(ErrorCode::Overloaded));
+                return Err(front.error(
+                    ErrorCode::Overloaded,
+                    "too many calls in flight to this gateway; nothing was forwarded, retry shortly",
+                ));
+            };
             let (mut parts, body) = request.into_parts();
             for name in HOP_BY_HOP {
                 parts.headers.remove(name);
