@@ -5,6 +5,10 @@
 //!
 //! `cargo run --release --example bare_proxy -- LISTEN UPSTREAM [WORKERS]`, for example
 //! `... -- 127.0.0.1:8090 http://127.0.0.1:9001 2`.
+//!
+//! To see what one of payauth's non-layer costs adds to the floor, set (any value):
+//! `BARE_TIMER` (hyper's 30 s header-read timer, as `payauth run` sets it), `BARE_BUFFER` (both
+//! bodies read whole) or `BARE_TIMEOUT` (a 30 s timeout around the upstream call).
 
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
