@@ -12,13 +12,14 @@ use std::hint::black_box;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use payauth::metrics::Metrics;
 use payauth::number::{NumberAuthLayer, NumberConfig, NumberCredentials};
 use payauth::proxy::{FrontLayer, FrontLimits};
-use tower::{service_fn, Layer, ServiceExt};
+use tower::{service_fn, Layer, Service, ServiceExt};
 
 const AUTH: &[u8] = br#"{"AuthenticateResult": {"AuthSuccess": true, "ErrCode": 0, "ErrMsg": "", "FunctionOk": true, "SessKey": "9B9175EF556E4DDA93303132323141303035383339", "ThisUser": {"ID": 123}}}"#;
 const ANSWER: &[u8] = br#"{"CreditCardSale_ManualResult": {"FunctionOk": true, "ErrCode": 0, "ErrMsg": "", "RespMsg": "Approved", "TxID": 1000001}}"#;
@@ -42,6 +43,45 @@ fn allocations_per_call(name: &str, mut f: impl FnMut()) {
     println!("layer/{name}: {per_call:.1} allocations per call");
 }
 
+/// One call through `service` (a clone of it, as hyper makes per request), its answer read.
+/// The first call (an authentication) is not measured; then the allocations per call are
+/// printed and the call is benched.
+fn measure<S, B>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    service: &S,
+    make_request: impl Fn() -> Request<Full<Bytes>>,
+) where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: hyper::body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let call = || {
+        rt.block_on(async {
+            let response = service
+                .clone()
+                .oneshot(make_request())
+                .await
+                .expect("answer");
+            black_box(
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("body")
+                    .to_bytes(),
+            )
+        })
+    };
+    call();
+    allocations_per_call(name, || {
+        call();
+    });
+    group.bench_function(name, |b| b.iter(call));
+}
+
 fn request() -> Request<Full<Bytes>> {
     Request::post("http://gateway.test/APIcardProcREST/v1.0.0/CreditCardSale_Manual")
         .header("content-type", "application/json")
@@ -63,34 +103,7 @@ fn bench(c: &mut Criterion) {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(body))))
     });
     let mut group = c.benchmark_group("layer");
-    allocations_per_call("direct", || {
-        rt.block_on(async {
-            let response = gateway.oneshot(request()).await.expect("answer");
-            black_box(
-                response
-                    .into_body()
-                    .collect()
-                    .await
-                    .expect("body")
-                    .to_bytes(),
-            );
-        })
-    });
-    group.bench_function("direct", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let response = gateway.oneshot(request()).await.expect("answer");
-                black_box(
-                    response
-                        .into_body()
-                        .collect()
-                        .await
-                        .expect("body")
-                        .to_bytes(),
-                )
-            })
-        })
-    });
+    measure(&mut group, &rt, "direct", &gateway, request);
     for (name, credentials) in [
         (
             "number_rest",
@@ -107,38 +120,7 @@ fn bench(c: &mut Criterion) {
             credentials,
         )
         .expect("layer");
-        let number = layer.layer(gateway);
-        // The first call authenticates; the bench measures the steady state.
-        rt.block_on(number.clone().oneshot(request()))
-            .expect("warm");
-        allocations_per_call(name, || {
-            rt.block_on(async {
-                let response = number.clone().oneshot(request()).await.expect("answer");
-                black_box(
-                    response
-                        .into_body()
-                        .collect()
-                        .await
-                        .expect("body")
-                        .to_bytes(),
-                );
-            })
-        });
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                rt.block_on(async {
-                    let response = number.clone().oneshot(request()).await.expect("answer");
-                    black_box(
-                        response
-                            .into_body()
-                            .collect()
-                            .await
-                            .expect("body")
-                            .to_bytes(),
-                    )
-                })
-            })
-        });
+        measure(&mut group, &rt, name, &layer.layer(gateway), request);
     }
     // The sidecar's whole in-process path: the front (request id, span and access line, error
     // responses, load shedding, body read) around the signed Number layer. No log subscriber
@@ -169,36 +151,13 @@ fn bench(c: &mut Criterion) {
             .body(Full::new(Bytes::from_static(CALL)))
             .expect("request")
     };
-    rt.block_on(front.clone().oneshot(app_request()))
-        .expect("warm");
-    allocations_per_call("front_number_rest_signed", || {
-        rt.block_on(async {
-            let response = front.clone().oneshot(app_request()).await.expect("answer");
-            black_box(
-                response
-                    .into_body()
-                    .collect()
-                    .await
-                    .expect("body")
-                    .to_bytes(),
-            );
-        })
-    });
-    group.bench_function("front_number_rest_signed", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let response = front.clone().oneshot(app_request()).await.expect("answer");
-                black_box(
-                    response
-                        .into_body()
-                        .collect()
-                        .await
-                        .expect("body")
-                        .to_bytes(),
-                )
-            })
-        })
-    });
+    measure(
+        &mut group,
+        &rt,
+        "front_number_rest_signed",
+        &front,
+        app_request,
+    );
     group.finish();
 }
 
