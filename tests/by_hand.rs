@@ -72,13 +72,14 @@ async fn the_readme_by_hand_commands_make_a_sale_and_a_deal() {
 
     let client = client();
     let number: SocketAddr = ([127, 0, 0, 1], 8081).into();
-    let request = http::Request::post(format!("http://{number}{REST}/CreditCardSale_Manual"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(
-            br#"{"Amount": 1.00, "CardNum": "4580000000000000", "CVV": "123"}"#,
-        )))
-        .expect("request");
-    let reply = send(&client, request).await;
+    let reply = post_with(
+        &client,
+        number,
+        &format!("{REST}/CreditCardSale_Manual"),
+        r#"{"Amount": 1.00, "CardNum": "4580000000000000", "CVV": "123"}"#,
+        &[],
+    )
+    .await;
     assert!(
         approved(&reply, "CreditCardSale_Manual"),
         "{}",

@@ -10,9 +10,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http_body_util::Full;
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 use payauth_sim::number::NumberSimConfig;
@@ -78,12 +76,14 @@ async fn run_once(upstream: &str, calls: usize) -> (Vec<String>, Vec<u8>) {
         }
         // One call traced, one with a malformed traceparent (dropped, not logged).
         for traceparent in [TRACEPARENT, "00-not-a-trace-01"] {
-            let request = http::Request::post(format!("http://{addr}{REST}/CreditCardSale_Manual"))
-                .header("content-type", "application/json")
-                .header("traceparent", traceparent)
-                .body(Full::new(Bytes::from_static(b"{\"Amount\": 1.00}")))
-                .expect("request");
-            let reply = send(&client, request).await;
+            let reply = post_with(
+                &client,
+                addr,
+                &format!("{REST}/CreditCardSale_Manual"),
+                r#"{"Amount": 1.00}"#,
+                &[("traceparent", traceparent)],
+            )
+            .await;
             assert!(
                 approved(&reply, "CreditCardSale_Manual"),
                 "{}",

@@ -75,10 +75,25 @@ pub async fn send(client: &HttpClient, request: Request<Full<Bytes>>) -> Reply {
     }
 }
 
+/// A JSON POST as an app sends it, with the stale `SessKey` it still holds.
 pub async fn post(client: &HttpClient, addr: SocketAddr, path: &str, body: &str) -> Reply {
-    let request = Request::post(format!("http://{addr}{path}"))
-        .header("content-type", "application/json")
-        .header("SessKey", "app-supplied-key")
+    post_with(client, addr, path, body, &[("SessKey", "app-supplied-key")]).await
+}
+
+/// A JSON POST with these extra headers.
+pub async fn post_with(
+    client: &HttpClient,
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut request =
+        Request::post(format!("http://{addr}{path}")).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
         .body(Full::new(Bytes::from(body.to_owned())))
         .expect("request");
     send(client, request).await
