@@ -185,8 +185,12 @@ fn next_request_id() -> HeaderValue {
         (fastrand::u64(..) ^ nanos.rotate_left(17)) & 0xffff_ffff_ffff
     });
     let n = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
-    let id = format!("pa-{process:012x}-{n:x}");
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("pa-0"))
+    // Formatted on the stack: the header value is the call's only allocation for its id.
+    let mut buffer = [0u8; 40];
+    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("pa-{process:012x}-{n:x}"));
+    let len = cursor.position() as usize;
+    HeaderValue::from_bytes(&buffer[..len]).unwrap_or(HeaderValue::from_static("pa-0"))
 }
 
 /// Whether the app's request id may be kept: 1 to 64 letters, digits, `-` or `_`.
