@@ -595,6 +595,25 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever the app sends, a trace id is only ever 32 lower-case hex digits taken from
+        /// a `00-<32>-<16>-<2>` value, and nothing panics.
+        #[test]
+        fn trace_ids_come_only_from_well_formed_values(text in "[ -~]{0,70}", hexes in "[0-9a-f]{50}") {
+            if let Ok(value) = HeaderValue::from_str(&text) {
+                if let Some(id) = trace_id(&value) {
+                    proptest::prop_assert_eq!(id.len(), 32);
+                    proptest::prop_assert!(text.starts_with("00-") && text.len() == 55);
+                    proptest::prop_assert_eq!(&text[3..35], id);
+                }
+            }
+            let built = format!("00-{}-{}-{}", &hexes[..32], &hexes[32..48], &hexes[48..]);
+            let value = HeaderValue::from_str(&built).unwrap();
+            let zero = hexes[..32].bytes().all(|b| b == b'0') || hexes[32..48].bytes().all(|b| b == b'0');
+            proptest::prop_assert_eq!(trace_id(&value).is_some(), !zero);
+        }
+    }
+
     #[test]
     fn only_well_formed_traceparents_are_kept() {
         let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
