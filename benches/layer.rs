@@ -158,6 +158,22 @@ fn bench(c: &mut Criterion) {
         &front,
         app_request,
     );
+    // The same with the sidecar's text log format at its default level, written to nowhere:
+    // the request span and the access line formatted, without the write to stderr.
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(std::io::sink)
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        measure(
+            &mut group,
+            &rt,
+            "front_number_rest_signed_logged",
+            &front,
+            app_request,
+        );
+    });
     group.finish();
 }
 

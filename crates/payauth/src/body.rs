@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 
 use crate::error::BoxError;
@@ -25,7 +25,8 @@ pub enum CollectError {
 }
 
 /// Buffers a whole body of at most `limit` bytes. A declared `Content-Length` over the limit is
-/// refused before reading anything.
+/// refused before reading anything. A body that arrives in one frame (the usual case) comes back
+/// as that frame, without a copy.
 pub async fn collect_limited<B>(
     body: B,
     limit: usize,
@@ -38,10 +39,49 @@ where
     if content_length.is_some_and(|len| len > limit as u64) {
         return Err(CollectError::TooLarge(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(CollectError::TooLarge(limit)),
-        Err(e) => Err(CollectError::Read(e)),
+    let mut body = std::pin::pin!(body);
+    let mut gathered = Gathered::default();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| CollectError::Read(e.into()))?;
+        // Trailers carry nothing to forward in a buffered body.
+        if let Ok(mut data) = frame.into_data() {
+            if gathered.len().saturating_add(data.remaining()) > limit {
+                return Err(CollectError::TooLarge(limit));
+            }
+            gathered.push(data.copy_to_bytes(data.remaining()));
+        }
+    }
+    Ok(gathered.into_bytes())
+}
+
+/// Data frames gathered into one `Bytes`: the first is kept as it is (no copy); only a second
+/// one starts a buffer.
+#[derive(Debug, Default)]
+struct Gathered {
+    first: Bytes,
+    more: Option<BytesMut>,
+}
+
+impl Gathered {
+    fn len(&self) -> usize {
+        self.more.as_ref().map_or(self.first.len(), BytesMut::len)
+    }
+
+    fn push(&mut self, data: Bytes) {
+        match &mut self.more {
+            Some(buffer) => buffer.extend_from_slice(&data),
+            None if self.first.is_empty() => self.first = data,
+            None => {
+                let mut buffer = BytesMut::with_capacity(self.first.len() + data.len());
+                buffer.extend_from_slice(&self.first);
+                buffer.extend_from_slice(&data);
+                self.more = Some(buffer);
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        self.more.map_or(self.first, BytesMut::freeze)
     }
 }
 
@@ -79,20 +119,20 @@ where
     if content_length.is_some_and(|len| len > limit as u64) {
         return Ok(Inspected::Streaming(ResponseBody::stream(None, body)));
     }
-    let mut buf = BytesMut::new();
+    let mut gathered = Gathered::default();
     loop {
         match body.frame().await {
-            None => return Ok(Inspected::Buffered(buf.freeze())),
+            None => return Ok(Inspected::Buffered(gathered.into_bytes())),
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(frame)) => {
                 // Trailers end the inspectable part; answers with trailers are rare and small.
                 let Ok(data) = frame.into_data() else {
-                    return Ok(Inspected::Buffered(buf.freeze()));
+                    return Ok(Inspected::Buffered(gathered.into_bytes()));
                 };
-                buf.extend_from_slice(&data);
-                if buf.len() > limit {
+                gathered.push(data);
+                if gathered.len() > limit {
                     return Ok(Inspected::Streaming(ResponseBody::stream(
-                        Some(buf.freeze()),
+                        Some(gathered.into_bytes()),
                         body,
                     )));
                 }
@@ -226,7 +266,7 @@ mod tests {
     use http_body_util::Full;
 
     /// A body that yields the given chunks one frame at a time.
-    struct Chunks(std::collections::VecDeque<&'static [u8]>);
+    struct Chunks(std::collections::VecDeque<Bytes>);
 
     impl Body for Chunks {
         type Data = Bytes;
@@ -235,16 +275,58 @@ mod tests {
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-            Poll::Ready(
-                self.0
-                    .pop_front()
-                    .map(|c| Ok(Frame::data(Bytes::from_static(c)))),
-            )
+            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
         }
     }
 
     fn chunks(parts: &[&'static [u8]]) -> Chunks {
-        Chunks(parts.iter().copied().collect())
+        Chunks(parts.iter().map(|p| Bytes::from_static(p)).collect())
+    }
+
+    #[tokio::test]
+    async fn a_body_in_one_frame_is_kept_without_a_copy() {
+        let frame = Bytes::from(vec![7u8; 300]);
+        let body = Chunks([frame.clone()].into());
+        let collected = collect_limited(body, 1000, None).await.expect("fits");
+        assert_eq!(collected.as_ptr(), frame.as_ptr(), "the frame itself");
+        let body = Chunks([frame.clone()].into());
+        match read_bounded(body, 1000, None).await.expect("read") {
+            Inspected::Buffered(b) => assert_eq!(b.as_ptr(), frame.as_ptr(), "the frame itself"),
+            Inspected::Streaming(_) => panic!("should buffer"),
+        }
+    }
+
+    proptest::proptest! {
+        /// However a body is cut into frames (empty ones included), collecting it gives its
+        /// bytes in order when they fit the limit and `TooLarge` otherwise; inspecting it gives
+        /// them whole when they fit, or streams every one of them.
+        #[test]
+        fn frames_are_gathered_in_order_within_the_limit(
+            parts in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 0..8),
+            limit in 0usize..200,
+        ) {
+            let all: Vec<u8> = parts.concat();
+            let body = || Chunks(parts.iter().map(|p| Bytes::from(p.clone())).collect());
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let collected = rt.block_on(collect_limited(body(), limit, None));
+            if all.len() <= limit {
+                proptest::prop_assert_eq!(&collected.expect("fits")[..], &all[..]);
+            } else {
+                proptest::prop_assert!(matches!(collected, Err(CollectError::TooLarge(l)) if l == limit));
+            }
+            let inspected = rt.block_on(read_bounded(body(), limit, None)).expect("read");
+            match inspected {
+                Inspected::Buffered(b) => {
+                    proptest::prop_assert!(all.len() <= limit);
+                    proptest::prop_assert_eq!(&b[..], &all[..]);
+                }
+                Inspected::Streaming(stream) => {
+                    proptest::prop_assert!(all.len() > limit);
+                    let streamed = rt.block_on(stream.collect()).expect("collect").to_bytes();
+                    proptest::prop_assert_eq!(&streamed[..], &all[..]);
+                }
+            }
+        }
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::Core;
 use crate::body::{Inspected, ResponseBody};
 use crate::error::Error;
-use crate::forward::{self, Client, GatewayBody, Replayed, UpstreamLatency};
+use crate::forward::{self, Client, Forwarded, GatewayBody};
 use crate::metrics::{Outcome, ReauthReason};
 
 /// What a gateway kind supplies to the exchange loop.
@@ -75,8 +75,9 @@ where
     let mut upstream = Duration::ZERO;
     let answer = |head, body, replayed, upstream| {
         let mut response = Response::from_parts(head, body);
-        response.extensions_mut().insert(Replayed(replayed));
-        response.extensions_mut().insert(UpstreamLatency(upstream));
+        response
+            .extensions_mut()
+            .insert(Forwarded { replayed, upstream });
         Ok((response, Outcome::Forwarded))
     };
     loop {

@@ -365,6 +365,10 @@ impl Handle for NumberGateway {
     }
 }
 
+/// The REST session key header (`SessKey`; header names are case-insensitive and go out in
+/// lower case). A constant: parsing the name per call would allocate.
+const SESS_KEY: http::HeaderName = http::HeaderName::from_static("sesskey");
+
 /// The largest Authenticate answer read (merchant lists can be long).
 const AUTH_ANSWER_LIMIT: usize = 1 << 20;
 
@@ -444,8 +448,8 @@ impl Exchange for NumberGateway {
         };
         let headers = request.headers_mut();
         match call.soap {
-            None => headers.insert("SessKey", value),
-            Some(_) => headers.remove("SessKey"),
+            None => headers.insert(SESS_KEY, value),
+            Some(_) => headers.remove(SESS_KEY),
         };
         Ok(request)
     }

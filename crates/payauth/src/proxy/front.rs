@@ -1,33 +1,37 @@
-//! A gateway's front: the tower stack between a listener and the gateway's layer.
+//! A gateway's front: what stands between a listener and the gateway's layer.
 //!
-//! Outermost first, for each request:
+//! For each request, in this order:
 //!
-//! 1. **Request id** (tower-http `SetRequestId`/`PropagateRequestId`): the app's `x-request-id`
-//!    is kept when it is 1 to 64 letters, digits, `-` or `_`; any other is replaced by payauth's
-//!    own (`pa-<process>-<n>`: 48 random bits drawn at start, then a counter, both in hex, so
-//!    that ids of different runs and pods do not collide), so a hostile id never reaches a log
-//!    line. The id goes back on the answer.
-//!    A W3C `traceparent` is passed on to the gateway when it is well-formed (one header,
-//!    version `00`, non-zero ids) and dropped otherwise; its trace id goes into the access line.
-//! 2. **Span and access log** ([`AccessLog`]): one `request` span per call (gateway and request
-//!    id) and one `payauth::access` line when the answer is ready.
-//! 3. **Errors become the contract's responses** ([`Respond`]), the one place this happens:
-//!    JSON with `x-payauth-error`, or SOAP 1.1 Faults on a SOAP gateway.
-//! 4. **Load shedding and preparation** ([`Prepare`]): at `max_concurrency` calls in flight, more
-//!    get 503 `overloaded` at once; nothing is queued. Every front a [`FrontLayer`] (or a clone
-//!    of it) builds shares the one limit: the sidecar builds one per worker thread. A call that
-//!    gets a slot keeps it until its answer's head is ready. Then hop-by-hop headers and `Host`
-//!    are dropped, the URI pointed at the upstream (path and query as the app sent them), the
-//!    body read whole (at most `max_request_bytes`, within the request timeout).
+//! 1. **Request id**: the app's `x-request-id` is kept when it is 1 to 64 letters, digits, `-`
+//!    or `_`; any other is replaced by payauth's own (`pa-<process>-<n>`: 48 random bits drawn at
+//!    start, then a counter, both in hex, so that ids of different runs and pods do not collide),
+//!    so a hostile id never reaches a log line. The id goes back on the answer (over any the
+//!    gateway sent). A W3C `traceparent` is passed on to the gateway when it is well-formed (one
+//!    header, version `00`, non-zero ids) and dropped otherwise, with its `tracestate`; its trace
+//!    id goes into the access line.
+//! 2. **Span and access log**: one `request` span per call (gateway and request id) and one
+//!    `payauth::access` line, outside the span, when the answer is ready.
+//! 3. **Errors become the contract's responses**, the one place this happens: JSON with
+//!    `x-payauth-error`, or SOAP 1.1 Faults on a SOAP gateway. Hop-by-hop headers are dropped
+//!    from answers.
+//! 4. **Load shedding**: at `max_concurrency` calls in flight, more get 503 `overloaded` at
+//!    once; nothing is queued. Every front a [`FrontLayer`] (or a clone of it) builds shares the
+//!    one limit: the sidecar builds one per worker thread. A call that gets a slot keeps it
+//!    until its answer's head is ready.
+//! 5. **Preparation**: hop-by-hop headers and `Host` are dropped, the URI pointed at the
+//!    upstream (path and query as the app sent them), the body read whole (at most
+//!    `max_request_bytes`, within the request timeout).
 //!
-//! The limit is a semaphore taken with `try_acquire`, not tower's `LoadShed` over
-//! `ConcurrencyLimit`: the same behaviour with two layers (and their futures) fewer per call.
-//!
-//! Where payauth does not use tower-http, and why: the body limit is its own ([`Prepare`]),
-//! because an oversized body must get the contract's JSON 413 and be drained (bounded) so that
-//! clients that write their whole body before reading see it; and the span is its own
-//! ([`AccessLog`]) rather than `TraceLayer`, whose response-body wrapper costs a little on every
-//! frame and whose failure classification would log each 5xx a second time.
+//! The steps are one `Service` with one future per call, not a stack of tower layers: each
+//! layer would add its own boxed future, clones and extension inserts to every call, and the
+//! front is on the path of every call. That is also why the request id is set here rather than
+//! with tower-http's `SetRequestId`/`PropagateRequestId` (which also insert an extension per
+//! call), and the limit is a semaphore taken with `try_acquire` rather than tower's `LoadShed`
+//! over `ConcurrencyLimit`. The body limit is payauth's own because an oversized body must get
+//! the contract's JSON 413 and be drained (bounded) so that clients that write their whole body
+//! before reading see it; the span is its own rather than tower-http's `TraceLayer`, whose
+//! response-body wrapper costs a little on every frame and whose failure classification would
+//! log each 5xx a second time.
 //!
 //! [`FrontLayer`] wraps any gateway service (for example a [`crate::number::NumberAuthLayer`]
 //! around a client) for a library user who serves it with hyper or axum.
@@ -42,18 +46,14 @@ use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::Body;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use tower::layer::layer_fn;
+use http_body_util::{BodyExt, Full};
 use tower::util::BoxCloneService;
-use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
+use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
-use crate::body::ResponseBody;
+use crate::body::{CollectError, ResponseBody};
 use crate::error::{BoxError, Error, ErrorCode};
-use crate::forward::{AnsweredLocally, BoxFuture, Replayed, UpstreamLatency};
+use crate::forward::{AnsweredLocally, BoxFuture, Forwarded};
 use crate::metrics::{GatewayMetrics, Outcome};
 
 /// How much of an oversized request body is read and discarded after its 413 is sent, so that
@@ -98,6 +98,12 @@ pub type Front<ReqB, ResB> =
 /// Builds a [`Front`] around a gateway service; see the module docs.
 #[derive(Debug, Clone)]
 pub struct FrontLayer {
+    shared: Arc<Shared>,
+}
+
+/// What every front built from one [`FrontLayer`] shares.
+#[derive(Debug)]
+struct Shared {
     name: Arc<str>,
     upstream: Uri,
     limits: FrontLimits,
@@ -110,11 +116,13 @@ impl FrontLayer {
     /// A front for the gateway `name` at `upstream`.
     pub fn new(name: &str, upstream: Uri, limits: FrontLimits, metrics: GatewayMetrics) -> Self {
         Self {
-            name: name.into(),
-            upstream,
-            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrency)),
-            limits,
-            metrics,
+            shared: Arc::new(Shared {
+                name: name.into(),
+                upstream,
+                in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrency)),
+                limits,
+                metrics,
+            }),
         }
     }
 
@@ -131,31 +139,170 @@ impl FrontLayer {
         ReqB::Error: Into<BoxError>,
         ResB: Send + 'static,
     {
-        let stack = ServiceBuilder::new()
-            .map_request(drop_unusable_ids::<ReqB>)
-            .layer(SetRequestIdLayer::new(REQUEST_ID, PayauthRequestIds))
-            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-            .layer(layer_fn(|inner| AccessLog {
-                inner,
-                name: Arc::clone(&self.name),
-            }))
-            .layer(layer_fn(|inner| Respond {
-                inner,
-                layer: Responder {
-                    name: Arc::clone(&self.name),
-                    soap_errors: self.limits.soap_errors,
-                },
-            }))
-            .layer(layer_fn(|inner| Prepare {
-                inner,
-                front: self.clone(),
-            }))
-            .service(service);
-        BoxCloneService::new(stack)
+        BoxCloneService::new(FrontService {
+            inner: service,
+            shared: Arc::clone(&self.shared),
+        })
+    }
+}
+
+/// The front's one service: the steps of the module docs in one future per call (one
+/// allocation, rather than one per step).
+#[derive(Debug, Clone)]
+struct FrontService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for FrontService<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResponseBody<ResB>>, Error = Error>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    ReqB: Body + Send + Unpin + 'static,
+    ReqB::Data: Send,
+    ReqB::Error: Into<BoxError>,
+    ResB: Send + 'static,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The gateway service is driven to readiness per call (it is cloned for that).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
+        let started = tokio::time::Instant::now();
+        // 1. Request id and trace context.
+        let headers = request.headers_mut();
+        drop_unusable_ids(headers);
+        let request_id = match headers.get(&REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = next_request_id();
+                headers.insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let traceparent = headers.get(&TRACEPARENT).cloned();
+        // Reference-counted clones: the texts are formatted only into the access line.
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        // 4. A slot, taken now and held until the answer's head is ready; none left: 503.
+        let slot = Arc::clone(&self.shared.in_flight).try_acquire_owned();
+        let shared = Arc::clone(&self.shared);
+        let inner = self.inner.clone();
+        // 2. The span gives the lines logged during the call their gateway and request id; the
+        // access line has its own fields and is logged after it.
+        let span = tracing::info_span!("request", gateway = %shared.name,
+            request_id = request_id.to_str().unwrap_or(""));
+        Box::pin(async move {
+            let result = async {
+                let _slot = slot.map_err(|_| {
+                    shared.refused(
+                        ErrorCode::Overloaded,
+                        "too many calls in flight to this gateway; nothing was forwarded, retry \
+                         shortly",
+                    )
+                })?;
+                // 5. Preparation.
+                let request = shared.prepare(request).await?;
+                inner.oneshot(request).await
+            }
+            .instrument(span)
+            .await;
+            // 3. Errors become the contract's responses.
+            let (mut response, outcome) = match result {
+                Ok(mut response) => {
+                    for name in HOP_BY_HOP {
+                        response.headers_mut().remove(name);
+                    }
+                    let local = response.extensions().get::<AnsweredLocally>().is_some();
+                    (response, if local { "local" } else { "forwarded" })
+                }
+                Err(error) => {
+                    let outcome = error.code().as_str();
+                    (shared.error_response(&error), outcome)
+                }
+            };
+            // The id goes back on every answer, over any the gateway may have sent.
+            response
+                .headers_mut()
+                .insert(REQUEST_ID, request_id.clone());
+            let forwarded = response.extensions().get::<Forwarded>();
+            let replayed = forwarded.is_some_and(|f| f.replayed);
+            let upstream_ms = forwarded.map(|f| f.upstream.as_secs_f64() * 1000.0);
+            tracing::info!(
+                target: "payauth::access",
+                gateway = %shared.name,
+                method = %method,
+                path = uri.path(),
+                status = response.status().as_u16(),
+                outcome,
+                replayed,
+                upstream_ms,
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                request_id = request_id.to_str().unwrap_or(""),
+                trace_id = traceparent.as_ref().and_then(trace_id),
+            );
+            Ok(response)
+        })
+    }
+}
+
+impl Shared {
+    /// A call refused by the front itself (counted in the metrics); nothing was forwarded.
+    fn refused(
+        &self,
+        code: ErrorCode,
+        message: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Error {
+        self.metrics.request(Outcome::Error(code));
+        self.error(code, message)
     }
 
     fn error(&self, code: ErrorCode, message: impl Into<std::borrow::Cow<'static, str>>) -> Error {
         Error::new(code, self.name.to_string(), message)
+    }
+
+    /// The contract's answer to `error`: JSON, or a SOAP 1.1 Fault on a SOAP gateway.
+    fn error_response<ResB>(&self, error: &Error) -> Response<ResponseBody<ResB>> {
+        let response = if self.limits.soap_errors {
+            error.to_soap_response()
+        } else {
+            error.to_response()
+        };
+        let (parts, body) = response.into_parts();
+        Response::from_parts(parts, ResponseBody::full(full_bytes(body)))
+    }
+
+    /// Drops hop-by-hop headers and `Host`, points the URI at the upstream and reads the body.
+    async fn prepare<B>(&self, request: Request<B>) -> Result<Request<Full<Bytes>>, Error>
+    where
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = request.into_parts();
+        for name in HOP_BY_HOP {
+            parts.headers.remove(name);
+        }
+        parts.headers.remove(header::HOST);
+        let prepared = match upstream_uri(&self.upstream, &parts.uri) {
+            Some(uri) => {
+                parts.uri = uri;
+                self.read_body(&parts.headers, body).await
+            }
+            None => Err(self.error(ErrorCode::BadRequest, "the request target is not a path")),
+        };
+        let body = prepared.inspect_err(|error| {
+            self.metrics.request(Outcome::Error(error.code()));
+        })?;
+        Ok(Request::from_parts(parts, Full::new(body)))
     }
 }
 
@@ -165,15 +312,6 @@ impl FrontLayer {
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
 /// ...after 48 random bits drawn once per process, so that runs and pods do not collide.
 static PROCESS_ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-
-#[derive(Debug, Clone, Copy)]
-struct PayauthRequestIds;
-
-impl MakeRequestId for PayauthRequestIds {
-    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        Some(RequestId::new(next_request_id()))
-    }
-}
 
 /// `pa-<12 hex digits of the process>-<counter in hex>`.
 fn next_request_id() -> HeaderValue {
@@ -230,8 +368,7 @@ fn trace_id(value: &HeaderValue) -> Option<&str> {
 
 /// Drops an `x-request-id` or a `traceparent` that is not one well-formed value (and, with a
 /// dropped `traceparent`, its `tracestate`, as W3C Trace Context asks).
-fn drop_unusable_ids<B>(mut request: Request<B>) -> Request<B> {
-    let headers = request.headers_mut();
+fn drop_unusable_ids(headers: &mut http::HeaderMap) {
     for (name, usable) in [
         (&REQUEST_ID, usable_request_id as fn(&HeaderValue) -> bool),
         (&TRACEPARENT, |v: &HeaderValue| trace_id(v).is_some()),
@@ -241,166 +378,6 @@ fn drop_unusable_ids<B>(mut request: Request<B>) -> Request<B> {
         if !keep && headers.remove(name).is_some() && *name == TRACEPARENT {
             headers.remove(TRACESTATE);
         }
-    }
-    request
-}
-
-// --- Span and access log --------------------------------------------------------------------
-
-/// What the access line says the call came to; set by [`Respond`].
-#[derive(Debug, Clone, Copy)]
-struct AccessOutcome(&'static str);
-
-/// A span per request and one access line per answer.
-#[derive(Debug, Clone)]
-pub struct AccessLog<S> {
-    inner: S,
-    name: Arc<str>,
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for AccessLog<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>, Error = Infallible>,
-    S::Future: Send + 'static,
-    ResB: Send + 'static,
-{
-    type Response = Response<ResB>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Response<ResB>, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        let started = tokio::time::Instant::now();
-        let method = request.method().clone();
-        // Reference-counted clones: the texts are formatted only into the access line.
-        let uri = request.uri().clone();
-        let request_id = request.headers().get(&REQUEST_ID).cloned();
-        let traceparent = request.headers().get(&TRACEPARENT).cloned();
-        // The span gives the lines logged during the call their gateway and request id; the
-        // access line has its own fields and is logged after it.
-        let span =
-            tracing::info_span!("request", gateway = %self.name, request_id = text(&request_id));
-        let future = span.in_scope(|| self.inner.call(request)).instrument(span);
-        let name = Arc::clone(&self.name);
-        Box::pin(async move {
-            let Ok(response) = future.await;
-            let extensions = response.extensions();
-            let outcome = extensions
-                .get::<AccessOutcome>()
-                .map_or("forwarded", |o| o.0);
-            let replayed = extensions.get::<Replayed>().is_some_and(|r| r.0);
-            let upstream_ms = extensions
-                .get::<UpstreamLatency>()
-                .map(|u| u.0.as_secs_f64() * 1000.0);
-            let request_id = text(&request_id);
-            let trace_id = traceparent.as_ref().and_then(trace_id);
-            tracing::info!(
-                target: "payauth::access",
-                gateway = %name,
-                method = %method,
-                path = uri.path(),
-                status = response.status().as_u16(),
-                outcome,
-                replayed,
-                upstream_ms,
-                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-                request_id,
-                trace_id,
-            );
-            Ok(response)
-        })
-    }
-}
-
-/// A header's text, `""` when it has none.
-fn text(value: &Option<HeaderValue>) -> &str {
-    value.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
-}
-
-// --- Errors become responses ----------------------------------------------------------------
-
-/// How errors are answered: the gateway's name, JSON or SOAP.
-#[derive(Debug, Clone)]
-struct Responder {
-    name: Arc<str>,
-    soap_errors: bool,
-}
-
-/// Turns every error below it into the contract's response; never fails.
-#[derive(Debug, Clone)]
-pub struct Respond<S> {
-    inner: S,
-    layer: Responder,
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for Respond<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResponseBody<ResB>>>,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    ResB: Send + 'static,
-{
-    type Response = Response<ResponseBody<ResB>>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Response<ResponseBody<ResB>>, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Load shedding below is always ready; any other readiness error is answered per call.
-        match self.inner.poll_ready(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(_) => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        let future = self.inner.call(request);
-        let layer = self.layer.clone();
-        Box::pin(async move {
-            Ok(match future.await {
-                Ok(response) => answered(response),
-                Err(error) => layer.error_response(error.into()),
-            })
-        })
-    }
-}
-
-fn answered<B>(mut response: Response<B>) -> Response<B> {
-    for name in HOP_BY_HOP {
-        response.headers_mut().remove(name);
-    }
-    let local = response.extensions().get::<AnsweredLocally>().is_some();
-    let outcome = AccessOutcome(if local { "local" } else { "forwarded" });
-    response.extensions_mut().insert(outcome);
-    response
-}
-
-impl Responder {
-    fn error_response<ResB>(&self, error: BoxError) -> Response<ResponseBody<ResB>> {
-        let error = match error.downcast::<Error>() {
-            Ok(error) => *error,
-            Err(other) => {
-                // Nothing below fails otherwise; should it, the call was not forwarded.
-                tracing::error!(gateway = %self.name, error = %other, "unexpected error in the front");
-                Error::new(
-                    ErrorCode::Overloaded,
-                    self.name.to_string(),
-                    "payauth could not take the call; nothing was forwarded, retry shortly",
-                )
-            }
-        };
-        let response = if self.soap_errors {
-            error.to_soap_response()
-        } else {
-            error.to_response()
-        };
-        let (mut parts, body) = response.into_parts();
-        parts
-            .extensions
-            .insert(AccessOutcome(error.code().as_str()));
-        Response::from_parts(parts, ResponseBody::full(full_bytes(body)))
     }
 }
 
@@ -416,69 +393,6 @@ fn full_bytes(body: Full<Bytes>) -> Bytes {
 
 // --- Preparation ----------------------------------------------------------------------------
 
-/// Drops hop-by-hop headers and `Host`, points the URI at the upstream and reads the body.
-#[derive(Debug, Clone)]
-pub struct Prepare<S> {
-    inner: S,
-    front: FrontLayer,
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for Prepare<S>
-where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResB>, Error = Error>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    ReqB: Body + Send + Unpin + 'static,
-    ReqB::Data: Send,
-    ReqB::Error: Into<BoxError>,
-    ResB: Send + 'static,
-{
-    type Response = Response<ResB>;
-    type Error = Error;
-    type Future = BoxFuture<Result<Response<ResB>, Error>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        // The gateway service is driven to readiness per call (it is cloned for that).
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        let front = self.front.clone();
-        let inner = self.inner.clone();
-        // Taken now, held until the answer's head is ready; none left: 503 at once.
-        let slot = Arc::clone(&front.in_flight).try_acquire_owned();
-        Box::pin(async move {
-            let Ok(_slot) = slot else {
-                front.metrics.request(Outcome::Error(ErrorCode::Overloaded));
-                return Err(front.error(
-                    ErrorCode::Overloaded,
-                    "too many calls in flight to this gateway; nothing was forwarded, retry shortly",
-                ));
-            };
-            let (mut parts, body) = request.into_parts();
-            for name in HOP_BY_HOP {
-                parts.headers.remove(name);
-            }
-            parts.headers.remove(header::HOST);
-            let prepared = match upstream_uri(&front.upstream, &parts.uri) {
-                Some(uri) => {
-                    parts.uri = uri;
-                    front.read_body(&parts.headers, body).await
-                }
-                None => Err(front.error(ErrorCode::BadRequest, "the request target is not a path")),
-            };
-            let body = prepared.inspect_err(|error| {
-                front.metrics.request(Outcome::Error(error.code()));
-            })?;
-            inner
-                .oneshot(Request::from_parts(parts, Full::new(body)))
-                .await
-        })
-    }
-}
-
 fn upstream_uri(upstream: &Uri, uri: &Uri) -> Option<Uri> {
     let path_and_query = uri.path_and_query().cloned()?;
     if !path_and_query.as_str().starts_with('/') {
@@ -489,7 +403,7 @@ fn upstream_uri(upstream: &Uri, uri: &Uri) -> Option<Uri> {
     Uri::from_parts(parts).ok()
 }
 
-impl FrontLayer {
+impl Shared {
     /// Reads the request body, at most `max_request_bytes` within `body_timeout`. An oversized
     /// body is drained in the background (bounded) so that the app can read its 413.
     async fn read_body<B>(&self, headers: &http::HeaderMap, mut body: B) -> Result<Bytes, Error>
@@ -509,14 +423,14 @@ impl FrontLayer {
             drain(body);
             return Err(too_large());
         }
-        let collect = Limited::new(&mut body, limit).collect();
+        let collect = crate::body::collect_limited(&mut body, limit, None);
         match tokio::time::timeout(self.limits.body_timeout, collect).await {
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(e)) if e.is::<LengthLimitError>() => {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(CollectError::TooLarge(_))) => {
                 drain(body);
                 Err(too_large())
             }
-            Ok(Err(_)) => Err(self.error(
+            Ok(Err(CollectError::Read(_))) => Err(self.error(
                 ErrorCode::BadRequest,
                 "the request body could not be read; nothing was forwarded",
             )),
@@ -569,6 +483,72 @@ mod tests {
         }
     }
 
+    /// A front around a gateway service that answers every call "ok" with `headers`, with
+    /// room for `max_concurrency` calls.
+    fn front_of(
+        headers: http::HeaderMap,
+        max_concurrency: usize,
+    ) -> Front<Full<Bytes>, Full<Bytes>> {
+        let registry = prometheus::Registry::new();
+        let metrics = crate::metrics::Metrics::new(&registry)
+            .expect("metrics")
+            .gateway("g");
+        let limits = FrontLimits {
+            max_concurrency,
+            max_request_bytes: 1024,
+            body_timeout: Duration::from_secs(5),
+            soap_errors: false,
+        };
+        let service = tower::service_fn(move |_: Request<Full<Bytes>>| {
+            let mut response = Response::new(ResponseBody::full(Bytes::from_static(b"ok")));
+            *response.headers_mut() = headers.clone();
+            std::future::ready(Ok::<_, Error>(response))
+        });
+        FrontLayer::new(
+            "g",
+            Uri::from_static("http://gateway.test"),
+            limits,
+            metrics,
+        )
+        .front(service)
+    }
+
+    #[tokio::test]
+    async fn every_answer_carries_the_calls_request_id_over_any_the_gateway_sent() {
+        let mut answer = http::HeaderMap::new();
+        answer.insert(REQUEST_ID, HeaderValue::from_static("gateway-id"));
+        answer.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let call = |id: Option<&'static str>| {
+            let mut request = Request::post("/pay")
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .expect("request");
+            if let Some(id) = id {
+                request
+                    .headers_mut()
+                    .insert(REQUEST_ID, HeaderValue::from_static(id));
+            }
+            request
+        };
+        let front = front_of(answer, 8);
+        let response = front.clone().oneshot(call(Some("app-1"))).await.unwrap();
+        assert_eq!(response.headers()[REQUEST_ID], "app-1");
+        assert!(
+            !response.headers().contains_key(header::CONNECTION),
+            "hop-by-hop dropped"
+        );
+        let response = front.clone().oneshot(call(Some("bad id"))).await.unwrap();
+        let ours = response.headers()[REQUEST_ID].to_str().unwrap().to_owned();
+        assert!(ours.starts_with("pa-"), "{ours}");
+        // payauth's own errors carry it too.
+        let response = front_of(http::HeaderMap::new(), 0)
+            .oneshot(call(Some("app-2")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["x-payauth-error"], "overloaded");
+        assert_eq!(response.headers()[REQUEST_ID], "app-2");
+    }
+
     #[test]
     fn only_plain_request_ids_are_kept() {
         for ok in ["abc", "A-1_b", &"x".repeat(64)] {
@@ -581,16 +561,12 @@ mod tests {
             let value = HeaderValue::from_bytes(bad.as_bytes()).unwrap();
             assert!(!usable_request_id(&value), "{bad:?}");
         }
-        let mut request = Request::new(());
-        request
-            .headers_mut()
-            .append(REQUEST_ID, HeaderValue::from_static("one"));
-        request
-            .headers_mut()
-            .append(REQUEST_ID, HeaderValue::from_static("two"));
-        let request = drop_unusable_ids(request);
+        let mut headers = http::HeaderMap::new();
+        headers.append(REQUEST_ID, HeaderValue::from_static("one"));
+        headers.append(REQUEST_ID, HeaderValue::from_static("two"));
+        drop_unusable_ids(&mut headers);
         assert!(
-            request.headers().get(REQUEST_ID).is_none(),
+            headers.get(REQUEST_ID).is_none(),
             "two ids: neither is trusted"
         );
     }
@@ -633,22 +609,15 @@ mod tests {
         ] {
             assert_eq!(trace_id(&HeaderValue::from_static(bad)), None, "{bad:?}");
         }
-        let mut request = Request::new(());
-        request
-            .headers_mut()
-            .insert(TRACEPARENT, HeaderValue::from_static(good));
-        assert!(drop_unusable_ids(request)
-            .headers()
-            .contains_key(TRACEPARENT));
-        let mut request = Request::new(());
-        request
-            .headers_mut()
-            .insert(TRACEPARENT, HeaderValue::from_static("00-zz-yy-01"));
-        request
-            .headers_mut()
-            .insert(TRACESTATE, HeaderValue::from_static("vendor=1"));
-        let request = drop_unusable_ids(request);
-        assert!(!request.headers().contains_key(TRACEPARENT));
-        assert!(!request.headers().contains_key(TRACESTATE));
+        let mut headers = http::HeaderMap::new();
+        headers.insert(TRACEPARENT, HeaderValue::from_static(good));
+        drop_unusable_ids(&mut headers);
+        assert!(headers.contains_key(TRACEPARENT));
+        let mut headers = http::HeaderMap::new();
+        headers.insert(TRACEPARENT, HeaderValue::from_static("00-zz-yy-01"));
+        headers.insert(TRACESTATE, HeaderValue::from_static("vendor=1"));
+        drop_unusable_ids(&mut headers);
+        assert!(!headers.contains_key(TRACEPARENT));
+        assert!(!headers.contains_key(TRACESTATE));
     }
 }
