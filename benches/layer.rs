@@ -5,6 +5,9 @@
 
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
+#[path = "../src/log_fields.rs"]
+mod log_fields;
+
 use std::alloc::System;
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -123,7 +126,8 @@ fn bench(c: &mut Criterion) {
         measure(&mut group, &rt, name, &layer.layer(gateway), request);
     }
     // The sidecar's whole in-process path: the front (request id, span and access line, error
-    // responses, load shedding, body read) around the signed Number layer. No log subscriber
+    // responses, load shedding, body read) around the signed Number layer, served as the
+    // sidecar serves it (`FrontLayer::shared`). No log subscriber
     // is installed, so the access line is not formatted: bench/vs-nginx.sh measures that.
     let layer = NumberAuthLayer::new(
         NumberConfig::rest("number", "http://gateway.test".parse().expect("uri")),
@@ -144,7 +148,9 @@ fn bench(c: &mut Criterion) {
         },
         metrics,
     )
-    .front(layer.layer(gateway));
+    .shared(layer.layer(gateway));
+    // As the sidecar serves it: the shared front called by reference.
+    let front = service_fn(move |request| front(request));
     let app_request = || {
         Request::post("/APIcardProcREST/v1.0.0/CreditCardSale_Manual")
             .header("content-type", "application/json")
@@ -163,6 +169,7 @@ fn bench(c: &mut Criterion) {
     let subscriber = tracing_subscriber::fmt()
         .with_writer(std::io::sink)
         .with_ansi(false)
+        .fmt_fields(log_fields::PlainFields)
         .with_max_level(tracing::Level::INFO)
         .finish();
     tracing::subscriber::with_default(subscriber, || {

@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod log_fields;
 mod telemetry;
 
 fn main() -> std::process::ExitCode {

@@ -8,6 +8,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
+use crate::log_fields::PlainFields;
 
 /// Installs the global subscriber; `default_level` applies when `RUST_LOG` is not set.
 ///
@@ -28,18 +29,104 @@ pub(crate) fn init(format: LogFormat, default_level: &str) {
             })),
         ),
     };
+    // Colours only for a person at a terminal: never escape codes in a file or a pipe.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal: never escape codes in a file or a pipe.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(ansi);
     let registry = tracing_subscriber::registry()
         .with(targets)
         .with(env_filter);
     let result = match format {
-        LogFormat::Text => registry.with(fmt).try_init(),
+        LogFormat::Text if ansi => registry.with(fmt).try_init(),
+        LogFormat::Text => registry.with(fmt.fmt_fields(PlainFields)).try_init(),
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
     };
     if let Err(e) = result {
         eprintln!("payauth: logging setup failed: {e}");
+    }
+}
+
+#[cfg(test)]
+// A test's buffer: a poisoned lock is a failed test anyway.
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use crate::log_fields::PlainFields;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::fmt::FormatFields;
+
+    /// What a text subscriber with `fields` (no time, no colours) writes for the same events.
+    fn written<N>(fields: N) -> String
+    where
+        N: for<'w> FormatFields<'w> + Send + Sync + 'static,
+    {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("buffer").extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::TRACE)
+            .fmt_fields(fields)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            #[derive(Debug, thiserror::Error)]
+            #[error("outer failed")]
+            struct Outer(#[source] std::io::Error);
+            let error = Outer(std::io::Error::other("inner \x1b[31m cause"));
+            let span = tracing::info_span!("request", gateway = %"number", request_id = "pa-1");
+            let _entered = span.enter();
+            let nested = tracing::debug_span!("inner", n = 3_u64, r#type = "x");
+            nested.in_scope(|| {
+                tracing::info!(
+                    target: "payauth::access",
+                    gateway = %"number",
+                    method = %http::Method::POST,
+                    path = "/a \"quoted\" path\n",
+                    status = 200_u16,
+                    outcome = "forwarded",
+                    replayed = false,
+                    upstream_ms = 0.25_f64,
+                    skipped = None::<f64>,
+                    duration_ms = 1.0_f64 / 3.0,
+                    count = -4_i64,
+                    big = u128::MAX,
+                    request_id = "pa-3f9c2a71b04e-1a",
+                );
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "a \x1b[31mred\x1b[0m message {}",
+                    7
+                );
+                tracing::warn!(r#type = "kind", text = "é\u{7f}\u{85}", "plain message");
+                tracing::error!(message = "named message", after = true);
+                tracing::info!(only = ?Some("debug"));
+                tracing::info!("");
+            });
+        });
+        let bytes = buffer.0.lock().expect("buffer").clone();
+        String::from_utf8(bytes).expect("utf-8")
+    }
+
+    #[test]
+    fn plain_fields_write_exactly_what_the_default_writes() {
+        let default = written(tracing_subscriber::fmt::format::DefaultFields::new());
+        let plain = written(PlainFields);
+        assert!(default.lines().count() >= 6, "{default}");
+        assert!(default.contains("method=POST"), "{default}");
+        assert!(default.contains("type=\"x\""), "{default}");
+        assert!(default.contains("error.sources="), "{default}");
+        assert_eq!(plain, default);
     }
 }

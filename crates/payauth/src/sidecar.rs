@@ -11,7 +11,6 @@ use std::time::Duration;
 use prometheus::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tower::util::BoxCloneSyncService;
 use tower::Layer;
 
 use crate::admin::{self, AdminGateway};
@@ -27,7 +26,7 @@ use crate::number::{NumberAuthLayer, Protocol};
 use crate::proxy::client::UpstreamClient;
 use crate::proxy::reload::TlsWatch;
 use crate::proxy::workers::{self, WorkerJob, Workers};
-use crate::proxy::{self, FrontLayer, FrontLimits, GatewayService};
+use crate::proxy::{self, FrontLayer, FrontLimits, GatewayFront};
 use crate::shared::RedisStore;
 
 /// One gateway as the sidecar runs it.
@@ -146,7 +145,7 @@ impl Sidecar {
             }
             // Each worker calls the gateway through a connection pool of its own.
             for (job, listener) in jobs.iter_mut().zip(listeners) {
-                job.push((listener, front.front(make(gateway.client.fork()))));
+                job.push((listener, make(&front, gateway.client.fork())));
             }
             warm_ups.extend(warm_up);
             gateways.push(gateway);
@@ -170,7 +169,7 @@ impl Sidecar {
         tracing::info!(%admin_addr, "admin listening");
         let (admin_stop, admin_stop_rx) = watch::channel(false);
         let mut admin_task = JoinSet::new();
-        admin_task.spawn(proxy::serve(
+        admin_task.spawn(proxy::serve_tower(
             admin_listener,
             admin::router(admin_state),
             admin_stop_rx,
@@ -254,7 +253,7 @@ type WarmUp = Box<dyn FnOnce() + Send>;
 
 /// Makes a gateway's service (its layer, sharing the gateway's credential state) around an
 /// upstream client: each worker's own.
-type MakeService = Box<dyn Fn(UpstreamClient) -> GatewayService + Send>;
+type MakeService = Box<dyn Fn(&FrontLayer, UpstreamClient) -> GatewayFront + Send>;
 
 /// Builds a gateway's layer and binds its listeners, one per worker.
 async fn bind_gateway(
@@ -406,7 +405,7 @@ fn build_layer(
             let handle = layer.handle();
             drop(client);
             let make: MakeService =
-                Box::new(move |client| BoxCloneSyncService::new(layer.layer(client)));
+                Box::new(move |front, client| front.shared(layer.layer(client)));
             Ok((
                 make,
                 Arc::new(handle.clone()),
@@ -441,7 +440,7 @@ fn build_layer(
             // every listener is bound: a start that fails must not have sent a getSessionId.
             let warm_up: WarmUp = Box::new(move || service.warm_up());
             let make: MakeService =
-                Box::new(move |client| BoxCloneSyncService::new(layer.layer(client)));
+                Box::new(move |front, client| front.shared(layer.layer(client)));
             Ok((
                 make,
                 Arc::new(handle.clone()),

@@ -95,6 +95,15 @@ pub struct FrontLimits {
 pub type Front<ReqB, ResB> =
     BoxCloneService<Request<ReqB>, Response<ResponseBody<ResB>>, Infallible>;
 
+/// The front as a function called by reference, shared rather than cloned per call: what the
+/// sidecar's accept loop serves (a tower service is cloned for every request hyper hands it,
+/// and a boxed one allocates for that). Built by [`FrontLayer::shared`].
+pub type SharedFront<ReqB, ResB> = Arc<
+    dyn Fn(Request<ReqB>) -> BoxFuture<Result<Response<ResponseBody<ResB>>, Infallible>>
+        + Send
+        + Sync,
+>;
+
 /// Builds a [`Front`] around a gateway service; see the module docs.
 #[derive(Debug, Clone)]
 pub struct FrontLayer {
@@ -144,6 +153,27 @@ impl FrontLayer {
             shared: Arc::clone(&self.shared),
         })
     }
+
+    /// The same front as a [`SharedFront`].
+    pub fn shared<S, ReqB, ResB>(&self, service: S) -> SharedFront<ReqB, ResB>
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<ResponseBody<ResB>>, Error = Error>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        ReqB: Body + Send + Unpin + 'static,
+        ReqB::Data: Send,
+        ReqB::Error: Into<BoxError>,
+        ResB: Send + 'static,
+    {
+        let front = FrontService {
+            inner: service,
+            shared: Arc::clone(&self.shared),
+        };
+        Arc::new(move |request| front.call_ref(request))
+    }
 }
 
 /// The front's one service: the steps of the module docs in one future per call (one
@@ -175,7 +205,28 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        self.call_ref(request)
+    }
+}
+
+impl<S> FrontService<S> {
+    /// A call: needs only `&self` (the gateway service is cloned for it).
+    fn call_ref<ReqB, ResB>(
+        &self,
+        mut request: Request<ReqB>,
+    ) -> BoxFuture<Result<Response<ResponseBody<ResB>>, Infallible>>
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<ResponseBody<ResB>>, Error = Error>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        ReqB: Body + Send + Unpin + 'static,
+        ReqB::Data: Send,
+        ReqB::Error: Into<BoxError>,
+        ResB: Send + 'static,
+    {
         let started = tokio::time::Instant::now();
         // 1. Request id and trace context.
         let headers = request.headers_mut();

@@ -11,7 +11,7 @@ pub mod tls;
 pub mod workers;
 
 #[cfg(feature = "sidecar")]
-pub use front::{Front, FrontLayer, FrontLimits};
+pub use front::{Front, FrontLayer, FrontLimits, SharedFront};
 #[cfg(feature = "sidecar")]
 pub use serving::*;
 
@@ -22,33 +22,41 @@ mod serving {
     use std::net::SocketAddr;
     use std::time::Duration;
 
-    use bytes::Bytes;
     use http::{Request, Response};
-    use http_body_util::Full;
     use hyper::body::Incoming;
     use hyper_util::rt::TokioIo;
     use hyper_util::server::graceful::GracefulShutdown;
     use hyper_util::service::TowerToHyperService;
     use tokio::net::TcpListener;
     use tokio::sync::watch;
-    use tower::util::BoxCloneSyncService;
 
+    use super::SharedFront;
     use crate::body::ResponseBody;
-    use crate::error::{BoxError, Error};
+    use crate::error::BoxError;
 
     /// The body of every response the sidecar sends.
     pub type ProxyBody = ResponseBody<Incoming>;
 
-    /// A gateway's layer stack around its upstream client, as the listener calls it: the request
-    /// body is already read (bounded in size and time) by the front.
-    pub type GatewayService = BoxCloneSyncService<Request<Full<Bytes>>, Response<ProxyBody>, Error>;
+    /// A gateway's front as a worker serves it.
+    pub type GatewayFront = SharedFront<Incoming, Incoming>;
 
-    /// The one accept loop: serves HTTP/1.1 on `listener` with `service` (a gateway's front, the
-    /// admin router) until `shutdown` turns true, then lets connections finish for up to `grace`.
-    pub async fn serve<S, B>(
+    /// Serves a gateway's front on `listener` with [`serve`]; its calls take the front by
+    /// reference (nothing cloned per request but the gateway service the call needs).
+    pub async fn serve_front(
+        listener: TcpListener,
+        front: GatewayFront,
+        shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) {
+        let service = hyper::service::service_fn(move |request| front(request));
+        serve(listener, service, shutdown, grace).await;
+    }
+
+    /// Serves a tower service (the admin router) on `listener` with [`serve`].
+    pub async fn serve_tower<S, B>(
         listener: TcpListener,
         service: S,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
         grace: Duration,
     ) where
         S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -56,6 +64,26 @@ mod serving {
             + Send
             + 'static,
         S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        serve(listener, TowerToHyperService::new(service), shutdown, grace).await;
+    }
+
+    /// The one accept loop: serves HTTP/1.1 on `listener` with `service` until `shutdown` turns
+    /// true, then lets connections finish for up to `grace`.
+    pub async fn serve<H, B>(
+        listener: TcpListener,
+        service: H,
+        mut shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) where
+        H: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        H::Future: Send + 'static,
         B: http_body::Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
@@ -79,7 +107,7 @@ mod serving {
                         // write(2): cheaper than writev(2) of several pieces (bench/vs-nginx.sh).
                         .writev(false)
                         .header_read_timeout(Duration::from_secs(30))
-                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()));
+                        .serve_connection(TokioIo::new(stream), service.clone());
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {

@@ -17,13 +17,10 @@ use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
-
-use super::Front;
 
 /// How many connections may wait to be accepted, per listener (as tokio's own `bind`).
 const BACKLOG: i32 = 1024;
@@ -66,7 +63,7 @@ fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpLi
 }
 
 /// What one worker serves: a listener and the front of each gateway.
-pub type WorkerJob = Vec<(std::net::TcpListener, Front<Incoming, Incoming>)>;
+pub type WorkerJob = Vec<(std::net::TcpListener, super::GatewayFront)>;
 
 /// The running workers.
 #[derive(Debug)]
@@ -113,7 +110,12 @@ impl Workers {
                         let work = async {
                             let mut serving = JoinSet::new();
                             for (listener, front) in listeners {
-                                serving.spawn(super::serve(listener, front, stop.clone(), grace));
+                                serving.spawn(super::serve_front(
+                                    listener,
+                                    front,
+                                    stop.clone(),
+                                    grace,
+                                ));
                             }
                             while serving.join_next().await.is_some() {}
                             let _ = served_tx.send(());
