@@ -58,7 +58,14 @@ type Inner = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// files, for this client and every fork of it; calls already under way finish on the old ones.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    current: Arc<ArcSwap<Inner>>,
+    /// One `Arc` per fork: cloning the client (once or twice per call) touches only its own
+    /// fork's counter, not one that every worker thread shares.
+    member: Arc<Member>,
+}
+
+#[derive(Debug)]
+struct Member {
+    current: ArcSwap<Inner>,
     family: Arc<Mutex<Family>>,
 }
 
@@ -67,7 +74,7 @@ pub struct UpstreamClient {
 struct Family {
     config: Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
-    members: Vec<Weak<ArcSwap<Inner>>>,
+    members: Vec<Weak<Member>>,
 }
 
 impl UpstreamClient {
@@ -80,40 +87,40 @@ impl UpstreamClient {
     /// Builds a client from the gateway's TLS files; the error names the file that is unusable.
     pub fn new(tls: &TlsFiles, connect_timeout: Duration) -> Result<Self, String> {
         let config = Arc::new(super::tls::client_config(tls)?);
-        let current = Arc::new(ArcSwap::from_pointee(build(&config, connect_timeout)));
-        let family = Family {
-            config,
+        let family = Arc::new(Mutex::new(Family {
+            config: Arc::clone(&config),
             connect_timeout,
-            members: vec![Arc::downgrade(&current)],
-        };
-        Ok(Self {
-            current,
-            family: Arc::new(Mutex::new(family)),
-        })
+            members: Vec::new(),
+        }));
+        let member = Arc::new(Member {
+            current: ArcSwap::from_pointee(build(&config, connect_timeout)),
+            family: Arc::clone(&family),
+        });
+        lock(&family).members.push(Arc::downgrade(&member));
+        Ok(Self { member })
     }
 
     /// A client with the same settings and a connection pool of its own, reloaded with this one.
     pub fn fork(&self) -> Self {
-        let mut family = lock(&self.family);
-        let current = Arc::new(ArcSwap::from_pointee(build(
-            &family.config,
-            family.connect_timeout,
-        )));
+        let mut family = lock(&self.member.family);
+        let member = Arc::new(Member {
+            current: ArcSwap::from_pointee(build(&family.config, family.connect_timeout)),
+            family: Arc::clone(&self.member.family),
+        });
         family.members.retain(|m| m.strong_count() > 0);
-        family.members.push(Arc::downgrade(&current));
-        Self {
-            current,
-            family: Arc::clone(&self.family),
-        }
+        family.members.push(Arc::downgrade(&member));
+        Self { member }
     }
 
     /// Rebuilds this client and its forks from the files (after a certificate change).
     pub fn reload(&self, tls: &TlsFiles) -> Result<(), String> {
         let config = Arc::new(super::tls::client_config(tls)?);
-        let mut family = lock(&self.family);
+        let mut family = lock(&self.member.family);
         family.members.retain(|m| m.strong_count() > 0);
         for member in family.members.iter().filter_map(Weak::upgrade) {
-            member.store(Arc::new(build(&config, family.connect_timeout)));
+            member
+                .current
+                .store(Arc::new(build(&config, family.connect_timeout)));
         }
         family.config = config;
         Ok(())
@@ -148,6 +155,6 @@ impl Service<Request<Full<Bytes>>> for UpstreamClient {
     }
 
     fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
-        self.current.load().request(request)
+        self.member.current.load().request(request)
     }
 }
