@@ -701,6 +701,9 @@ mod tests {
     }
 
     const LEASE: u64 = 35_000;
+    /// An attempt's own timeout: the request timeout, which the sidecar makes 5 s shorter than
+    /// the lease (`sidecar::shared_state`), so a live replica always ends its attempts first.
+    const ATTEMPT_TIMEOUT: u64 = LEASE - 5_000;
 
     impl Store {
         /// The record, seeded as the scripts seed a missing one: from the replica's copy, and
@@ -803,13 +806,16 @@ mod tests {
             let mut vendor_run = 0u32;
             let mut rejections_in_a_row = 0u32;
             let mut live = [true; 4];
-            // Attempts sent and not yet answered, by replica (a crashed replica's never are).
-            let mut sent: Vec<usize> = Vec::new();
+            // Attempts sent and not yet answered, oldest first: the replica, and when its own
+            // timeout gives up on it (a crashed replica's never end).
+            let mut sent: Vec<(usize, u64)> = Vec::new();
             for op in ops {
                 match op {
-                    Op::Reserve(r) if live[r] && store.reserve(r, limits) => sent.push(r),
+                    Op::Reserve(r) if live[r] && store.reserve(r, limits) => {
+                        sent.push((r, store.now + ATTEMPT_TIMEOUT));
+                    }
                     Op::Settle(r, outcome) if live[r] => {
-                        if let Some(i) = sent.iter().position(|x| *x == r) {
+                        if let Some(i) = sent.iter().position(|(x, _)| *x == r) {
                             store.settle(r, outcome, limits);
                             {
                                 sent.remove(i);
@@ -831,11 +837,20 @@ mod tests {
                     Op::Crash(r) => {
                         live[r] = false;
                         // Its attempts in flight may have reached the gateway.
-                        let lost = sent.iter().filter(|x| **x == r).count() as u32;
+                        let lost = sent.iter().filter(|(x, _)| *x == r).count() as u32;
                         vendor_run += lost;
-                        sent.retain(|x| *x != r);
+                        sent.retain(|(x, _)| *x != r);
                     }
-                    Op::Tick(ms) => store.now += ms,
+                    Op::Tick(ms) => {
+                        store.now += ms;
+                        // A live replica gives up on an attempt at its timeout, before the
+                        // attempt's lease ends, and settles it as unknown.
+                        while let Some(i) = sent.iter().position(|(_, end)| *end <= store.now) {
+                            let (r, _) = sent.remove(i);
+                            store.settle(r, AttemptOutcome::Unknown, limits);
+                            vendor_run += 1;
+                        }
+                    }
                     Op::Loss => {
                         store.record = None;
                         store.leases.clear();
