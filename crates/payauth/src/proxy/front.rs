@@ -91,6 +91,37 @@ pub struct FrontLimits {
     pub soap_errors: bool,
 }
 
+/// A gateway service a front can wrap: a gateway's layer around its client (or anything that
+/// answers with payauth's body and errors), cloned per call.
+pub trait Wrappable<ResB>:
+    Service<
+        Request<Full<Bytes>>,
+        Response = Response<ResponseBody<ResB>>,
+        Error = Error,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T, ResB> Wrappable<ResB> for T where
+    T: Service<
+            Request<Full<Bytes>>,
+            Response = Response<ResponseBody<ResB>>,
+            Error = Error,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A request body a front can read: hyper's `Incoming`, or any body of the app's requests.
+pub trait AppBody: Body<Data: Send, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+impl<T> AppBody for T where T: Body<Data: Send, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
 /// The front as one service: takes the app's requests, never fails (errors are responses).
 pub type Front<ReqB, ResB> =
     BoxCloneService<Request<ReqB>, Response<ResponseBody<ResB>>, Infallible>;
@@ -138,14 +169,8 @@ impl FrontLayer {
     /// The stack around `service`.
     pub fn front<S, ReqB, ResB>(&self, service: S) -> Front<ReqB, ResB>
     where
-        S: Service<Request<Full<Bytes>>, Response = Response<ResponseBody<ResB>>, Error = Error>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        ReqB: Body + Send + Unpin + 'static,
-        ReqB::Data: Send,
-        ReqB::Error: Into<BoxError>,
+        S: Wrappable<ResB>,
+        ReqB: AppBody,
         ResB: Send + 'static,
     {
         BoxCloneService::new(FrontService {
@@ -157,15 +182,8 @@ impl FrontLayer {
     /// The same front as a [`SharedFront`].
     pub fn shared<S, ReqB, ResB>(&self, service: S) -> SharedFront<ReqB, ResB>
     where
-        S: Service<Request<Full<Bytes>>, Response = Response<ResponseBody<ResB>>, Error = Error>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-        ReqB: Body + Send + Unpin + 'static,
-        ReqB::Data: Send,
-        ReqB::Error: Into<BoxError>,
+        S: Wrappable<ResB> + Sync,
+        ReqB: AppBody,
         ResB: Send + 'static,
     {
         let front = FrontService {
@@ -186,14 +204,9 @@ struct FrontService<S> {
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for FrontService<S>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<ResponseBody<ResB>>, Error = Error>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    ReqB: Body + Send + Unpin + 'static,
-    ReqB::Data: Send,
-    ReqB::Error: Into<BoxError>,
+    // The answer's body type named here too, so that the impl determines `ResB`.
+    S: Wrappable<ResB> + Service<Request<Full<Bytes>>, Response = Response<ResponseBody<ResB>>>,
+    ReqB: AppBody,
     ResB: Send + 'static,
 {
     type Response = Response<ResponseBody<ResB>>;
@@ -217,14 +230,8 @@ impl<S> FrontService<S> {
         mut request: Request<ReqB>,
     ) -> BoxFuture<Result<Response<ResponseBody<ResB>>, Infallible>>
     where
-        S: Service<Request<Full<Bytes>>, Response = Response<ResponseBody<ResB>>, Error = Error>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        ReqB: Body + Send + Unpin + 'static,
-        ReqB::Data: Send,
-        ReqB::Error: Into<BoxError>,
+        S: Wrappable<ResB>,
+        ReqB: AppBody,
         ResB: Send + 'static,
     {
         let started = tokio::time::Instant::now();
