@@ -238,10 +238,13 @@ impl Sidecar {
         self.begin_shutdown();
         while self.tasks.join_next().await.is_some() {}
         self.workers.served().await;
+        tracing::debug!("shutdown: listeners closed, connections done");
         for gateway in self.gateways.iter() {
             gateway.control.stop(Duration::from_secs(5)).await;
         }
+        tracing::debug!("shutdown: credential work stopped");
         self.workers.release().await;
+        tracing::debug!("shutdown: worker threads ended");
         let _ = self.admin_stop.send(true);
         while self.admin_task.join_next().await.is_some() {}
         tracing::info!("stopped");
