@@ -1149,3 +1149,49 @@ async fn a_call_waits_for_a_session_at_most_session_wait_then_is_shed() {
     );
     assert!(calls(&sim).is_empty(), "nothing was forwarded");
 }
+
+/// Stopping while the filler's `getSessionId`s wait for their turn (the guard lets one through
+/// at a time until the credentials are proven) sends none of them and counts none as a failure:
+/// no backoff, no `result="error"` attempt, nothing left reserved.
+#[tokio::test]
+async fn stopping_withdraws_the_fetches_still_waiting_without_a_failure() {
+    let sim = start(CreditGuardSimConfig {
+        get_session_latency: Duration::from_millis(400),
+        ..CreditGuardSimConfig::default()
+    })
+    .await;
+    let gw = gateway(&sim);
+    gw.service.warm_up();
+    wait_until("a getSessionId in flight", Duration::from_secs(5), || {
+        gw.handle.guard().status().in_flight > 0
+    })
+    .await;
+    let waiting = gw.handle.pool_stats().fetching;
+    assert!(
+        waiting >= 2,
+        "{waiting} fetches started: one sent, the rest waiting"
+    );
+    gw.handle.stop().await;
+    let status = gw.handle.guard().status();
+    assert_eq!(status.in_flight, 0);
+    assert_eq!(status.record.unconfirmed, 0, "nothing left reserved");
+    assert_eq!(
+        status.backoff, None,
+        "a withdrawn fetch is no transport failure"
+    );
+    let text = metrics_text(&gw);
+    let errors = text
+        .lines()
+        .filter(|l| l.starts_with("payauth_auth_attempts_total") && l.contains("result=\"error\""))
+        .filter(|l| !l.ends_with(" 0"))
+        .count();
+    assert_eq!(errors, 0, "no attempt counted as an error:\n{text}");
+    let sent = calls(&sim)
+        .iter()
+        .filter(|c| c.kind == ReceivedKind::GetSessionId)
+        .count();
+    assert!(
+        sent < waiting,
+        "{sent} of {waiting} fetches reached the gateway"
+    );
+}

@@ -304,6 +304,21 @@ pub enum AttemptOutcome {
     NotSent,
     /// It may have reached the gateway; no usable answer came back.
     Unknown,
+    /// payauth itself did not send it after all (it is stopping): no attempt was made, so
+    /// nothing is counted, logged or backed off; the reservation is only released.
+    Withdrawn,
+}
+
+impl AttemptOutcome {
+    /// How the attempt counts in `payauth_auth_attempts_total`; `None` for one never made.
+    pub(crate) fn result(self) -> Option<AuthResult> {
+        match self {
+            AttemptOutcome::Success => Some(AuthResult::Success),
+            AttemptOutcome::Rejected => Some(AuthResult::Rejected),
+            AttemptOutcome::NotSent | AttemptOutcome::Unknown => Some(AuthResult::Error),
+            AttemptOutcome::Withdrawn => None,
+        }
+    }
 }
 
 /// How many attempts a guard lets through.
@@ -424,7 +439,7 @@ pub mod rules {
                     reason
                 })
             }
-            AttemptOutcome::NotSent => {
+            AttemptOutcome::NotSent | AttemptOutcome::Withdrawn => {
                 record.unconfirmed = record.unconfirmed.saturating_sub(1);
                 None
             }
@@ -731,11 +746,9 @@ impl AuthGuard {
 
     /// Applies `outcome` in memory; returns what to persist, if anything.
     fn settle(&self, fingerprint: Fingerprint, outcome: AttemptOutcome) -> Option<u64> {
-        self.metrics.auth_attempt(match outcome {
-            AttemptOutcome::Success => AuthResult::Success,
-            AttemptOutcome::Rejected => AuthResult::Rejected,
-            AttemptOutcome::NotSent | AttemptOutcome::Unknown => AuthResult::Error,
-        });
+        if let Some(result) = outcome.result() {
+            self.metrics.auth_attempt(result);
+        }
         let mut inner = lock(&self.inner);
         if inner.fingerprint != fingerprint {
             drop(inner);
@@ -754,7 +767,7 @@ impl AuthGuard {
                 inner.not_before = None;
             }
             AttemptOutcome::NotSent | AttemptOutcome::Unknown => self.back_off(&mut inner),
-            AttemptOutcome::Rejected => {}
+            AttemptOutcome::Rejected | AttemptOutcome::Withdrawn => {}
         }
         inner.version += 1;
         let version = inner.version;
@@ -890,6 +903,12 @@ impl Attempt {
     /// The request may have reached the gateway, but no usable answer came back.
     pub async fn unknown(self) {
         self.finish(AttemptOutcome::Unknown).await;
+    }
+
+    /// payauth decided not to send it after all (it is stopping): the reservation is released
+    /// with no failure counted, logged or backed off.
+    pub async fn withdrawn(self) {
+        self.finish(AttemptOutcome::Withdrawn).await;
     }
 
     /// Settles with `outcome` and waits until the record is on disk.
@@ -1050,6 +1069,29 @@ mod tests {
                 proven: true,
                 ..GuardRecord::default()
             }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_withdrawn_attempt_is_released_without_a_failure() {
+        let metrics = GatewayMetrics::unregistered("gw");
+        let g = AuthGuard::open(
+            "gw",
+            GuardLimits::serial(1),
+            Fingerprint::of(&[b"acct", b"token"]),
+            Arc::new(MemoryGuardStore::default()),
+            metrics.clone(),
+        )
+        .expect("open");
+        g.begin().await.expect("attempt").withdrawn().await;
+        let status = g.status();
+        assert_eq!(status.record, GuardRecord::default(), "nothing counted");
+        assert_eq!((status.in_flight, status.backoff), (0, None), "no backoff");
+        let counts = metrics.snapshot().auth_attempts;
+        assert_eq!((counts.success, counts.rejected, counts.error), (0, 0, 0));
+        assert!(
+            matches!(g.try_begin().await, Ok(Some(_))),
+            "the next one goes at once"
         );
     }
 

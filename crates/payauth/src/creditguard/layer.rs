@@ -637,8 +637,9 @@ impl CreditGuardGateway {
             Err(NotStarted::Changed(error)) => return Err(one(error)),
         };
         if self.stopped.load(Ordering::Acquire) {
-            // Shutting down: a fetch that waited for its turn is not sent at all.
-            attempt.not_sent().await;
+            // Shutting down: a fetch that waited for its turn is not sent at all, and that is
+            // no failure of the gateway's (nothing counted, logged or backed off).
+            attempt.withdrawn().await;
             return Err(one(self.error(
                 ErrorCode::AuthUnavailable,
                 "payauth is shutting down; no session was requested",

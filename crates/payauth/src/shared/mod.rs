@@ -39,7 +39,7 @@ use crate::guard::{
     transport_backoff, Attempt, AttemptOutcome, Fingerprint, GuardLimits, GuardRecord, GuardStatus,
     GuardStore, Refusal, MAX_BUDGET,
 };
-use crate::metrics::{AuthResult, GatewayMetrics};
+use crate::metrics::GatewayMetrics;
 use crate::secret::Secret;
 use crate::sync::lock;
 use scripts::Scripts;
@@ -435,11 +435,9 @@ impl RedisState {
     }
 
     async fn settle_attempt(&self, fingerprint: Fingerprint, outcome: AttemptOutcome) {
-        self.metrics.auth_attempt(match outcome {
-            AttemptOutcome::Success => AuthResult::Success,
-            AttemptOutcome::Rejected => AuthResult::Rejected,
-            AttemptOutcome::NotSent | AttemptOutcome::Unknown => AuthResult::Error,
-        });
+        if let Some(result) = outcome.result() {
+            self.metrics.auth_attempt(result);
+        }
         let id = {
             let mut inner = lock(&self.inner);
             let position = inner.attempts.iter().position(|(f, _)| *f == fingerprint);
@@ -453,7 +451,7 @@ impl RedisState {
                     inner.failures += 1;
                     inner.not_before = Some(Instant::now() + transport_backoff(inner.failures));
                 }
-                AttemptOutcome::Rejected => {}
+                AttemptOutcome::Rejected | AttemptOutcome::Withdrawn => {}
             }
             id
         };
@@ -463,7 +461,7 @@ impl RedisState {
         let outcome_arg = match outcome {
             AttemptOutcome::Success => "success",
             AttemptOutcome::Rejected => "rejected",
-            AttemptOutcome::NotSent => "not_sent",
+            AttemptOutcome::NotSent | AttemptOutcome::Withdrawn => "not_sent",
             AttemptOutcome::Unknown => "unknown",
         };
         let args = [id, outcome_arg.to_owned(), self.limits.budget.to_string()];
@@ -681,6 +679,7 @@ mod tests {
             Just(AttemptOutcome::Rejected),
             Just(AttemptOutcome::NotSent),
             Just(AttemptOutcome::Unknown),
+            Just(AttemptOutcome::Withdrawn),
         ];
         prop_oneof![
             (0..4usize).prop_map(Op::Reserve),
@@ -829,7 +828,7 @@ mod tests {
                                         rejections_in_a_row += 1;
                                     }
                                     AttemptOutcome::Unknown => vendor_run += 1,
-                                    AttemptOutcome::NotSent => {}
+                                    AttemptOutcome::NotSent | AttemptOutcome::Withdrawn => {}
                                 }
                             }
                         }
