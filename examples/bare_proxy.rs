@@ -22,6 +22,26 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use socket2::{Domain, Protocol, Socket, Type};
 
+/// The switches of the module docs, read once at start (reading the environment per request
+/// would take a lock on every call and weigh on the floor).
+#[derive(Debug, Clone, Copy)]
+struct Switches {
+    timer: bool,
+    buffer: bool,
+    timeout: bool,
+}
+
+impl Switches {
+    fn from_env() -> Self {
+        let on = |name| std::env::var_os(name).is_some();
+        Self {
+            timer: on("BARE_TIMER"),
+            buffer: on("BARE_BUFFER"),
+            timeout: on("BARE_TIMEOUT"),
+        }
+    }
+}
+
 fn listener(addr: SocketAddr) -> std::net::TcpListener {
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).expect("socket");
@@ -46,6 +66,7 @@ fn main() {
         .parse()
         .expect("UPSTREAM url");
     let workers: usize = args.get(3).map_or(2, |w| w.parse().expect("WORKERS"));
+    let switches = Switches::from_env();
     let threads: Vec<_> = (0..workers)
         .map(|_| {
             let listener = listener(listen);
@@ -55,7 +76,7 @@ fn main() {
                     .enable_all()
                     .build()
                     .expect("runtime");
-                runtime.block_on(serve(listener, upstream));
+                runtime.block_on(serve(listener, upstream, switches));
             })
         })
         .collect();
@@ -64,7 +85,7 @@ fn main() {
     }
 }
 
-async fn serve(listener: std::net::TcpListener, upstream: Uri) {
+async fn serve(listener: std::net::TcpListener, upstream: Uri, switches: Switches) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -85,7 +106,7 @@ async fn serve(listener: std::net::TcpListener, upstream: Uri) {
                 let (client, upstream) = (client.clone(), upstream.clone());
                 async move {
                     let (mut parts, body) = request.into_parts();
-                    let body = if std::env::var_os("BARE_BUFFER").is_some() {
+                    let body = if switches.buffer {
                         use http_body_util::BodyExt;
                         let bytes = body.collect().await.expect("body").to_bytes();
                         http_body_util::Either::Right(http_body_util::Full::new(bytes))
@@ -101,7 +122,7 @@ async fn serve(listener: std::net::TcpListener, upstream: Uri) {
                         HeaderValue::from_static("B9F24903C3BA4770AE303032303541303032353437"),
                     );
                     let sent = client.request(Request::from_parts(parts, body));
-                    let result = if std::env::var_os("BARE_TIMEOUT").is_some() {
+                    let result = if switches.timeout {
                         tokio::time::timeout(std::time::Duration::from_secs(30), sent)
                             .await
                             .expect("in time")
@@ -109,7 +130,7 @@ async fn serve(listener: std::net::TcpListener, upstream: Uri) {
                         sent.await
                     };
                     let response = match result {
-                        Ok(response) if std::env::var_os("BARE_BUFFER").is_some() => {
+                        Ok(response) if switches.buffer => {
                             use http_body_util::BodyExt;
                             let (head, body) = response.into_parts();
                             let bytes = body.collect().await.expect("answer").to_bytes();
@@ -133,7 +154,7 @@ async fn serve(listener: std::net::TcpListener, upstream: Uri) {
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.writev(false);
-            if std::env::var_os("BARE_TIMER").is_some() {
+            if switches.timer {
                 builder
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(std::time::Duration::from_secs(30));

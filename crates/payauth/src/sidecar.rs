@@ -169,9 +169,9 @@ impl Sidecar {
         tracing::info!(%admin_addr, "admin listening");
         let (admin_stop, admin_stop_rx) = watch::channel(false);
         let mut admin_task = JoinSet::new();
-        admin_task.spawn(proxy::serve_tower(
+        admin_task.spawn(proxy::serve(
             admin_listener,
-            admin::router(admin_state),
+            hyper_util::service::TowerToHyperService::new(admin::router(admin_state)),
             admin_stop_rx,
             grace,
         ));
@@ -254,8 +254,8 @@ impl Sidecar {
 /// Starts a gateway's background credential work (the CreditGuard session pool).
 type WarmUp = Box<dyn FnOnce() + Send>;
 
-/// Makes a gateway's service (its layer, sharing the gateway's credential state) around an
-/// upstream client: each worker's own.
+/// Makes a gateway's front (around its layer, which shares the gateway's credential state) with
+/// an upstream client: each worker's own.
 type MakeService = Box<dyn Fn(&FrontLayer, UpstreamClient) -> GatewayFront + Send>;
 
 /// Builds a gateway's layer and binds its listeners, one per worker.

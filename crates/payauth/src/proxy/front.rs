@@ -339,12 +339,10 @@ impl Shared {
     }
 
     /// Drops hop-by-hop headers and `Host`, points the URI at the upstream and reads the body.
-    async fn prepare<B>(&self, request: Request<B>) -> Result<Request<Full<Bytes>>, Error>
-    where
-        B: Body + Send + Unpin + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
+    async fn prepare<B: AppBody>(
+        &self,
+        request: Request<B>,
+    ) -> Result<Request<Full<Bytes>>, Error> {
         let (mut parts, body) = request.into_parts();
         for name in HOP_BY_HOP {
             parts.headers.remove(name);
@@ -464,29 +462,23 @@ fn upstream_uri(upstream: &Uri, uri: &Uri) -> Option<Uri> {
 impl Shared {
     /// Reads the request body, at most `max_request_bytes` within `body_timeout`. An oversized
     /// body is drained in the background (bounded) so that the app can read its 413.
-    async fn read_body<B>(&self, headers: &http::HeaderMap, mut body: B) -> Result<Bytes, Error>
-    where
-        B: Body + Send + Unpin + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
+    async fn read_body<B: AppBody>(
+        &self,
+        headers: &http::HeaderMap,
+        mut body: B,
+    ) -> Result<Bytes, Error> {
         let limit = self.limits.max_request_bytes;
-        let too_large = || {
-            self.error(
-                ErrorCode::BodyTooLarge,
-                format!("request body over the limit of {limit} bytes; nothing was forwarded"),
-            )
-        };
-        if crate::body::content_length(headers).is_some_and(|len| len > limit as u64) {
-            drain(body);
-            return Err(too_large());
-        }
-        let collect = crate::body::collect_limited(&mut body, limit, None);
+        // A declared length over the limit is refused before anything is read.
+        let declared = crate::body::content_length(headers);
+        let collect = crate::body::collect_limited(&mut body, limit, declared);
         match tokio::time::timeout(self.limits.body_timeout, collect).await {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(CollectError::TooLarge(_))) => {
                 drain(body);
-                Err(too_large())
+                Err(self.error(
+                    ErrorCode::BodyTooLarge,
+                    format!("request body over the limit of {limit} bytes; nothing was forwarded"),
+                ))
             }
             Ok(Err(CollectError::Read(_))) => Err(self.error(
                 ErrorCode::BadRequest,
@@ -505,11 +497,7 @@ impl Shared {
 
 /// Reads and discards what is left of an oversized request body, within bounds, so that the
 /// connection closes gently after the 413 (see [`DRAIN_LIMIT_BYTES`]).
-fn drain<B>(mut body: B)
-where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-{
+fn drain<B: AppBody>(mut body: B) {
     use bytes::Buf;
     tokio::spawn(async move {
         let mut left = DRAIN_LIMIT_BYTES;

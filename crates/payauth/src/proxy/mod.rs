@@ -26,7 +26,6 @@ mod serving {
     use hyper::body::Incoming;
     use hyper_util::rt::TokioIo;
     use hyper_util::server::graceful::GracefulShutdown;
-    use hyper_util::service::TowerToHyperService;
     use tokio::net::TcpListener;
     use tokio::sync::watch;
 
@@ -52,27 +51,9 @@ mod serving {
         serve(listener, service, shutdown, grace).await;
     }
 
-    /// Serves a tower service (the admin router) on `listener` with [`serve`].
-    pub async fn serve_tower<S, B>(
-        listener: TcpListener,
-        service: S,
-        shutdown: watch::Receiver<bool>,
-        grace: Duration,
-    ) where
-        S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        serve(listener, TowerToHyperService::new(service), shutdown, grace).await;
-    }
-
     /// The one accept loop: serves HTTP/1.1 on `listener` with `service` until `shutdown` turns
-    /// true, then lets connections finish for up to `grace`.
+    /// true, then lets connections finish for up to `grace`. A tower service (the admin router)
+    /// goes in wrapped in hyper-util's `TowerToHyperService`.
     pub async fn serve<H, B>(
         listener: TcpListener,
         service: H,
