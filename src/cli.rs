@@ -163,7 +163,11 @@ async fn dispatch(command: Command) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match payauth::sidecar::run(config).await {
+            // The workers' log lines are written when a worker goes idle (see log_writer).
+            let hooks = payauth::sidecar::WorkerHooks {
+                on_idle: Some(std::sync::Arc::new(crate::log_writer::worker_idle)),
+            };
+            match payauth::sidecar::run_with(config, &hooks).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("payauth: {e}");

@@ -4,6 +4,7 @@
 mod cli;
 mod demo;
 mod log_fields;
+mod log_writer;
 mod telemetry;
 
 fn main() -> std::process::ExitCode {

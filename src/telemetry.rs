@@ -1,4 +1,5 @@
-//! Logging setup: `RUST_LOG` filters (default `info`), text or JSON lines on stderr.
+//! Logging setup: `RUST_LOG` filters (default `info`), text or JSON lines on stderr (written as
+//! [`crate::log_writer`] describes).
 
 use std::str::FromStr;
 
@@ -32,7 +33,7 @@ pub(crate) fn init(format: LogFormat, default_level: &str) {
     // Colours only for a person at a terminal: never escape codes in a file or a pipe.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(crate::log_writer::Stderr)
         .with_ansi(ansi);
     let registry = tracing_subscriber::registry()
         .with(targets)

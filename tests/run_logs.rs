@@ -1,5 +1,6 @@
 //! `payauth run` as a process, its stderr a pipe: no colour codes in the text logs, the request
-//! ids of two runs never collide, and a W3C trace id reaches the access line.
+//! ids of two runs never collide, a W3C trace id reaches the access line, and the workers'
+//! gathered lines are written when a worker goes idle and, all of them, when payauth stops.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,84 +23,155 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// `payauth run` in front of one Number gateway, with 2 workers and the default log (text at
+/// info), its stderr read line by line as it comes.
+struct Running {
+    child: std::process::Child,
+    addr: SocketAddr,
+    lines: std::sync::mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    async fn start(upstream: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::write(root.join("token"), TOKEN).expect("token");
+        let (port, admin) = (free_port(), free_port());
+        let config = root.join("payauth.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[state]\ndir = \"{state}\"\n[proxy]\nworkers = 2\n\
+                 [[gateway]]\nname = \"number\"\nkind = \"number\"\nlisten = \"127.0.0.1:{port}\"\n\
+                 upstream = \"{upstream}\"\nprotocol = \"rest\"\naccount_code = \"EP9116875\"\n\
+                 token_file = \"{token}\"\n",
+                state = root.join("state").display(),
+                token = root.join("token").display(),
+            ),
+        )
+        .expect("config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_payauth"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .env_remove("PAYAUTH_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("payauth runs");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).split(b'\n') {
+                let Ok(line) = line else { break };
+                if tx
+                    .send(String::from_utf8_lossy(&line).into_owned())
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut running = Self {
+            child,
+            addr,
+            lines,
+            _dir: dir,
+        };
+        let up = eventually(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(addr).is_ok()
+        })
+        .await;
+        if !up {
+            let _ = running.child.kill();
+            let said = running.stop_and_read().join("\n");
+            panic!("payauth did not listen; it said:\n{said}");
+        }
+        running
+    }
+
+    /// The lines written so far.
+    fn read(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
+    /// Stops payauth as a pod's runtime would (SIGTERM), waits for it, and returns the lines it
+    /// wrote that were not read yet.
+    fn stop_and_read(&mut self) -> Vec<String> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let exited = self.child.wait().expect("payauth's exit");
+        // The reader thread ends with the pipe.
+        let lines: Vec<String> = self.lines.iter().collect();
+        assert!(
+            exited.success(),
+            "payauth stopped with {exited}:\n{}",
+            lines.join("\n")
+        );
+        lines
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs `payauth run` against `upstream`, makes `calls` sales, stops it; returns the request
 /// ids the answers carried and everything it wrote to stderr.
 async fn run_once(upstream: &str, calls: usize) -> (Vec<String>, Vec<u8>) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path();
-    std::fs::write(root.join("token"), TOKEN).expect("token");
-    let (port, admin) = (free_port(), free_port());
-    let config = root.join("payauth.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[state]\ndir = \"{state}\"\n[proxy]\nworkers = 2\n\
-             [[gateway]]\nname = \"number\"\nkind = \"number\"\nlisten = \"127.0.0.1:{port}\"\n\
-             upstream = \"{upstream}\"\nprotocol = \"rest\"\naccount_code = \"EP9116875\"\n\
-             token_file = \"{token}\"\n",
-            state = root.join("state").display(),
-            token = root.join("token").display(),
-        ),
-    )
-    .expect("config");
-    let child = Command::new(env!("CARGO_BIN_EXE_payauth"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .env_remove("PAYAUTH_LOG_FORMAT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("payauth runs");
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let up = eventually(Duration::from_secs(20), || {
-        std::net::TcpStream::connect(addr).is_ok()
-    })
-    .await;
+    let mut running = Running::start(upstream).await;
+    let addr = running.addr;
     let client = client();
     let mut ids = Vec::new();
-    if up {
-        for _ in 0..calls {
-            let reply = sale(&client, addr).await;
-            assert!(
-                approved(&reply, "CreditCardSale_Manual"),
-                "{}",
-                reply.text()
-            );
-            ids.push(
-                reply.headers["x-request-id"]
-                    .to_str()
-                    .expect("text id")
-                    .to_owned(),
-            );
-        }
-        // One call traced, one with a malformed traceparent (dropped, not logged).
-        for traceparent in [TRACEPARENT, "00-not-a-trace-01"] {
-            let reply = post_with(
-                &client,
-                addr,
-                &format!("{REST}/CreditCardSale_Manual"),
-                r#"{"Amount": 1.00}"#,
-                &[("traceparent", traceparent)],
-            )
-            .await;
-            assert!(
-                approved(&reply, "CreditCardSale_Manual"),
-                "{}",
-                reply.text()
-            );
-        }
+    for _ in 0..calls {
+        let reply = sale(&client, addr).await;
+        assert!(
+            approved(&reply, "CreditCardSale_Manual"),
+            "{}",
+            reply.text()
+        );
+        ids.push(
+            reply.headers["x-request-id"]
+                .to_str()
+                .expect("text id")
+                .to_owned(),
+        );
     }
-    let mut child = child;
-    let _ = child.kill();
-    let output = child.wait_with_output().expect("payauth's output");
-    assert!(
-        up,
-        "payauth did not listen; it said:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (ids, output.stderr)
+    // One call traced, one with a malformed traceparent (dropped, not logged).
+    for traceparent in [TRACEPARENT, "00-not-a-trace-01"] {
+        let reply = post_with(
+            &client,
+            addr,
+            &format!("{REST}/CreditCardSale_Manual"),
+            r#"{"Amount": 1.00}"#,
+            &[("traceparent", traceparent)],
+        )
+        .await;
+        assert!(
+            approved(&reply, "CreditCardSale_Manual"),
+            "{}",
+            reply.text()
+        );
+    }
+    let mut lines = running.read();
+    lines.extend(running.stop_and_read());
+    let mut log = lines.join("\n").into_bytes();
+    log.push(b'\n');
+    (ids, log)
+}
+
+/// The access line's request id.
+fn request_id_of(line: &str) -> Option<&str> {
+    let rest = &line[line.find(" request_id=\"")? + " request_id=\"".len()..];
+    rest.split('"').next()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,6 +208,104 @@ async fn piped_text_logs_have_no_colour_codes_and_two_runs_never_share_a_request
         first.is_disjoint(&second),
         "two runs shared request ids: {:?}",
         first.intersection(&second).collect::<Vec<_>>()
+    );
+    sim.shutdown().await;
+}
+
+/// The workers gather their log lines and write them when they go idle: a quiet worker's line
+/// is there at once, while payauth still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_workers_access_line_is_written_at_once() {
+    let sim = number_sim(NumberSimConfig::default()).await;
+    let mut running = Running::start(&sim.url()).await;
+    let client = client();
+    for _ in 0..3 {
+        let reply = sale(&client, running.addr).await;
+        assert!(approved(&reply, "CreditCardSale_Manual"));
+        let id = reply.headers["x-request-id"]
+            .to_str()
+            .expect("text id")
+            .to_owned();
+        let mut seen = Vec::new();
+        let written = eventually(Duration::from_secs(5), || {
+            seen.extend(running.read());
+            seen.iter()
+                .any(|l| l.contains("payauth::access") && request_id_of(l) == Some(&id))
+        })
+        .await;
+        assert!(
+            written,
+            "the access line of {id} was not written while payauth ran idle:\n{}",
+            seen.join("\n")
+        );
+        assert!(
+            running.child.try_wait().expect("status").is_none(),
+            "still running"
+        );
+    }
+    running.stop_and_read();
+    sim.shutdown().await;
+}
+
+/// Many calls at once, so that the workers write their lines in batches: after SIGTERM every
+/// call has its one access line, whole (lines of the two workers never run into each other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_run_has_written_one_whole_access_line_per_call() {
+    const CALLS: usize = 600;
+    let sim = number_sim(NumberSimConfig::default()).await;
+    let mut running = Running::start(&sim.url()).await;
+    let client = client();
+    let addr = running.addr;
+    let mut calls = tokio::task::JoinSet::new();
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(48));
+    for _ in 0..CALLS {
+        let (client, permits) = (client.clone(), std::sync::Arc::clone(&permits));
+        calls.spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("permits");
+            let reply = sale(&client, addr).await;
+            assert!(
+                approved(&reply, "CreditCardSale_Manual"),
+                "{}",
+                reply.text()
+            );
+            reply.headers["x-request-id"]
+                .to_str()
+                .expect("text id")
+                .to_owned()
+        });
+    }
+    let mut ids = HashSet::new();
+    while let Some(id) = calls.join_next().await {
+        ids.insert(id.expect("a call"));
+    }
+    assert_eq!(ids.len(), CALLS, "distinct request ids");
+    let mut lines = running.read();
+    lines.extend(running.stop_and_read());
+    let access: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("payauth::access"))
+        .collect();
+    for line in &access {
+        // A whole line: one timestamp at its start, one of each field, nothing after the last.
+        assert_eq!(line.matches("payauth::access").count(), 1, "{line}");
+        assert_eq!(line.matches(" request_id=").count(), 1, "{line}");
+        assert!(
+            line.starts_with("20"),
+            "a line that does not start with its time: {line}"
+        );
+        assert!(line.ends_with('"'), "a line cut short: {line}");
+    }
+    let logged: HashSet<&str> = access.iter().filter_map(|l| request_id_of(l)).collect();
+    assert_eq!(access.len(), CALLS, "one access line per call");
+    assert_eq!(logged.len(), CALLS);
+    assert!(
+        ids.iter().all(|id| logged.contains(id.as_str())),
+        "every call's id is in the log"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("stopped")),
+        "the stop is logged after the calls:\n{}",
+        lines[lines.len().saturating_sub(5)..].join("\n")
     );
     sim.shutdown().await;
 }

@@ -25,6 +25,7 @@ use crate::metrics::{GatewayMetrics, Metrics};
 use crate::number::{NumberAuthLayer, Protocol};
 use crate::proxy::client::UpstreamClient;
 use crate::proxy::reload::TlsWatch;
+pub use crate::proxy::workers::WorkerHooks;
 use crate::proxy::workers::{self, WorkerJob, Workers};
 use crate::proxy::{self, FrontLayer, FrontLimits, GatewayFront};
 use crate::shared::RedisStore;
@@ -94,6 +95,11 @@ impl Sidecar {
     /// Starts everything the config describes (listen addresses with port 0 get a free port).
     /// Nothing is sent to a gateway until every listener is bound.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::start_with(config, &WorkerHooks::default()).await
+    }
+
+    /// [`Sidecar::start`], with code of the caller's run by the worker threads.
+    pub async fn start_with(config: Config, hooks: &WorkerHooks) -> Result<Self, StartError> {
         config
             .check_secrets()
             .map_err(|e| StartError(format!("configuration problems:\n{e}")))?;
@@ -150,7 +156,7 @@ impl Sidecar {
             warm_ups.extend(warm_up);
             gateways.push(gateway);
         }
-        let workers = Workers::start(jobs, &stop_rx, grace)
+        let workers = Workers::start(jobs, &stop_rx, grace, hooks)
             .map_err(|e| StartError(format!("cannot start the worker threads: {e}")))?;
         // Every listener is bound and served: nothing can fail the start any more.
         for warm_up in warm_ups {
@@ -563,7 +569,12 @@ impl Polled {
 
 /// Runs the sidecar until SIGTERM or SIGINT, then drains.
 pub async fn run(config: Config) -> Result<(), StartError> {
-    let sidecar = Sidecar::start(config).await?;
+    run_with(config, &WorkerHooks::default()).await
+}
+
+/// [`run`], with code of the caller's run by the worker threads.
+pub async fn run_with(config: Config, hooks: &WorkerHooks) -> Result<(), StartError> {
+    let sidecar = Sidecar::start_with(config, hooks).await?;
     shutdown_signal().await;
     tracing::info!("shutdown signal received; draining");
     sidecar.shutdown().await;

@@ -65,6 +65,23 @@ fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpLi
 /// What one worker serves: a listener and the front of each gateway.
 pub type WorkerJob = Vec<(std::net::TcpListener, super::GatewayFront)>;
 
+/// Code of the embedding program's that the worker threads run.
+#[derive(Clone, Default)]
+pub struct WorkerHooks {
+    /// Run on a worker thread when it has no task left to run and is about to wait for I/O or a
+    /// timer (tokio's `on_thread_park`). Under load a worker may run many calls between two
+    /// idle moments. The sidecar's binary flushes its per-worker log buffer here.
+    pub on_idle: Option<std::sync::Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for WorkerHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHooks")
+            .field("on_idle", &self.on_idle.is_some())
+            .finish()
+    }
+}
+
 /// The running workers.
 #[derive(Debug)]
 pub struct Workers {
@@ -82,6 +99,7 @@ impl Workers {
         jobs: Vec<WorkerJob>,
         stop: &watch::Receiver<bool>,
         grace: Duration,
+        hooks: &WorkerHooks,
     ) -> std::io::Result<Self> {
         let (release, released) = watch::channel(false);
         let mut workers = Self {
@@ -90,9 +108,12 @@ impl Workers {
             release,
         };
         for (index, job) in jobs.into_iter().enumerate() {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let mut builder = tokio::runtime::Builder::new_current_thread();
+            builder.enable_all();
+            if let Some(on_idle) = hooks.on_idle.clone() {
+                builder.on_thread_park(move || on_idle());
+            }
+            let runtime = builder.build()?;
             let listeners = {
                 // Registered with the worker's own runtime.
                 let _entered = runtime.enter();
