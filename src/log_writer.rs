@@ -28,7 +28,7 @@ pub(crate) const FLUSH_AT: usize = 8 * 1024;
 
 thread_local! {
     static GATHERED: RefCell<Gathered> = const {
-        RefCell::new(Gathered { on: false, bytes: Vec::new() })
+        RefCell::new(Gathered { on: false, bytes: Vec::new(), out: to_stderr })
     };
 }
 
@@ -37,6 +37,13 @@ thread_local! {
 struct Gathered {
     on: bool,
     bytes: Vec<u8>,
+    /// Where they go (stderr; a test's buffer in the tests).
+    out: fn(&[u8]),
+}
+
+fn to_stderr(bytes: &[u8]) {
+    // A failed write (stderr closed) loses these lines, as it would have lost each.
+    let _ = std::io::stderr().lock().write_all(bytes);
 }
 
 impl Gathered {
@@ -46,17 +53,12 @@ impl Gathered {
         self.bytes.len() >= FLUSH_AT
     }
 
-    /// Writes what has gathered to `out` in one `write_all`, and forgets it.
-    fn write_to(&mut self, out: &mut impl Write) {
+    /// Writes what has gathered in one write, and forgets it.
+    fn flush(&mut self) {
         if !self.bytes.is_empty() {
-            // A failed write (stderr closed) loses these lines, as it would have lost each.
-            let _ = out.write_all(&self.bytes);
+            (self.out)(&self.bytes);
             self.bytes.clear();
         }
-    }
-
-    fn flush(&mut self) {
-        self.write_to(&mut std::io::stderr().lock());
     }
 }
 
@@ -130,56 +132,64 @@ impl Write for Line {
 }
 
 #[cfg(test)]
+// A test's buffer: a poisoned lock is a failed test anyway.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// What the threads of one test wrote (each test has its own).
+    static FIRST: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+    static SECOND: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+    fn into_first(bytes: &[u8]) {
+        FIRST.lock().expect("buffer").extend_from_slice(bytes);
+    }
+
+    fn into_second(bytes: &[u8]) {
+        SECOND.lock().expect("buffer").extend_from_slice(bytes);
+    }
 
     #[test]
     fn lines_are_written_whole_and_in_order_once_enough_have_gathered() {
         let mut gathered = Gathered {
             on: true,
             bytes: Vec::new(),
+            out: into_first,
         };
-        let mut out = Vec::new();
         let mut written = Vec::new();
         for n in 0..1000 {
             let line = format!("line {n} {}\n", "x".repeat(n % 97));
             written.extend_from_slice(line.as_bytes());
             if gathered.push(line.as_bytes()) {
-                let before = out.len();
-                gathered.write_to(&mut out);
-                assert!(
-                    out.len() - before >= FLUSH_AT,
-                    "written only when enough gathered"
-                );
+                let before = FIRST.lock().expect("buffer").len();
+                gathered.flush();
+                let out = FIRST.lock().expect("buffer");
+                assert!(out.len() - before >= FLUSH_AT, "written only when enough gathered");
                 assert!(out.ends_with(b"\n"), "only whole lines are written");
             }
-            assert!(
-                gathered.bytes.len() < FLUSH_AT,
-                "never more than the bound held"
-            );
+            assert!(gathered.bytes.len() < FLUSH_AT, "never more than the bound held");
         }
-        gathered.write_to(&mut out);
-        assert_eq!(out, written, "every line, once, in order");
+        gathered.flush();
+        assert_eq!(*FIRST.lock().expect("buffer"), written, "every line, once, in order");
         assert!(gathered.bytes.is_empty());
     }
 
     #[test]
-    fn a_thread_that_is_never_told_it_is_idle_does_not_gather() {
-        std::thread::spawn(|| {
-            assert!(
-                !Line::gather(b"(a log_writer test line)\n"),
-                "written at once"
-            );
+    fn a_thread_gathers_after_its_first_idle_moment_and_writes_when_idle_or_ending() {
+        let written = || SECOND.lock().expect("buffer").clone();
+        std::thread::spawn(move || {
+            GATHERED.with(|g| g.borrow_mut().out = into_second);
+            assert!(!Line::gather(b"first\n"), "not gathered: written at once");
             worker_idle();
-            assert!(
-                Line::gather(b"(a log_writer test line)\n"),
-                "gathered after the first idle moment"
-            );
-            GATHERED.with(|g| assert_eq!(g.borrow().bytes, b"(a log_writer test line)\n"));
+            assert!(Line::gather(b"second\n"), "gathered after the first idle moment");
+            assert!(written().is_empty(), "held back");
             worker_idle();
-            GATHERED.with(|g| assert!(g.borrow().bytes.is_empty(), "written when idle"));
+            assert_eq!(written(), b"second\n", "written when idle");
+            assert!(Line::gather(b"third\n"));
         })
         .join()
         .expect("the thread's checks");
+        assert_eq!(written(), b"second\nthird\n", "written when the thread ended");
     }
 }
