@@ -5,6 +5,8 @@
 
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
+// Its unit tests are compiled here too (benches build with cfg(test)) but not run.
+#[allow(unused_imports, dead_code)]
 #[path = "../src/log_fields.rs"]
 mod log_fields;
 
@@ -170,6 +172,7 @@ fn bench(c: &mut Criterion) {
         .with_writer(std::io::sink)
         .with_ansi(false)
         .fmt_fields(log_fields::PlainFields)
+        .with_timer(log_fields::UtcTime)
         .with_max_level(tracing::Level::INFO)
         .finish();
     tracing::subscriber::with_default(subscriber, || {

@@ -165,13 +165,23 @@ mod tests {
                 let before = FIRST.lock().expect("buffer").len();
                 gathered.flush();
                 let out = FIRST.lock().expect("buffer");
-                assert!(out.len() - before >= FLUSH_AT, "written only when enough gathered");
+                assert!(
+                    out.len() - before >= FLUSH_AT,
+                    "written only when enough gathered"
+                );
                 assert!(out.ends_with(b"\n"), "only whole lines are written");
             }
-            assert!(gathered.bytes.len() < FLUSH_AT, "never more than the bound held");
+            assert!(
+                gathered.bytes.len() < FLUSH_AT,
+                "never more than the bound held"
+            );
         }
         gathered.flush();
-        assert_eq!(*FIRST.lock().expect("buffer"), written, "every line, once, in order");
+        assert_eq!(
+            *FIRST.lock().expect("buffer"),
+            written,
+            "every line, once, in order"
+        );
         assert!(gathered.bytes.is_empty());
     }
 
@@ -182,7 +192,10 @@ mod tests {
             GATHERED.with(|g| g.borrow_mut().out = into_second);
             assert!(!Line::gather(b"first\n"), "not gathered: written at once");
             worker_idle();
-            assert!(Line::gather(b"second\n"), "gathered after the first idle moment");
+            assert!(
+                Line::gather(b"second\n"),
+                "gathered after the first idle moment"
+            );
             assert!(written().is_empty(), "held back");
             worker_idle();
             assert_eq!(written(), b"second\n", "written when idle");
@@ -190,6 +203,10 @@ mod tests {
         })
         .join()
         .expect("the thread's checks");
-        assert_eq!(written(), b"second\nthird\n", "written when the thread ended");
+        assert_eq!(
+            written(),
+            b"second\nthird\n",
+            "written when the thread ended"
+        );
     }
 }

@@ -9,7 +9,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
-use crate::log_fields::PlainFields;
+use crate::log_fields::{PlainFields, UtcTime};
 
 /// Installs the global subscriber; `default_level` applies when `RUST_LOG` is not set.
 ///
@@ -34,6 +34,7 @@ pub(crate) fn init(format: LogFormat, default_level: &str) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(crate::log_writer::Stderr)
+        .with_timer(UtcTime)
         .with_ansi(ansi);
     let registry = tracing_subscriber::registry()
         .with(targets)
@@ -61,6 +62,14 @@ mod tests {
     where
         N: for<'w> FormatFields<'w> + Send + Sync + 'static,
     {
+        written_with(fields, every_kind_of_field)
+    }
+
+    /// What a text subscriber with `fields` (no time, no colours) writes for `events`.
+    fn written_with<N>(fields: N, events: impl FnOnce()) -> String
+    where
+        N: for<'w> FormatFields<'w> + Send + Sync + 'static,
+    {
         #[derive(Clone, Default)]
         struct Buffer(Arc<Mutex<Vec<u8>>>);
         impl std::io::Write for Buffer {
@@ -81,7 +90,13 @@ mod tests {
             .with_max_level(tracing::Level::TRACE)
             .fmt_fields(fields)
             .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(subscriber, events);
+        let bytes = buffer.0.lock().expect("buffer").clone();
+        String::from_utf8(bytes).expect("utf-8")
+    }
+
+    fn every_kind_of_field() {
+        {
             #[derive(Debug, thiserror::Error)]
             #[error("outer failed")]
             struct Outer(#[source] std::io::Error);
@@ -115,9 +130,27 @@ mod tests {
                 tracing::info!(only = ?Some("debug"));
                 tracing::info!("");
             });
-        });
-        let bytes = buffer.0.lock().expect("buffer").clone();
-        String::from_utf8(bytes).expect("utf-8")
+        }
+    }
+
+    proptest::proptest! {
+        /// Text, numbers and flags, whatever they hold, as the default writes them (plain
+        /// ASCII text takes a shorter way, anything else the default's).
+        #[test]
+        fn any_field_value_is_written_as_the_default_writes_it(
+            text in "[ -~]{0,40}|\\PC{0,20}|.{0,20}",
+            n: u64,
+            i: i64,
+            flag: bool,
+        ) {
+            let events = || {
+                tracing::info!(text = text.as_str(), n, i, flag, "m");
+                tracing::info!(r#type = text.as_str(), log.target = "x", message = text.as_str());
+            };
+            let plain = written_with(PlainFields, events);
+            let default = written_with(tracing_subscriber::fmt::format::DefaultFields::new(), events);
+            proptest::prop_assert_eq!(plain, default);
+        }
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct NumberGateway {
     core: Core,
     config: NumberConfig,
     auth_uri: Uri,
+    /// `config.auth_path` canonicalised once (none if it is refused: then it matches nothing).
+    auth_path: Option<crate::path::CanonicalPath<'static>>,
     credentials: ArcSwap<CredState>,
     key: ArcSwapOption<KeyState>,
     flight: Mutex<Option<Flight>>,
@@ -189,11 +191,15 @@ impl NumberAuthLayer {
         let auth_uri = config.gateway.upstream_at(&config.auth_path)?;
         let cred_state =
             cred_state(credentials, &config.gateway.name).map_err(|e| invalid(e.to_string()))?;
+        let auth_path = crate::path::canonicalize(&config.auth_path)
+            .ok()
+            .map(crate::path::CanonicalPath::into_owned);
         Ok(Self {
             shared: Arc::new(NumberGateway {
                 core,
                 config,
                 auth_uri,
+                auth_path,
                 credentials: ArcSwap::from_pointee(cred_state),
                 key: ArcSwapOption::empty(),
                 flight: Mutex::new(None),
@@ -534,7 +540,9 @@ impl NumberGateway {
     /// routes it, is the configured auth path or ends in an `Authenticate` segment (ASCII case
     /// ignored), so no spelling of it reaches the gateway with the app's stale token.
     fn is_rest_auth(&self, path: &crate::path::CanonicalPath<'_>) -> bool {
-        path.eq_ignore_ascii_case(&self.config.auth_path)
+        self.auth_path
+            .as_ref()
+            .is_some_and(|auth| path.as_str().eq_ignore_ascii_case(auth.as_str()))
             || path.last_segment().eq_ignore_ascii_case("Authenticate")
     }
 

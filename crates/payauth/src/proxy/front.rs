@@ -276,9 +276,7 @@ impl<S> FrontService<S> {
             // 3. Errors become the contract's responses.
             let (mut response, outcome) = match result {
                 Ok(mut response) => {
-                    for name in HOP_BY_HOP {
-                        response.headers_mut().remove(name);
-                    }
+                    remove_hop_by_hop(response.headers_mut());
                     let local = response.extensions().get::<AnsweredLocally>().is_some();
                     (response, if local { "local" } else { "forwarded" })
                 }
@@ -344,9 +342,7 @@ impl Shared {
         request: Request<B>,
     ) -> Result<Request<Full<Bytes>>, Error> {
         let (mut parts, body) = request.into_parts();
-        for name in HOP_BY_HOP {
-            parts.headers.remove(name);
-        }
+        remove_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST);
         let prepared = match upstream_uri(&self.upstream, &parts.uri) {
             Some(uri) => {
@@ -433,6 +429,16 @@ fn drop_unusable_ids(headers: &mut http::HeaderMap) {
         let keep = matches!((values.next(), values.next()), (Some(v), None) if usable(v));
         if !keep && headers.remove(name).is_some() && *name == TRACEPARENT {
             headers.remove(TRACESTATE);
+        }
+    }
+}
+
+/// Drops the hop-by-hop headers. Most messages have none: one pass over the names present
+/// finds that out, cheaper than a hashed lookup per hop-by-hop name.
+fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
+    if headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        for name in HOP_BY_HOP {
+            headers.remove(name);
         }
     }
 }
@@ -593,6 +599,72 @@ mod tests {
         assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()["x-payauth-error"], "overloaded");
         assert_eq!(response.headers()[REQUEST_ID], "app-2");
+    }
+
+    #[tokio::test]
+    async fn hop_by_hop_headers_are_dropped_both_ways_and_the_others_kept() {
+        let registry = prometheus::Registry::new();
+        let metrics = crate::metrics::Metrics::new(&registry)
+            .expect("metrics")
+            .gateway("g");
+        let limits = FrontLimits {
+            max_concurrency: 8,
+            max_request_bytes: 1024,
+            body_timeout: Duration::from_secs(5),
+            soap_errors: false,
+        };
+        let with_all = |mut headers: http::HeaderMap| {
+            for name in HOP_BY_HOP {
+                headers.insert(name, HeaderValue::from_static("x"));
+            }
+            headers.insert("x-app", HeaderValue::from_static("kept"));
+            headers
+        };
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let seen_by_gateway = Arc::clone(&seen);
+        let service = tower::service_fn(move |request: Request<Full<Bytes>>| {
+            #[allow(clippy::disallowed_methods)] // a test's own lock
+            let mut seen = seen_by_gateway.lock().expect("seen");
+            *seen = Some(request.headers().clone());
+            let mut response: Response<ResponseBody<Full<Bytes>>> =
+                Response::new(ResponseBody::full(Bytes::from_static(b"ok")));
+            *response.headers_mut() = with_all(http::HeaderMap::new());
+            std::future::ready(Ok::<_, Error>(response))
+        });
+        let front: Front<Full<Bytes>, Full<Bytes>> = FrontLayer::new(
+            "g",
+            Uri::from_static("http://gateway.test"),
+            limits,
+            metrics,
+        )
+        .front(service);
+        // One or all of them, with other headers around.
+        for only in [None, Some(0), Some(7)] {
+            let mut request = Request::post("/pay")
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .expect("request");
+            *request.headers_mut() = match only {
+                None => with_all(http::HeaderMap::new()),
+                Some(i) => {
+                    let mut headers = http::HeaderMap::new();
+                    headers.insert(HOP_BY_HOP[i].clone(), HeaderValue::from_static("x"));
+                    headers.insert("x-app", HeaderValue::from_static("kept"));
+                    headers
+                }
+            };
+            request
+                .headers_mut()
+                .insert(header::HOST, HeaderValue::from_static("payauth"));
+            let response = front.clone().oneshot(request).await.unwrap();
+            #[allow(clippy::disallowed_methods)] // a test's own lock
+            let sent = seen.lock().expect("seen").take().expect("a call");
+            for (what, headers) in [("sent", &sent), ("answered", response.headers())] {
+                for name in HOP_BY_HOP.iter().chain([&header::HOST]) {
+                    assert!(!headers.contains_key(name), "{name} {what}: {headers:?}");
+                }
+                assert_eq!(headers["x-app"], "kept", "{what}");
+            }
+        }
     }
 
     #[test]
