@@ -117,6 +117,10 @@ impl CanonicalPath<'_> {
 
 /// Whether [`resolve`] would return `path` unchanged: `/`, or segments that are non-empty, do
 /// not end in a dot or a space, and hold only printable ASCII other than `%`, `;` and `\`.
+///
+/// On every request's path, so written as folds over the bytes without early exits (which the
+/// compiler vectorises) rather than segment by segment; the tests check it against the
+/// segment-by-segment reading.
 fn is_canonical(path: &str) -> bool {
     if path == "/" {
         return true;
@@ -124,13 +128,19 @@ fn is_canonical(path: &str) -> bool {
     let Some(rest) = path.strip_prefix('/') else {
         return false;
     };
-    rest.split('/').all(|segment| {
-        !segment.is_empty()
-            && !segment.ends_with(['.', ' '])
-            && segment
-                .bytes()
-                .all(|b| matches!(b, b' '..=b'~') && !matches!(b, b'%' | b';' | b'\\'))
-    })
+    let bytes = rest.as_bytes();
+    let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
+        return false;
+    };
+    let printable = bytes.iter().fold(true, |ok, &b| {
+        ok & (b' '..=b'~').contains(&b) & (b != b'%') & (b != b';') & (b != b'\\')
+    });
+    // A segment is empty or ends in a dot or a space exactly when a `/` is the first byte or
+    // follows a `/`, `.` or space, or the last byte is one of those.
+    let segment_ends = bytes.windows(2).fold(true, |ok, pair| {
+        ok & !(pair[1] == b'/' && matches!(pair[0], b'/' | b'.' | b' '))
+    });
+    printable && segment_ends && first != b'/' && !matches!(last, b'/' | b'.' | b' ')
 }
 
 /// The slow path: applies the rules segment by segment.
@@ -424,7 +434,80 @@ mod tests {
         Ok(())
     }
 
+    /// The segment-by-segment reading of [`is_canonical`]'s rule.
+    fn is_canonical_by_segments(path: &str) -> bool {
+        if path == "/" {
+            return true;
+        }
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        rest.split('/').all(|segment| {
+            !segment.is_empty()
+                && !segment.ends_with(['.', ' '])
+                && segment
+                    .bytes()
+                    .all(|b| matches!(b, b' '..=b'~') && !matches!(b, b'%' | b';' | b'\\'))
+        })
+    }
+
+    #[test]
+    fn the_canonical_check_agrees_with_its_segment_by_segment_reading_on_edges() {
+        for path in [
+            "",
+            "/",
+            "//",
+            "//a",
+            "/a",
+            "/a/",
+            "/a//b",
+            "/a/b",
+            "/.",
+            "/a.",
+            "/a./b",
+            "/a /b",
+            "/ a",
+            "/a/.b",
+            "/a%2f",
+            "/a;b",
+            "/a\\b",
+            "/é",
+            "/a\u{7f}",
+            "a/b",
+            "/a/b.",
+            "/a/b ",
+            "/APIcardProcREST/v1.0.0/CreditCardSale_Manual",
+        ] {
+            assert_eq!(
+                is_canonical(path),
+                is_canonical_by_segments(path),
+                "{path:?}"
+            );
+        }
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+        /// Paths made of segments that each break one rule or none (mostly none, so that a
+        /// single break among good segments comes up often).
+        #[test]
+        fn the_canonical_check_agrees_with_its_segment_by_segment_reading(
+            rooted: bool,
+            segments in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "a", "ab", " a", "a", "ab", " a", "a", "ab", " a", "a", "ab", "a-b",
+                    "", "", "a.", "a ", ".", "%", ";", "\\", "é", "\u{7f}",
+                ]),
+                0..5,
+            ),
+        ) {
+            let path = format!("{}{}", if rooted { "/" } else { "" }, segments.join("/"));
+            prop_assert_eq!(is_canonical(&path), is_canonical_by_segments(&path), "{:?}", path);
+        }
+    }
+
+    proptest! {
+
         #[test]
         fn never_panics_and_output_is_canonical(path in raw_path()) {
             if let Ok(canonical) = canonicalize(&path) {
