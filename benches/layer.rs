@@ -172,7 +172,7 @@ fn bench(c: &mut Criterion) {
         .with_writer(std::io::sink)
         .with_ansi(false)
         .fmt_fields(log_fields::PlainFields)
-        .with_timer(log_fields::UtcTime)
+        .event_format(log_fields::PlainFormat::new(log_fields::UtcTime))
         .with_max_level(tracing::Level::INFO)
         .finish();
     tracing::subscriber::with_default(subscriber, || {

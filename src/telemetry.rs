@@ -9,7 +9,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
-use crate::log_fields::{PlainFields, UtcTime};
+use crate::log_fields::{PlainFields, PlainFormat, UtcTime};
 
 /// Installs the global subscriber; `default_level` applies when `RUST_LOG` is not set.
 ///
@@ -41,7 +41,12 @@ pub(crate) fn init(format: LogFormat, default_level: &str) {
         .with(env_filter);
     let result = match format {
         LogFormat::Text if ansi => registry.with(fmt).try_init(),
-        LogFormat::Text => registry.with(fmt.fmt_fields(PlainFields)).try_init(),
+        LogFormat::Text => registry
+            .with(
+                fmt.fmt_fields(PlainFields)
+                    .event_format(PlainFormat::new(UtcTime)),
+            )
+            .try_init(),
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
     };
     if let Err(e) = result {
@@ -53,7 +58,7 @@ pub(crate) fn init(format: LogFormat, default_level: &str) {
 // A test's buffer: a poisoned lock is a failed test anyway.
 #[allow(clippy::disallowed_methods)]
 mod tests {
-    use crate::log_fields::PlainFields;
+    use crate::log_fields::{PlainFields, PlainFormat};
     use std::sync::{Arc, Mutex};
     use tracing_subscriber::fmt::FormatFields;
 
@@ -68,6 +73,22 @@ mod tests {
     /// What a text subscriber with `fields` (no time, no colours) writes for `events`.
     fn written_with<N>(fields: N, events: impl FnOnce()) -> String
     where
+        N: for<'w> FormatFields<'w> + Send + Sync + 'static,
+    {
+        written_as(
+            tracing_subscriber::fmt::format::Format::default().without_time(),
+            fields,
+            events,
+        )
+    }
+
+    /// What a text subscriber with `format` and `fields` (no colours) writes for `events`.
+    fn written_as<E, N>(format: E, fields: N, events: impl FnOnce()) -> String
+    where
+        E: for<'w> tracing_subscriber::fmt::FormatEvent<tracing_subscriber::Registry, N>
+            + Send
+            + Sync
+            + 'static,
         N: for<'w> FormatFields<'w> + Send + Sync + 'static,
     {
         #[derive(Clone, Default)]
@@ -86,9 +107,9 @@ mod tests {
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
             .with_ansi(false)
-            .without_time()
             .with_max_level(tracing::Level::TRACE)
             .fmt_fields(fields)
+            .event_format(format)
             .finish();
         tracing::subscriber::with_default(subscriber, events);
         let bytes = buffer.0.lock().expect("buffer").clone();
@@ -130,6 +151,48 @@ mod tests {
                 tracing::info!(only = ?Some("debug"));
                 tracing::info!("");
             });
+        }
+    }
+
+    /// A clock stopped at one time, or one that cannot tell the time.
+    #[derive(Clone)]
+    struct Stopped(bool);
+
+    impl tracing_subscriber::fmt::time::FormatTime for Stopped {
+        fn format_time(
+            &self,
+            w: &mut tracing_subscriber::fmt::format::Writer<'_>,
+        ) -> std::fmt::Result {
+            if self.0 {
+                w.write_str("2026-12-02T10:11:12.000001Z")
+            } else {
+                Err(std::fmt::Error)
+            }
+        }
+    }
+
+    #[test]
+    fn plain_lines_are_exactly_what_the_default_format_writes() {
+        use tracing_subscriber::fmt::format::Format;
+        for clock in [Stopped(true), Stopped(false)] {
+            let events = || {
+                every_kind_of_field();
+                tracing::trace!(a = 1_u64, "at every level");
+                tracing::debug!(b = 2_i64);
+                let empty = tracing::info_span!("empty");
+                let _entered = empty.enter();
+                tracing::error!(target: "elsewhere", "in a span without fields");
+            };
+            let default = written_as(
+                Format::default().with_timer(clock.clone()),
+                PlainFields,
+                events,
+            );
+            let plain = written_as(PlainFormat::new(clock), PlainFields, events);
+            assert!(default.lines().count() >= 9, "{default}");
+            assert!(default.contains("request{gateway=number"), "{default}");
+            assert!(default.contains(" TRACE "), "{default}");
+            assert_eq!(plain, default);
         }
     }
 

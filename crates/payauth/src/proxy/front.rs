@@ -360,27 +360,59 @@ impl Shared {
 
 // --- Request id -----------------------------------------------------------------------------
 
-/// Request ids are unique across the process's gateways: a counter...
+/// Request ids are unique across the process's gateways: a counter, taken by each thread
+/// [`ID_BLOCK`] at a time so that the workers do not share a cache line per call...
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
-/// ...after 48 random bits drawn once per process, so that runs and pods do not collide.
-static PROCESS_ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+const ID_BLOCK: u64 = 1024;
+/// ...after 48 random bits drawn once per process, so that runs and pods do not collide:
+/// `pa-<12 hex digits>-`.
+static ID_PREFIX: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+
+thread_local! {
+    /// The next id of this thread's block, and the end of the block.
+    static NEXT_ID: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
 
 /// `pa-<12 hex digits of the process>-<counter in hex>`.
 fn next_request_id() -> HeaderValue {
-    let process = *PROCESS_ID.get_or_init(|| {
+    let prefix = ID_PREFIX.get_or_init(|| {
         // Not a secret, only distinct: the clock mixed with a per-thread random seed.
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        (fastrand::u64(..) ^ nanos.rotate_left(17)) & 0xffff_ffff_ffff
+        let process = (fastrand::u64(..) ^ nanos.rotate_left(17)) & 0xffff_ffff_ffff;
+        let mut prefix = *b"pa-000000000000-";
+        write_hex(&mut prefix[3..15], process);
+        prefix
     });
-    let n = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
+    let n = NEXT_ID.with(|next| {
+        let (mut n, mut end) = next.get();
+        if n == end {
+            n = REQUEST_IDS.fetch_add(ID_BLOCK, Ordering::Relaxed);
+            end = n + ID_BLOCK;
+        }
+        next.set((n + 1, end));
+        n
+    });
     // Formatted on the stack: the header value is the call's only allocation for its id.
-    let mut buffer = [0u8; 40];
-    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
-    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("pa-{process:012x}-{n:x}"));
-    let len = cursor.position() as usize;
-    HeaderValue::from_bytes(&buffer[..len]).unwrap_or(HeaderValue::from_static("pa-0"))
+    let mut id = [0u8; 32];
+    id[..16].copy_from_slice(prefix);
+    let digits = hex_digits(n);
+    write_hex(&mut id[16..16 + digits], n);
+    HeaderValue::from_bytes(&id[..16 + digits]).unwrap_or(HeaderValue::from_static("pa-0"))
+}
+
+/// How many hex digits `n` takes, without leading zeros (1 for 0).
+fn hex_digits(n: u64) -> usize {
+    (64 - n.leading_zeros() as usize).div_ceil(4).max(1)
+}
+
+/// The low `out.len()` hex digits of `n`, lower case, zero-padded, into `out`.
+fn write_hex(out: &mut [u8], mut n: u64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+    }
 }
 
 /// Whether the app's request id may be kept: 1 to 64 letters, digits, `-` or `_`.
@@ -521,6 +553,35 @@ fn drain<B: AppBody>(mut body: B) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn ids_are_written_as_format_writes_hex(n: u64, shift in 0u32..64) {
+            for n in [n, n >> shift, 0, u64::MAX] {
+                let mut out = [0u8; 16];
+                let digits = hex_digits(n);
+                write_hex(&mut out[..digits], n);
+                let expected = format!("{n:x}");
+                proptest::prop_assert_eq!(&out[..digits], expected.as_bytes());
+                let mut padded = [0u8; 12];
+                write_hex(&mut padded, n & 0xffff_ffff_ffff);
+                let expected = format!("{:012x}", n & 0xffff_ffff_ffff);
+                proptest::prop_assert_eq!(&padded[..], expected.as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn ids_of_several_threads_are_distinct() {
+        let ids: Vec<Vec<HeaderValue>> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..3000).map(|_| next_request_id()).collect()))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().expect("a thread"))
+            .collect();
+        let all: std::collections::HashSet<_> = ids.iter().flatten().collect();
+        assert_eq!(all.len(), 4 * 3000);
+    }
 
     #[test]
     fn payauth_request_ids_are_plain_and_distinct() {
