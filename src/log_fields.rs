@@ -130,6 +130,17 @@ impl PlainVisitor<'_> {
         });
     }
 
+    /// An integer in decimal, as `{:?}` writes it.
+    fn record_integer<I: itoa::Integer + fmt::Debug>(&mut self, field: &Field, value: I) {
+        if plain_name(field.name()) {
+            self.field(field.name(), |w| {
+                w.write_str(itoa::Buffer::new().format(value))
+            });
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
     /// Lets the default visitor write one field, then carries on after it.
     fn default_visitor(&mut self, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
         let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
@@ -181,23 +192,11 @@ impl Visit for PlainVisitor<'_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if plain_name(field.name()) {
-            self.field(field.name(), |w| {
-                w.write_str(itoa::Buffer::new().format(value))
-            });
-        } else {
-            self.record_debug(field, &value);
-        }
+        self.record_integer(field, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if plain_name(field.name()) {
-            self.field(field.name(), |w| {
-                w.write_str(itoa::Buffer::new().format(value))
-            });
-        } else {
-            self.record_debug(field, &value);
-        }
+        self.record_integer(field, value);
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {

@@ -507,7 +507,6 @@ mod tests {
     }
 
     proptest! {
-
         #[test]
         fn never_panics_and_output_is_canonical(path in raw_path()) {
             if let Ok(canonical) = canonicalize(&path) {
