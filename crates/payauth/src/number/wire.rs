@@ -180,7 +180,15 @@ fn renewal_code(code: i64) -> Option<ReauthReason> {
 }
 
 fn mentions_renewal_code(body: &[u8]) -> bool {
-    memchr::memmem::find(body, b"5030").is_some() || memchr::memmem::find(body, b"5050").is_some()
+    // Searchers built once: building one costs more than searching a usual answer.
+    static CODES: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+        std::sync::LazyLock::new(|| {
+            [
+                memchr::memmem::Finder::new(b"5030"),
+                memchr::memmem::Finder::new(b"5050"),
+            ]
+        });
+    CODES.iter().any(|code| code.find(body).is_some())
 }
 
 /// Whether a REST answer says the key must be renewed: `ErrCode` 5030/5050 at top level or in a
@@ -1165,6 +1173,15 @@ mod tests {
             let _ = parse_rest_auth(&bytes);
             let _ = rest_renewal(&bytes);
             let _ = soap_renewal(&bytes);
+        }
+
+        /// The quick look for the codes finds them wherever they are, and only them.
+        #[test]
+        fn the_codes_are_found_wherever_they_stand(
+            bytes in proptest::collection::vec(proptest::sample::select(b"0135 ".to_vec()), 0..80),
+        ) {
+            let expected = bytes.windows(4).any(|w| w == b"5030" || w == b"5050");
+            prop_assert_eq!(mentions_renewal_code(&bytes), expected, "{:?}", String::from_utf8_lossy(&bytes));
         }
     }
 }

@@ -237,16 +237,15 @@ impl<S> FrontService<S> {
         let started = tokio::time::Instant::now();
         // 1. Request id and trace context.
         let headers = request.headers_mut();
-        drop_unusable_ids(headers);
-        let request_id = match headers.get(&REQUEST_ID) {
-            Some(id) => id.clone(),
+        let (kept_id, traceparent) = drop_unusable_ids(headers);
+        let request_id = match kept_id {
+            Some(id) => id,
             None => {
                 let id = next_request_id();
                 headers.insert(REQUEST_ID, id.clone());
                 id
             }
         };
-        let traceparent = headers.get(&TRACEPARENT).cloned();
         // Reference-counted clones: the texts are formatted only into the access line.
         let method = request.method().clone();
         let uri = request.uri().clone();
@@ -451,18 +450,32 @@ fn trace_id(value: &HeaderValue) -> Option<&str> {
 }
 
 /// Drops an `x-request-id` or a `traceparent` that is not one well-formed value (and, with a
-/// dropped `traceparent`, its `tracestate`, as W3C Trace Context asks).
-fn drop_unusable_ids(headers: &mut http::HeaderMap) {
-    for (name, usable) in [
+/// dropped `traceparent`, its `tracestate`, as W3C Trace Context asks); returns the kept ones.
+/// A header that is not there costs one look-up.
+fn drop_unusable_ids(headers: &mut http::HeaderMap) -> (Option<HeaderValue>, Option<HeaderValue>) {
+    let mut kept = [None, None];
+    for (slot, (name, usable)) in kept.iter_mut().zip([
         (&REQUEST_ID, usable_request_id as fn(&HeaderValue) -> bool),
         (&TRACEPARENT, |v: &HeaderValue| trace_id(v).is_some()),
-    ] {
+    ]) {
         let mut values = headers.get_all(name).iter();
-        let keep = matches!((values.next(), values.next()), (Some(v), None) if usable(v));
-        if !keep && headers.remove(name).is_some() && *name == TRACEPARENT {
-            headers.remove(TRACESTATE);
+        let drop = match (values.next(), values.next()) {
+            (None, _) => false,
+            (Some(value), None) if usable(value) => {
+                *slot = Some(value.clone());
+                false
+            }
+            _ => true,
+        };
+        if drop {
+            headers.remove(name);
+            if *name == TRACEPARENT {
+                headers.remove(TRACESTATE);
+            }
         }
     }
+    let [request_id, traceparent] = kept;
+    (request_id, traceparent)
 }
 
 /// Drops the hop-by-hop headers. Most messages have none: one pass over the names present
@@ -743,7 +756,7 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.append(REQUEST_ID, HeaderValue::from_static("one"));
         headers.append(REQUEST_ID, HeaderValue::from_static("two"));
-        drop_unusable_ids(&mut headers);
+        assert_eq!(drop_unusable_ids(&mut headers), (None, None));
         assert!(
             headers.get(REQUEST_ID).is_none(),
             "two ids: neither is trusted"
@@ -790,13 +803,26 @@ mod tests {
         }
         let mut headers = http::HeaderMap::new();
         headers.insert(TRACEPARENT, HeaderValue::from_static(good));
-        drop_unusable_ids(&mut headers);
+        headers.insert(REQUEST_ID, HeaderValue::from_static("app-7"));
+        assert_eq!(
+            drop_unusable_ids(&mut headers),
+            (
+                Some(HeaderValue::from_static("app-7")),
+                Some(HeaderValue::from_static(good))
+            )
+        );
         assert!(headers.contains_key(TRACEPARENT));
+        assert!(headers.contains_key(REQUEST_ID));
         let mut headers = http::HeaderMap::new();
         headers.insert(TRACEPARENT, HeaderValue::from_static("00-zz-yy-01"));
         headers.insert(TRACESTATE, HeaderValue::from_static("vendor=1"));
-        drop_unusable_ids(&mut headers);
+        assert_eq!(drop_unusable_ids(&mut headers), (None, None));
         assert!(!headers.contains_key(TRACEPARENT));
         assert!(!headers.contains_key(TRACESTATE));
+        // A tracestate alone is not touched: only a dropped traceparent takes it along.
+        let mut headers = http::HeaderMap::new();
+        headers.insert(TRACESTATE, HeaderValue::from_static("vendor=1"));
+        assert_eq!(drop_unusable_ids(&mut headers), (None, None));
+        assert!(headers.contains_key(TRACESTATE));
     }
 }
