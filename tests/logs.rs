@@ -148,6 +148,17 @@ fn trace_logs_of_a_whole_run_hold_no_secret() {
     ] {
         assert!(logs.contains(event), "lifecycle event {event:?} missing");
     }
+    // The rejection says what the gateway answered, as a plain value.
+    let rejected: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("rejected the credentials; not retrying"))
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(
+        rejected[0].contains("detail=\"ErrCode "),
+        "the rejection's detail: {}",
+        rejected[0]
+    );
     assert!(
         logs.lines().count() > 50,
         "trace output captured: {} lines",

@@ -712,7 +712,7 @@ impl CreditGuardGateway {
                 epoch,
             }),
             SessionAnswer::Refused(code) if code == ResultCode::AUTH_FAILED => {
-                Verdict::Rejected(format!(" ({code})"))
+                Verdict::Rejected(Some(code.to_string()))
             }
             SessionAnswer::Refused(code) if code == ResultCode::SESSIONS_NOT_SUPPORTED => {
                 // An answer, not a rejection: it does not count toward the lockout.

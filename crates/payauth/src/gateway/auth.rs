@@ -35,9 +35,9 @@ pub(crate) trait Fingerprinted: Send + Sync {
 pub(crate) enum Verdict<T> {
     /// A credential was issued.
     Issued(T),
-    /// The gateway rejected the credentials (counts toward the lockout); `detail` is what it
-    /// said, for example a result code.
-    Rejected(String),
+    /// The gateway rejected the credentials (counts toward the lockout), with what it said if
+    /// anything, for example a result code (`ErrCode 0`).
+    Rejected(Option<String>),
     /// An answer that is not a rejection (for example "not enabled", "try later"): no lockout,
     /// but the guard backs off. The error goes to the caller.
     Declined(Error),
@@ -161,10 +161,11 @@ impl Core {
         };
         match judge(&bytes) {
             Verdict::Issued(credential) => Ok((credential, attempt)),
-            Verdict::Rejected(detail) => {
+            Verdict::Rejected(said) => {
                 attempt.rejected().await;
-                tracing::error!(gateway = %name, detail = %detail,
+                tracing::error!(gateway = %name, detail = said.as_deref(),
                     "the gateway rejected the credentials; not retrying");
+                let detail = said.map(|said| format!(" ({said})")).unwrap_or_default();
                 Err(if self.guard.is_locked() {
                     self.error(
                         ErrorCode::AuthLocked,

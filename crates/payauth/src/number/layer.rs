@@ -788,9 +788,9 @@ impl NumberGateway {
                     };
                     match answer {
                         AuthAnswer::Success { key, .. } => Verdict::Issued(key),
-                        AuthAnswer::Rejected { err_code } => Verdict::Rejected(
-                            err_code.map_or_else(String::new, |c| format!(" (ErrCode {c})")),
-                        ),
+                        AuthAnswer::Rejected { err_code } => {
+                            Verdict::Rejected(err_code.map(|c| format!("ErrCode {c}")))
+                        }
                         AuthAnswer::Unreadable => Verdict::Unreadable,
                     }
                 },
