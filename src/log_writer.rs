@@ -24,7 +24,7 @@ use std::cell::RefCell;
 use std::io::Write;
 
 /// A worker's buffer is written once it holds this many bytes (20 to 40 access lines).
-pub(crate) const FLUSH_AT: usize = 8 * 1024;
+const FLUSH_AT: usize = 8 * 1024;
 
 thread_local! {
     static GATHERED: RefCell<Gathered> = const {

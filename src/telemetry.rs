@@ -85,7 +85,7 @@ mod tests {
     /// What a text subscriber with `format` and `fields` (no colours) writes for `events`.
     fn written_as<E, N>(format: E, fields: N, events: impl FnOnce()) -> String
     where
-        E: for<'w> tracing_subscriber::fmt::FormatEvent<tracing_subscriber::Registry, N>
+        E: tracing_subscriber::fmt::FormatEvent<tracing_subscriber::Registry, N>
             + Send
             + Sync
             + 'static,
