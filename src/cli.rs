@@ -48,6 +48,15 @@ pub(crate) enum Command {
         /// The TOML config file.
         #[arg(long, env = CONFIG_ENV)]
         config: PathBuf,
+        /// The `terminationGracePeriodSeconds` of the pod that runs this config (Kubernetes'
+        /// default 30): a warning unless `shutdown_grace_secs` is more than 3 s below it.
+        #[arg(
+            long,
+            value_name = "SECS",
+            env = "PAYAUTH_TERMINATION_GRACE_PERIOD",
+            default_value_t = 30
+        )]
+        termination_grace_period: u64,
     },
     /// Run local gateway simulators (for development, demos and tests).
     Simulate(SimulateArgs),
@@ -104,6 +113,11 @@ pub(crate) struct SimulateArgs {
     /// Latency added to every answer, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// The Number simulator's clock, as its answers' `Date` shows it, runs this many seconds
+    /// ahead of the host's (negative: behind); payauth reports it as
+    /// `payauth_clock_skew_seconds`.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub clock_offset_secs: i64,
     /// Serve HTTPS. A throwaway CA and a server certificate for localhost, 127.0.0.1, ::1 and
     /// the listen address are made at startup; the CA certificate is written to
     /// `<tls-dir>/ca.pem` (printed): point the gateway's `ca_file` at it.
@@ -152,12 +166,19 @@ pub(crate) fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(dispatch(cli.command))
+    let code = runtime.block_on(dispatch(cli.command));
+    // What the runtime still runs is dropped; a blocking task (a file write) gets a moment, and
+    // never holds the exit past the stop's bound.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
 }
 
 async fn dispatch(command: Command) -> ExitCode {
     match command {
-        Command::Check { config } => check(&config),
+        Command::Check {
+            config,
+            termination_grace_period,
+        } => check(&config, Duration::from_secs(termination_grace_period)),
         Command::Run { config } => {
             let config = match load(&config) {
                 Ok(c) => c,
@@ -189,10 +210,14 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, termination_grace_period: Duration) -> ExitCode {
     match Config::check(path) {
         Ok(config) => {
             println!("{} is valid.\n{}", path.display(), config.summary());
+            // A warning, not a problem: the config is usable, the pod around it may not be.
+            if let Some(warning) = config.shutdown_warning(termination_grace_period) {
+                eprintln!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(problems) => {
@@ -217,6 +242,7 @@ async fn simulate(args: SimulateArgs) -> ExitCode {
         user_id: args.user_id,
         key_lifetime: Duration::from_secs(args.key_lifetime_secs),
         latency: Duration::from_millis(args.latency_ms),
+        clock_offset_secs: args.clock_offset_secs,
         ..NumberSimConfig::default()
     };
     let number = match NumberSim::start(args.number, config).await {

@@ -46,6 +46,60 @@ fn check_accepts_a_valid_config_and_redacts_secrets() {
     assert!(out.status.success());
 }
 
+/// A valid config with `[proxy] shutdown_grace_secs = grace` (None: the default, 25 s).
+fn config_with_grace(dir: &std::path::Path, grace: Option<u32>) -> std::path::PathBuf {
+    let token = dir.join("token");
+    std::fs::write(&token, "2148B239CF6846BDA5D141BF4A4CFBE8\n").expect("token");
+    let config = dir.join("payauth.toml");
+    let proxy = grace.map_or(String::new(), |g| {
+        format!("[proxy]\nshutdown_grace_secs = {g}\n")
+    });
+    std::fs::write(
+        &config,
+        format!(
+            "{proxy}[state]\ndir = \"{}\"\n[[gateway]]\nname = \"number\"\nkind = \"number\"\n\
+             listen = \"127.0.0.1:8081\"\nupstream = \"https://easypay5.com\"\n\
+             account_code = \"EP9116875\"\ntoken_file = \"{}\"\n",
+            dir.join("state").display(),
+            token.display()
+        ),
+    )
+    .expect("config");
+    config
+}
+
+#[test]
+fn check_warns_when_the_stop_could_outlast_the_pods_termination_grace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warned = |grace: Option<u32>, pod: Option<&str>, env: Option<&str>| {
+        let config = config_with_grace(dir.path(), grace);
+        let mut command = payauth();
+        command.args(["check", "--config"]).arg(&config);
+        command.env_remove("PAYAUTH_TERMINATION_GRACE_PERIOD");
+        if let Some(pod) = pod {
+            command.args(["--termination-grace-period", pod]);
+        }
+        if let Some(env) = env {
+            command.env("PAYAUTH_TERMINATION_GRACE_PERIOD", env);
+        }
+        let out = command.output().expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "a warning is no problem: {stderr}");
+        stderr.contains("warning: [proxy] shutdown_grace_secs")
+    };
+    // The default grace (25 s) fits Kubernetes' default 30 s; 27 s does not (30 - 3).
+    assert!(!warned(None, None, None));
+    assert!(!warned(Some(26), None, None));
+    assert!(warned(Some(27), None, None));
+    assert!(warned(Some(25), Some("28"), None));
+    assert!(!warned(Some(25), Some("29"), None));
+    assert!(warned(Some(40), Some("35"), None));
+    assert!(
+        warned(Some(25), None, Some("20")),
+        "the environment names the pod's too"
+    );
+}
+
 #[test]
 fn check_reports_every_problem_and_exits_64() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -7,122 +7,13 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::process::Running;
 use common::*;
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 use payauth_sim::number::NumberSimConfig;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// `payauth run` in front of one Number gateway, with 2 workers and the default log (text at
-/// info), its stderr read line by line as it comes.
-struct Running {
-    child: std::process::Child,
-    addr: SocketAddr,
-    lines: std::sync::mpsc::Receiver<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Running {
-    async fn start(upstream: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path();
-        std::fs::write(root.join("token"), TOKEN).expect("token");
-        let (port, admin) = (free_port(), free_port());
-        let config = root.join("payauth.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[state]\ndir = \"{state}\"\n[proxy]\nworkers = 2\n\
-                 [[gateway]]\nname = \"number\"\nkind = \"number\"\nlisten = \"127.0.0.1:{port}\"\n\
-                 upstream = \"{upstream}\"\nprotocol = \"rest\"\naccount_code = \"EP9116875\"\n\
-                 token_file = \"{token}\"\n",
-                state = root.join("state").display(),
-                token = root.join("token").display(),
-            ),
-        )
-        .expect("config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_payauth"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .env_remove("PAYAUTH_LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("payauth runs");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).split(b'\n') {
-                let Ok(line) = line else { break };
-                if tx
-                    .send(String::from_utf8_lossy(&line).into_owned())
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        });
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut running = Self {
-            child,
-            addr,
-            lines,
-            _dir: dir,
-        };
-        let up = eventually(Duration::from_secs(20), || {
-            std::net::TcpStream::connect(addr).is_ok()
-        })
-        .await;
-        if !up {
-            let _ = running.child.kill();
-            let said = running.stop_and_read().join("\n");
-            panic!("payauth did not listen; it said:\n{said}");
-        }
-        running
-    }
-
-    /// The lines written so far.
-    fn read(&self) -> Vec<String> {
-        self.lines.try_iter().collect()
-    }
-
-    /// Stops payauth as a pod's runtime would (SIGTERM), waits for it, and returns the lines it
-    /// wrote that were not read yet.
-    fn stop_and_read(&mut self) -> Vec<String> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let exited = self.child.wait().expect("payauth's exit");
-        // The reader thread ends with the pipe.
-        let lines: Vec<String> = self.lines.iter().collect();
-        assert!(
-            exited.success(),
-            "payauth stopped with {exited}:\n{}",
-            lines.join("\n")
-        );
-        lines
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs `payauth run` against `upstream`, makes `calls` sales, stops it; returns the request
 /// ids the answers carried and everything it wrote to stderr.

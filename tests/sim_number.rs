@@ -835,12 +835,15 @@ async fn latency_is_added_before_answers() {
         .await
         .unwrap();
     assert!(t.elapsed() >= Duration::from_millis(250));
+    // Back to none: with an hour's latency left in place the call could not end within the
+    // (generous) bound, which no loaded machine reaches otherwise.
+    sim.set_latency(Duration::from_secs(3600));
     sim.set_latency(Duration::ZERO);
-    let t = std::time::Instant::now();
-    rest_call(&c, &sim, "Transaction_Query", Some(&key), "{}")
+    let call = rest_call(&c, &sim, "Transaction_Query", Some(&key), "{}");
+    tokio::time::timeout(Duration::from_secs(60), call)
         .await
+        .expect("the latency was taken away")
         .unwrap();
-    assert!(t.elapsed() < Duration::from_millis(200));
 }
 
 #[tokio::test]

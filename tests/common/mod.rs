@@ -7,6 +7,7 @@
     clippy::expect_used
 )]
 
+pub mod process;
 pub mod redis;
 
 use std::net::SocketAddr;

@@ -145,20 +145,19 @@ impl Error {
         Bytes::from(body.to_string())
     }
 
+    /// The request body was over `limit` bytes (413): the one message for it, wherever a body
+    /// is read.
+    pub fn body_too_large(gateway: impl Into<Cow<'static, str>>, limit: usize) -> Self {
+        Self::new(
+            ErrorCode::BodyTooLarge,
+            gateway,
+            format!("request body over the limit of {limit} bytes; nothing was forwarded"),
+        )
+    }
+
     /// The HTTP response of the contract: status, `x-payauth-error` and the JSON body.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(self.body()));
-        *response.status_mut() = self.code.status();
-        let headers = response.headers_mut();
-        headers.insert(ERROR_HEADER, HeaderValue::from_static(self.code.as_str()));
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if self.code == ErrorCode::Overloaded || self.code == ErrorCode::AuthUnavailable {
-            headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
+        self.response(false).map(Full::new)
     }
 
     /// The SOAP 1.1 Fault a WCF client can read, with the same status and `x-payauth-error`
@@ -166,12 +165,28 @@ impl Error {
     /// and `soap:Server` for the others, `faultstring` the message, and `detail` holds
     /// `<payauthError xmlns="urn:payauth"><code>..</code><gateway>..</gateway></payauthError>`.
     pub fn to_soap_response(&self) -> Response<Full<Bytes>> {
-        let mut response = self.to_response();
-        *response.body_mut() = Full::new(self.soap_fault());
-        response.headers_mut().insert(
+        self.response(true).map(Full::new)
+    }
+
+    /// [`to_response`](Self::to_response), or with `soap` [`to_soap_response`]
+    /// (Self::to_soap_response), with the body as its bytes.
+    pub fn response(&self, soap: bool) -> Response<Bytes> {
+        let (body, content_type) = if soap {
+            (self.soap_fault(), "text/xml; charset=utf-8")
+        } else {
+            (self.body(), "application/json")
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = self.code.status();
+        let headers = response.headers_mut();
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(self.code.as_str()));
+        headers.insert(
             http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/xml; charset=utf-8"),
+            HeaderValue::from_static(content_type),
         );
+        if self.code == ErrorCode::Overloaded || self.code == ErrorCode::AuthUnavailable {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 

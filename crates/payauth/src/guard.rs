@@ -682,10 +682,7 @@ impl AuthGuard {
 
     /// Resolves once no attempt is in flight (or after `limit`).
     pub async fn wait_idle(&self, limit: std::time::Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.status().in_flight > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        crate::sync::wait_until(&self.settled, limit, || lock(&self.inner).in_flight == 0).await;
     }
 
     /// An operator vouches for the credentials: forget rejections and unknown outcomes. The

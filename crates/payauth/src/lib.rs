@@ -69,6 +69,7 @@
 mod admin;
 pub mod body;
 #[cfg(feature = "sidecar")]
+pub mod clock;
 pub mod config;
 #[cfg(feature = "sidecar")]
 pub mod credentials;

@@ -96,6 +96,7 @@ pub struct Metrics {
     sessions_wasted: IntCounterVec,
     credential_age: GaugeVec,
     token_expiry: GaugeVec,
+    clock_skew: GaugeVec,
 }
 
 impl Metrics {
@@ -196,6 +197,14 @@ impl Metrics {
                 ),
                 gw,
             )?,
+            clock_skew: GaugeVec::new(
+                Opts::new(
+                    "payauth_clock_skew_seconds",
+                    "The gateway's clock (its answers' Date) minus this host's, in seconds \
+                     (about ±0.5 s); absent until an answer carried a Date.",
+                ),
+                gw,
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.upstream_duration.clone()))?;
@@ -210,6 +219,7 @@ impl Metrics {
         registry.register(Box::new(m.sessions_wasted.clone()))?;
         registry.register(Box::new(m.credential_age.clone()))?;
         registry.register(Box::new(m.token_expiry.clone()))?;
+        registry.register(Box::new(m.clock_skew.clone()))?;
         Ok(m)
     }
 
@@ -239,6 +249,7 @@ impl Metrics {
             sessions_wasted: self.sessions_wasted.with_label_values(l),
             credential_age: self.credential_age.with_label_values(l),
             token_expiry: self.token_expiry.with_label_values(l),
+            clock_skew: self.clock_skew.clone(),
             credential_obtained_ms: AtomicU64::new(0),
             last_auth: AtomicU64::new(0),
             name: name.to_owned(),
@@ -272,6 +283,8 @@ struct Handles {
     sessions_wasted: IntCounter,
     credential_age: Gauge,
     token_expiry: Gauge,
+    /// Labelled on the first answer with a `Date`: no gauge says "no skew" before one came.
+    clock_skew: GaugeVec,
     /// Unix milliseconds when the current credential was obtained, 0 = none.
     credential_obtained_ms: AtomicU64,
     /// The last authentication attempt: Unix milliseconds × 4 + its result (1 success,
@@ -495,6 +508,21 @@ impl GatewayMetrics {
     pub fn token_expiry(&self) -> Option<i64> {
         let at = self.0.token_expiry.get();
         (at > 0.0).then_some(at as i64)
+    }
+
+    /// Sets the gateway's clock skew (its time minus ours, in seconds).
+    pub fn set_clock_skew(&self, seconds: f64) {
+        self.0
+            .clock_skew
+            .with_label_values(&[self.0.name.as_str()])
+            .set(seconds);
+    }
+
+    /// The gateway's clock skew, once an answer told it.
+    pub fn clock_skew(&self) -> Option<f64> {
+        let family = prometheus::core::Collector::collect(&self.0.clock_skew);
+        let metric = family.first()?.get_metric().first()?;
+        Some(metric.get_gauge().get_value())
     }
 
     /// Updates gauges that depend on the current time; called before each scrape.

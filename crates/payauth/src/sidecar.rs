@@ -74,7 +74,13 @@ pub struct Sidecar {
     gateways: Arc<Vec<Gateway>>,
     registry: Registry,
     draining: Arc<AtomicBool>,
+    /// `[proxy] shutdown_grace_secs`: the whole stop's bound.
+    grace: Duration,
 }
+
+/// What a stop may take past its grace, at most, to end the worker threads (their last log
+/// lines) and to let a lockout record being written reach the disk.
+const STOP_FLUSH: Duration = Duration::from_millis(250);
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +212,7 @@ impl Sidecar {
             gateways,
             registry,
             draining,
+            grace,
         })
     }
 
@@ -238,22 +245,57 @@ impl Sidecar {
         let _ = self.stop.send(true);
     }
 
-    /// Shuts down gracefully and waits until in-flight calls are done (or the grace is over),
-    /// then until the authentications in flight have ended (at most 5 s).
+    /// Shuts down within `[proxy] shutdown_grace_secs` from the call: stops accepting, lets the
+    /// calls in flight finish, then waits for the authentications in flight, all before one
+    /// deadline. What is still running then is dropped, as a SIGKILL would: an authentication
+    /// still in flight stays on record as an unknown outcome (it was recorded before it was
+    /// sent), and the log says so. Ending the worker threads and the admin listener takes at
+    /// most [`STOP_FLUSH`] more each.
     pub async fn shutdown(mut self) {
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.grace;
         self.begin_shutdown();
-        while self.tasks.join_next().await.is_some() {}
-        self.workers.served().await;
-        tracing::debug!("shutdown: listeners closed, connections done");
+        let Self { tasks, workers, .. } = &mut self;
+        let drained = tokio::time::timeout_at(deadline, async {
+            tokio::join!(
+                async { while tasks.join_next().await.is_some() {} },
+                workers.served()
+            )
+        })
+        .await;
+        self.tasks.abort_all();
+        if drained.is_ok() {
+            tracing::debug!("shutdown: listeners closed, connections done");
+        } else {
+            tracing::warn!(
+                grace_secs = self.grace.as_secs_f64(),
+                "shutdown grace over with calls still in flight; their connections are closed"
+            );
+        }
+        // Every gateway's credential work stops at once, all of it within the one deadline.
+        let mut stops = JoinSet::new();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         for gateway in self.gateways.iter() {
-            gateway.control.stop(Duration::from_secs(5)).await;
+            stops.spawn(gateway.control.stop(left));
+        }
+        while stops.join_next().await.is_some() {}
+        for gateway in self.gateways.iter() {
+            let in_flight = gateway.control.guard().status().in_flight;
+            if in_flight > 0 {
+                tracing::warn!(gateway = %gateway.control.name(), in_flight,
+                    "shutdown grace over with authentications in flight: they stay on record as \
+                     unknown outcomes (as after a crash), which count toward the lockout budget");
+            }
         }
         tracing::debug!("shutdown: credential work stopped");
-        self.workers.release().await;
+        self.workers.release(STOP_FLUSH).await;
         tracing::debug!("shutdown: worker threads ended");
         let _ = self.admin_stop.send(true);
-        while self.admin_task.join_next().await.is_some() {}
-        tracing::info!("stopped");
+        let admin = async { while self.admin_task.join_next().await.is_some() {} };
+        if tokio::time::timeout(STOP_FLUSH, admin).await.is_err() {
+            self.admin_task.abort_all();
+        }
+        tracing::info!(took_ms = started.elapsed().as_millis() as u64, "stopped");
     }
 }
 

@@ -108,6 +108,10 @@ pub struct NumberSimConfig {
     pub soap_session_element: String,
     /// Largest accepted distance between a signature's `Epoch` and now (default 300 s).
     pub signature_skew: Duration,
+    /// The simulator's clock, as the `Date` header of its answers shows it, runs this many
+    /// seconds ahead of the host's (behind when negative; default 0). Signatures are still
+    /// checked against the host's clock.
+    pub clock_offset_secs: i64,
     /// When set, serve HTTPS (optionally requiring client certificates) instead of plain HTTP;
     /// see [`crate::simulate::tls`]. Default: plain HTTP.
     pub tls: Option<crate::tls::SimTls>,
@@ -127,6 +131,7 @@ impl Default for NumberSimConfig {
             soap_namespace: "http://tempuri.org/".to_owned(),
             soap_session_element: "sessKey".to_owned(),
             signature_skew: Duration::from_secs(300),
+            clock_offset_secs: 0,
             tls: None,
         }
     }
@@ -150,6 +155,7 @@ impl fmt::Debug for NumberSimConfig {
             .field("soap_namespace", &self.soap_namespace)
             .field("soap_session_element", &self.soap_session_element)
             .field("signature_skew", &self.signature_skew)
+            .field("clock_offset_secs", &self.clock_offset_secs)
             .field("tls", &self.tls)
             .finish()
     }

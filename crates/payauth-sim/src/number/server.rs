@@ -18,6 +18,24 @@ pub(super) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Resp, DropConnection> {
+    let offset = shared.config.clock_offset_secs;
+    let mut resp = route(shared, req).await?;
+    if offset != 0 {
+        // hyper writes the host's Date only where the answer has none.
+        let now = std::time::SystemTime::now();
+        let at = if offset > 0 {
+            now + Duration::from_secs(offset.unsigned_abs())
+        } else {
+            now - Duration::from_secs(offset.unsigned_abs())
+        };
+        if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
+            resp.headers_mut().insert(http::header::DATE, date);
+        }
+    }
+    Ok(resp)
+}
+
+async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, DropConnection> {
     let path = req.uri().path().to_owned();
     let cfg = &shared.config;
 

@@ -77,7 +77,8 @@ pub struct AdminConfig {
 /// `[proxy]`.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// How long in-flight calls may take to finish after SIGTERM.
+    /// The bound of the whole stop after SIGTERM: draining the calls in flight and waiting for
+    /// the authentications in flight together (see [`crate::sidecar::Sidecar::shutdown`]).
     pub shutdown_grace: Duration,
     /// How often secret files are checked for changes.
     pub secret_poll_interval: Duration,
@@ -86,6 +87,14 @@ pub struct ProxyConfig {
     /// honours a cgroup CPU limit).
     pub workers: usize,
 }
+
+/// How far below the pod's `terminationGracePeriodSeconds` `shutdown_grace_secs` must stay:
+/// room for the stop's last flush (at most half a second), the kubelet's own delay in sending
+/// SIGTERM, and a `preStop` hook's.
+pub const TERMINATION_MARGIN: Duration = Duration::from_secs(3);
+
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+pub const DEFAULT_TERMINATION_GRACE_PERIOD: Duration = Duration::from_secs(30);
 
 /// The most `[proxy] workers` may be.
 pub const MAX_WORKERS: usize = 256;
@@ -297,6 +306,26 @@ impl Config {
         } else {
             Err(ConfigErrors(problems))
         }
+    }
+
+    /// What `payauth check` warns of when the pod that runs this config is given
+    /// `termination_grace_period` (its `terminationGracePeriodSeconds`) to stop: a
+    /// `shutdown_grace_secs` not below it minus [`TERMINATION_MARGIN`] lets the kubelet
+    /// kill payauth mid-stop.
+    pub fn shutdown_warning(&self, termination_grace_period: Duration) -> Option<String> {
+        let grace = self.proxy.shutdown_grace;
+        (grace + TERMINATION_MARGIN >= termination_grace_period).then(|| {
+            format!(
+                "[proxy] shutdown_grace_secs ({}) is not below the pod's \
+                 terminationGracePeriodSeconds ({}) minus {} s: the pod may be killed before \
+                 payauth has stopped (calls cut, an authentication's outcome lost). Lower \
+                 shutdown_grace_secs or raise terminationGracePeriodSeconds \
+                 (--termination-grace-period tells this check what the pod has)",
+                grace.as_secs_f64(),
+                termination_grace_period.as_secs_f64(),
+                TERMINATION_MARGIN.as_secs()
+            )
+        })
     }
 
     /// A human summary with secrets redacted (for `payauth check`).

@@ -96,6 +96,8 @@ pub struct CreditGuardGateway {
     filler_started: AtomicBool,
     /// Set by [`CreditGuardHandle::stop`]: the filler fetches nothing more.
     stopped: AtomicBool,
+    /// Notified each time a `getSessionId` ends (a stop waits for the last one).
+    fetch_ended: Notify,
     /// Why the last `getSessionId` failed, for requests refused during the guard's backoff.
     last_failure: Mutex<Option<Cow<'static, str>>>,
 }
@@ -194,6 +196,7 @@ impl CreditGuardSessionLayer {
                 demand: Arc::new(Notify::new()),
                 filler_started: AtomicBool::new(false),
                 stopped: AtomicBool::new(false),
+                fetch_ended: Notify::new(),
                 last_failure: Mutex::new(None),
             }),
         })
@@ -262,22 +265,24 @@ impl CreditGuardHandle {
     /// Stops filling the pool (at shutdown) and resolves once the `getSessionId`s in flight have
     /// ended (or after 5 s), so none is left half-done when the process exits.
     pub fn stop(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        self.stop_within(Duration::from_secs(5))
+        let stopped = self.stop_within(Duration::from_secs(5));
+        async move {
+            stopped.await;
+        }
     }
 
-    fn stop_within(
+    /// [`stop`](Self::stop), waiting at most `limit`; resolves to whether every fetch ended.
+    pub fn stop_within(
         &self,
         limit: Duration,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
         self.shared.stopped.store(true, Ordering::Release);
         self.shared.demand.notify_waiters();
         let shared = Arc::clone(&self.shared);
         async move {
             // Fetches waiting for their turn count too: each settles (unsent) once it has it.
-            let deadline = Instant::now() + limit;
-            while shared.pool().stats().fetching > 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let idle = || shared.pool().stats().fetching == 0;
+            crate::sync::wait_until(&shared.fetch_ended, limit, idle).await
         }
     }
 
@@ -297,7 +302,10 @@ impl GatewayControl for CreditGuardHandle {
     }
 
     fn stop(&self, limit: Duration) -> BoxFuture<()> {
-        Box::pin(self.stop_within(limit))
+        let stopped = self.stop_within(limit);
+        Box::pin(async move {
+            stopped.await;
+        })
     }
 }
 
@@ -580,6 +588,16 @@ impl CreditGuardGateway {
     /// One `getSessionId` for `key`, its result handed to the pool (again while a discarded,
     /// suspect session leaves a waiter unserved). Returns whether it brought a session.
     async fn fetch<S, ResB>(self: Arc<Self>, key: PoolKey, client: S) -> bool
+    where
+        S: Client<ResB>,
+        ResB: GatewayBody,
+    {
+        let brought = Arc::clone(&self).fetch_until_settled(key, client).await;
+        self.fetch_ended.notify_waiters();
+        brought
+    }
+
+    async fn fetch_until_settled<S, ResB>(self: Arc<Self>, key: PoolKey, client: S) -> bool
     where
         S: Client<ResB>,
         ResB: GatewayBody,

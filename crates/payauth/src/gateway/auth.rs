@@ -142,7 +142,10 @@ impl Core {
         let answer =
             forward::call_whole(client, request, self.settings.request_timeout, answer_limit).await;
         let bytes = match answer {
-            Ok((_, bytes)) => bytes,
+            Ok((head, bytes)) => {
+                self.clock.observe(&head.headers, &self.metrics);
+                bytes
+            }
             Err(Failure::NotSent) => {
                 attempt.not_sent().await;
                 return Err(self.error(

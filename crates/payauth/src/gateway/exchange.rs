@@ -94,6 +94,7 @@ where
         let elapsed = sent_at.elapsed();
         upstream += elapsed;
         core.metrics.upstream_duration(elapsed.as_secs_f64());
+        core.clock.observe(&head.headers, &core.metrics);
         let bytes = match inspected {
             Inspected::Streaming(body) => return answer(head, body, replayed, upstream),
             Inspected::Buffered(bytes) => bytes,

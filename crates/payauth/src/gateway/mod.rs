@@ -186,6 +186,8 @@ pub(crate) struct Core {
     pub(crate) settings: GatewaySettings,
     pub(crate) guard: SharedState,
     pub(crate) metrics: GatewayMetrics,
+    /// The gateway's clock against ours, from its answers.
+    pub(crate) clock: crate::clock::SkewWatch,
 }
 
 impl Core {
@@ -206,6 +208,7 @@ impl Core {
             settings: settings.clone(),
             guard,
             metrics,
+            clock: crate::clock::SkewWatch::default(),
         })
     }
 
@@ -219,6 +222,7 @@ impl Core {
             settings: settings.clone(),
             guard,
             metrics,
+            clock: crate::clock::SkewWatch::default(),
         }
     }
 
@@ -261,10 +265,9 @@ impl Core {
         )
         .await
         .map_err(|e| match e {
-            CollectError::TooLarge(limit) => self.error(
-                ErrorCode::BodyTooLarge,
-                format!("request body over the limit of {limit} bytes; nothing was forwarded"),
-            ),
+            CollectError::TooLarge(limit) => {
+                Error::body_too_large(self.settings.name.clone(), limit)
+            }
             CollectError::Read(_) => {
                 self.bad_request("the request body could not be read; nothing was forwarded")
             }

@@ -326,13 +326,9 @@ impl Shared {
 
     /// The contract's answer to `error`: JSON, or a SOAP 1.1 Fault on a SOAP gateway.
     fn error_response<ResB>(&self, error: &Error) -> Response<ResponseBody<ResB>> {
-        let response = if self.limits.soap_errors {
-            error.to_soap_response()
-        } else {
-            error.to_response()
-        };
-        let (parts, body) = response.into_parts();
-        Response::from_parts(parts, ResponseBody::full(full_bytes(body)))
+        error
+            .response(self.limits.soap_errors)
+            .map(ResponseBody::full)
     }
 
     /// Drops hop-by-hop headers and `Host`, points the URI at the upstream and reads the body.
@@ -478,23 +474,27 @@ fn drop_unusable_ids(headers: &mut http::HeaderMap) -> (Option<HeaderValue>, Opt
     (request_id, traceparent)
 }
 
-/// Drops the hop-by-hop headers. Most messages have none: one pass over the names present
-/// finds that out, cheaper than a hashed lookup per hop-by-hop name.
+/// Drops the hop-by-hop headers: the fixed ones, and those the `Connection` header names
+/// (RFC 9110 §7.6.1). Most messages have none: one pass over the names present finds that out,
+/// cheaper than a hashed lookup per hop-by-hop name.
 fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
-    if headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        for name in HOP_BY_HOP {
-            headers.remove(name);
-        }
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
     }
-}
-
-fn full_bytes(body: Full<Bytes>) -> Bytes {
-    // A Full body yields its one frame immediately.
-    let mut body = std::pin::pin!(body);
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match body.as_mut().poll_frame(&mut cx) {
-        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
-        _ => Bytes::new(),
+    // Collected first: the names are read from a header about to be removed. A token that is
+    // no header name (`close`, blanks, junk) names nothing to remove.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
@@ -526,10 +526,7 @@ impl Shared {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(CollectError::TooLarge(_))) => {
                 drain(body);
-                Err(self.error(
-                    ErrorCode::BodyTooLarge,
-                    format!("request body over the limit of {limit} bytes; nothing was forwarded"),
-                ))
+                Err(Error::body_too_large(self.name.to_string(), limit))
             }
             Ok(Err(CollectError::Read(_))) => Err(self.error(
                 ErrorCode::BadRequest,
@@ -708,7 +705,7 @@ mod tests {
         let front: Front<Full<Bytes>, Full<Bytes>> = FrontLayer::new(
             "g",
             Uri::from_static("http://gateway.test"),
-            limits,
+            limits.clone(),
             metrics,
         )
         .front(service);
@@ -739,6 +736,58 @@ mod tests {
                 assert_eq!(headers["x-app"], "kept", "{what}");
             }
         }
+        // Headers the Connection header names are hop-by-hop too, both ways (RFC 9110 §7.6.1),
+        // in any case and spacing, over several Connection lines; junk tokens name nothing.
+        let named = |mut headers: http::HeaderMap| {
+            headers.append(
+                header::CONNECTION,
+                HeaderValue::from_static("X-Hop-One , close"),
+            );
+            headers.append(
+                header::CONNECTION,
+                HeaderValue::from_static(",x-hop-two,, bad name"),
+            );
+            headers.insert("x-hop-one", HeaderValue::from_static("1"));
+            headers.insert("x-hop-two", HeaderValue::from_static("2"));
+            headers.insert("x-app", HeaderValue::from_static("kept"));
+            headers
+        };
+        let service = tower::service_fn(move |request: Request<Full<Bytes>>| {
+            let sent_hops = ["x-hop-one", "x-hop-two", "connection"]
+                .iter()
+                .filter(|name| request.headers().contains_key(**name))
+                .count();
+            let kept = request.headers().contains_key("x-app");
+            let mut response: Response<ResponseBody<Full<Bytes>>> = Response::new(
+                ResponseBody::full(Bytes::from(format!("{sent_hops} {kept}"))),
+            );
+            *response.headers_mut() = named(http::HeaderMap::new());
+            std::future::ready(Ok::<_, Error>(response))
+        });
+        let front: Front<Full<Bytes>, Full<Bytes>> = FrontLayer::new(
+            "g",
+            Uri::from_static("http://gateway.test"),
+            limits,
+            crate::metrics::Metrics::new(&prometheus::Registry::new())
+                .expect("metrics")
+                .gateway("g"),
+        )
+        .front(service);
+        let mut request = Request::post("/pay")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("request");
+        *request.headers_mut() = named(http::HeaderMap::new());
+        let response = front.oneshot(request).await.unwrap();
+        for name in ["x-hop-one", "x-hop-two", "connection"] {
+            assert!(!response.headers().contains_key(name), "{name} answered");
+        }
+        assert_eq!(response.headers()["x-app"], "kept");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &body[..],
+            b"0 true",
+            "none of them sent, the app's own kept"
+        );
     }
 
     #[test]

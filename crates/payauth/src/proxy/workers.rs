@@ -87,13 +87,15 @@ impl std::fmt::Debug for WorkerHooks {
 pub struct Workers {
     served: Vec<oneshot::Receiver<()>>,
     threads: Vec<JoinHandle<()>>,
-    release: watch::Sender<bool>,
+    /// Set once, to how long each worker's blocking writes may still take.
+    release: watch::Sender<Option<Duration>>,
 }
 
 impl Workers {
     /// Starts one thread per job. Each serves its listeners until `stop` turns true (or its
     /// sender is gone), lets connections finish for up to `grace`, then keeps its runtime (and
-    /// the tasks it runs, such as an authentication in flight) until [`Workers::release`].
+    /// the tasks it runs, such as an authentication in flight) until [`Workers::release`]
+    /// drops them.
     /// Dropping `Workers` without releasing ends them at once.
     pub fn start(
         jobs: Vec<WorkerJob>,
@@ -101,7 +103,7 @@ impl Workers {
         grace: Duration,
         hooks: &WorkerHooks,
     ) -> std::io::Result<Self> {
-        let (release, released) = watch::channel(false);
+        let (release, released) = watch::channel(None);
         let mut workers = Self {
             served: Vec::new(),
             threads: Vec::new(),
@@ -127,8 +129,8 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("payauth-worker-{index}"))
                 .spawn(move || {
-                    runtime.block_on(async move {
-                        let work = async {
+                    let flush = runtime.block_on(async move {
+                        let serve = async {
                             let mut serving = JoinSet::new();
                             for (listener, front) in listeners {
                                 serving.spawn(super::serve_front(
@@ -140,14 +142,23 @@ impl Workers {
                             }
                             while serving.join_next().await.is_some() {}
                             let _ = served_tx.send(());
-                            let _ = released.wait_for(|r| *r).await;
+                            // The runtime goes on (authentications in flight) until released.
+                            std::future::pending::<Option<Duration>>().await
                         };
                         tokio::select! {
-                            () = work => {}
+                            never = serve => never,
+                            // Released, even if still serving: the stop's deadline has come.
+                            released = released.wait_for(Option::is_some) => {
+                                released.ok().and_then(|r| *r)
+                            }
                             // The sidecar is gone without shutting down: end now.
-                            () = async { while abandoned.changed().await.is_ok() {} } => {}
+                            () = async { while abandoned.changed().await.is_ok() {} } => None,
                         }
                     });
+                    // The tasks left (calls past the grace, an authentication in flight) are
+                    // dropped here; a blocking write still running (a lockout record) gets
+                    // `flush` to reach the disk.
+                    runtime.shutdown_timeout(flush.unwrap_or_default());
                 })?;
             workers.served.push(served_rx);
             workers.threads.push(thread);
@@ -163,9 +174,10 @@ impl Workers {
         }
     }
 
-    /// Lets the workers end, and waits until their threads have.
-    pub async fn release(self) {
-        let _ = self.release.send(true);
+    /// Lets the workers end: what their runtimes still run is dropped, and blocking writes in
+    /// flight get up to `flush`. Waits until their threads have ended.
+    pub async fn release(self, flush: Duration) {
+        let _ = self.release.send(Some(flush));
         let threads = self.threads;
         let _ = tokio::task::spawn_blocking(move || {
             for thread in threads {

@@ -273,37 +273,68 @@ struct Answer {
 }
 
 impl Answer {
+    /// Reads a script's answer: exactly its status, the five record fields and two extras, each
+    /// a string (or an integer). Anything else, a missing field, a count that is no number or a
+    /// flag that is neither `0` nor `1`, is an error: an answer payauth cannot read is no
+    /// permission to authenticate (fail closed), never a record of zero failures.
     fn read(value: Value) -> Result<Self, StoreError> {
+        let malformed = |what: &str| StoreError(format!("malformed answer from the store: {what}"));
         let Value::Array(items) = value else {
-            return Err(StoreError("unexpected answer".into()));
+            return Err(malformed("not an array"));
         };
-        let bytes: Vec<Vec<u8>> = items
-            .into_iter()
-            .map(|v| match v {
+        if items.len() != 8 {
+            return Err(malformed("not 8 fields"));
+        }
+        let mut fields = Vec::with_capacity(8);
+        for item in items {
+            fields.push(match item {
                 Value::BulkString(b) => b,
                 Value::SimpleString(s) => s.into_bytes(),
                 Value::Int(i) => i.to_string().into_bytes(),
-                _ => Vec::new(),
-            })
-            .collect();
-        if bytes.len() < 8 {
-            return Err(StoreError("unexpected answer".into()));
+                _ => return Err(malformed("a field that is no string")),
+            });
         }
-        let text = |i: usize| String::from_utf8_lossy(&bytes[i]).into_owned();
-        let number = |i: usize| text(i).parse::<u32>().unwrap_or(0);
-        let reason = text(5);
+        let text = |i: usize| {
+            std::str::from_utf8(&fields[i]).map_err(|_| malformed("a field that is no text"))
+        };
+        let number = |i: usize| {
+            text(i)?
+                .parse::<u32>()
+                .map_err(|_| malformed("a count that is no number"))
+        };
+        let flag = |i: usize| match text(i)? {
+            "0" => Ok(false),
+            "1" => Ok(true),
+            _ => Err(malformed("a flag that is neither 0 nor 1")),
+        };
+        let reason = text(5)?;
+        let record = GuardRecord {
+            rejected: number(1)?,
+            unconfirmed: number(2)?,
+            locked: flag(3)?,
+            reason: (!reason.is_empty()).then(|| reason.to_owned()),
+            proven: flag(4)?,
+            shared: true,
+        };
+        let status = text(0)?.to_owned();
+        if status.is_empty() {
+            return Err(malformed("no status"));
+        }
+        let [.., first, second] =
+            <[Vec<u8>; 8]>::try_from(fields).map_err(|_| malformed("not 8 fields"))?;
         Ok(Self {
-            status: text(0),
-            record: GuardRecord {
-                rejected: number(1),
-                unconfirmed: number(2),
-                locked: text(3) == "1",
-                reason: (!reason.is_empty()).then_some(reason),
-                proven: text(4) == "1",
-                shared: true,
-            },
-            extra: [bytes[6].clone(), bytes[7].clone()],
+            status,
+            record,
+            extra: [first, second],
         })
+    }
+
+    /// The key generation in the first extra value (`adopt`, `stale`, `published`, `look`).
+    fn generation(&self) -> Result<u64, StoreError> {
+        std::str::from_utf8(&self.extra[0])
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| StoreError("malformed answer from the store: a generation".into()))
     }
 }
 
@@ -409,9 +440,11 @@ impl RedisState {
         self.remember(fingerprint, &answer.record);
         match answer.status.as_str() {
             "adopt" => {
-                let generation = String::from_utf8_lossy(&answer.extra[0])
-                    .parse()
-                    .unwrap_or(0);
+                let generation = self.observed("reserve", answer.generation()).map_err(|e| {
+                    tracing::error!(gateway = %self.gateway, error = %e,
+                        "the shared store's answer is unreadable; no authentication is sent");
+                    Refusal::SharedStore
+                })?;
                 Ok(Some(Begun::Adopt(Published {
                     generation,
                     sealed: answer.extra[1].clone(),
@@ -545,9 +578,9 @@ impl CredentialState for RedisState {
                 .run(&self.store.scripts.publish, &self.keys(fingerprint), &args)
                 .await;
             let answer = self.observed("publish", result).map_err(io::Error::other)?;
-            let generation = String::from_utf8_lossy(&answer.extra[0])
-                .parse()
-                .unwrap_or(0);
+            let generation = self
+                .observed("publish", answer.generation())
+                .map_err(io::Error::other)?;
             if answer.status == "stale" {
                 tracing::warn!(gateway = %self.gateway, generation,
                     "another replica renewed meanwhile; this key is used here but not published");
@@ -622,10 +655,8 @@ impl CredentialState for RedisState {
 
     fn wait_idle(&self, limit: Duration) -> StateFuture<'_, ()> {
         Box::pin(async move {
-            let deadline = Instant::now() + limit;
-            while self.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let idle = || self.in_flight.load(Ordering::Acquire) == 0;
+            crate::sync::wait_until(&self.settled, limit, idle).await;
         })
     }
 
@@ -642,10 +673,111 @@ impl CredentialState for RedisState {
                 return None;
             }
             self.remember(fingerprint, &answer.record);
-            let generation = String::from_utf8_lossy(&answer.extra[0]).parse().ok()?;
+            let generation = self.observed("look", answer.generation()).ok()?;
             let sealed = answer.extra[1].clone();
             (generation > 0 && !sealed.is_empty()).then_some(Published { generation, sealed })
         })
+    }
+}
+
+#[cfg(test)]
+mod answer_tests {
+    //! The scripts' answers as the store sends them, and what a broken or hostile one is read as.
+
+    use proptest::prelude::*;
+    use redis::Value;
+
+    use super::Answer;
+
+    fn answer(fields: &[&str]) -> Value {
+        Value::Array(
+            fields
+                .iter()
+                .map(|f| Value::BulkString(f.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
+    const RESERVED: [&str; 8] = ["reserved", "2", "1", "0", "1", "", "17", ""];
+
+    #[test]
+    fn a_well_formed_answer_is_read_whole() {
+        let read = Answer::read(answer(&RESERVED)).expect("well formed");
+        assert_eq!(read.status, "reserved");
+        assert_eq!((read.record.rejected, read.record.unconfirmed), (2, 1));
+        assert!(!read.record.locked && read.record.proven && read.record.shared);
+        assert_eq!(read.record.reason, None);
+        assert_eq!(read.generation().expect("generation"), 17);
+        let locked = ["locked", "1", "0", "1", "0", "rejected", "", ""];
+        let read = Answer::read(answer(&locked)).expect("well formed");
+        assert!(read.record.locked);
+        assert_eq!(read.record.reason.as_deref(), Some("rejected"));
+        assert!(
+            read.generation().is_err(),
+            "no generation is no generation 0"
+        );
+    }
+
+    #[test]
+    fn an_answer_it_cannot_read_fails_closed() {
+        // Each of these used to read as zero failures and unlocked.
+        let mut missing_lock = RESERVED.map(|f| Value::BulkString(f.as_bytes().to_vec()));
+        missing_lock[3] = Value::Nil;
+        let broken = [
+            Value::Array(missing_lock.to_vec()),
+            answer(&RESERVED[..7]),
+            answer(&["reserved", "x", "1", "0", "1", "", "17", ""]),
+            answer(&["reserved", "2", "-1", "0", "1", "", "17", ""]),
+            answer(&["reserved", "2", "1", "", "1", "", "17", ""]),
+            answer(&["reserved", "2", "1", "yes", "1", "", "17", ""]),
+            answer(&["reserved", "2", "1", "0", "2", "", "17", ""]),
+            answer(&["reserved", "2", "1", "0", "", "", "17", ""]),
+            answer(&["", "2", "1", "0", "1", "", "17", ""]),
+            Value::BulkString(b"reserved".to_vec()),
+            Value::Nil,
+        ];
+        for value in broken {
+            let shown = format!("{value:?}");
+            assert!(Answer::read(value).is_err(), "read as valid: {shown}");
+        }
+        let mut extra = RESERVED
+            .map(|f| Value::BulkString(f.as_bytes().to_vec()))
+            .to_vec();
+        extra.push(Value::BulkString(b"more".to_vec()));
+        assert!(Answer::read(Value::Array(extra)).is_err(), "a ninth field");
+    }
+
+    proptest! {
+        /// Whatever the fields, an answer is read only as exactly what it says: unlocked only
+        /// for a lock flag of `0`, counts only from their decimal text.
+        #[test]
+        fn an_answer_is_read_as_exactly_what_it_says(
+            fields in proptest::collection::vec(
+                prop_oneof![
+                    Just("0".to_owned()), Just("1".to_owned()), Just(String::new()),
+                    "[0-9]{1,11}", ".{0,4}",
+                ],
+                8,
+            )
+        ) {
+            let value = answer(&fields.iter().map(String::as_str).collect::<Vec<_>>());
+            match Answer::read(value) {
+                Ok(read) => {
+                    prop_assert_eq!(read.record.locked, fields[3] == "1");
+                    prop_assert!(fields[3] == "0" || fields[3] == "1");
+                    prop_assert!(fields[4] == "0" || fields[4] == "1");
+                    prop_assert_eq!(Ok(read.record.rejected), fields[1].parse::<u32>());
+                    prop_assert_eq!(Ok(read.record.unconfirmed), fields[2].parse::<u32>());
+                }
+                Err(_) => prop_assert!(
+                    fields[0].is_empty()
+                        || fields[1].parse::<u32>().is_err()
+                        || fields[2].parse::<u32>().is_err()
+                        || !matches!(fields[3].as_str(), "0" | "1")
+                        || !matches!(fields[4].as_str(), "0" | "1")
+                ),
+            }
+        }
     }
 }
 
