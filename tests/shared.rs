@@ -520,6 +520,17 @@ mod processes {
 
     /// Starts one replica: its own state dir, the shared store, the same token.
     async fn replica(dir: &Path, n: usize, redis: &RedisServer, sim: &NumberSim) -> Payauth {
+        replica_with(dir, n, redis, sim, "").await
+    }
+
+    /// [`replica`], with `more` (TOML lines) added to its gateway.
+    async fn replica_with(
+        dir: &Path,
+        n: usize,
+        redis: &RedisServer,
+        sim: &NumberSim,
+        more: &str,
+    ) -> Payauth {
         let (gateway, admin) = (free_addr(), free_addr());
         let state = dir.join(format!("state-{n}"));
         let token = dir.join("token");
@@ -531,7 +542,7 @@ mod processes {
                 "[admin]\nlisten = \"{admin}\"\n[state]\ndir = {state:?}\n\
                  [shared]\nredis_url = \"{}\"\negress_id = \"egress-test\"\n\
                  [[gateway]]\nname = \"number\"\nkind = \"number\"\nlisten = \"{gateway}\"\n\
-                 upstream = \"{}\"\naccount_code = \"EP9116875\"\ntoken_file = {token:?}\n",
+                 upstream = \"{}\"\naccount_code = \"EP9116875\"\ntoken_file = {token:?}\n{more}\n",
                 redis.url(),
                 sim.url()
             ),
@@ -672,5 +683,96 @@ mod processes {
         }
         drop(replicas);
         sim.shutdown().await;
+    }
+
+    /// Split egress: two replicas share one key through the store but leave through two
+    /// addresses (127.0.0.2 and 127.0.0.3), against a gateway that binds each key to the address
+    /// that authenticated. Each renewal kills the other's key. Over 10 s of calls to both, the
+    /// renewal brake keeps the authentications bounded (2 per replica unbraked, then one per
+    /// backoff of 1, 2, 4 s ...: at most 6 each here, 12 in all), and the replicas that saw it
+    /// long enough say so: `payauth_split_egress` 1 and `/status`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn split_egress_is_braked_and_reported() {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        let sim = common::number_sim(NumberSimConfig {
+            bind_keys_to_caller: true,
+            ..NumberSimConfig::default()
+        })
+        .await;
+        let dir = tempfile::tempdir().expect("dir");
+        let a = replica_with(
+            dir.path(),
+            0,
+            &redis,
+            &sim,
+            "source_address = \"127.0.0.2\"",
+        )
+        .await;
+        let b = replica_with(
+            dir.path(),
+            1,
+            &redis,
+            &sim,
+            "source_address = \"127.0.0.3\"",
+        )
+        .await;
+        let client = common::client();
+        let started = tokio::time::Instant::now();
+        let (mut ok, mut braked) = (0, 0);
+        // Bounded: at most 200 rounds, 10 s.
+        for _ in 0..200 {
+            if started.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            for p in [&a, &b] {
+                let reply = send(&client, sale(p.gateway)).await;
+                if approved(&reply, "CreditCardSale_Manual") {
+                    ok += 1;
+                } else if reply.error_code().as_deref() == Some("auth_unavailable") {
+                    braked += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let stats = sim.stats();
+        eprintln!(
+            "split egress: {ok} approved, {braked} braked, {} authentications, {} refused 5050",
+            stats.auth_attempts, stats.calls_5050
+        );
+        assert!(stats.calls_5050 > 0, "the keys were refused: {stats:?}");
+        assert!(
+            stats.auth_attempts <= 12,
+            "the authentications stay bounded: {stats:?}"
+        );
+        assert!(ok > 0 && braked > 0, "ok {ok}, braked {braked}");
+        let mut reported = 0;
+        for p in [&a, &b] {
+            let metrics = send(
+                &client,
+                Request::get(format!("http://{}/metrics", p.admin))
+                    .body(Full::new(Bytes::new()))
+                    .expect("request"),
+            )
+            .await
+            .text();
+            let status = send(
+                &client,
+                Request::get(format!("http://{}/status", p.admin))
+                    .body(Full::new(Bytes::new()))
+                    .expect("request"),
+            )
+            .await
+            .json();
+            let split = metrics.contains("payauth_split_egress{gateway=\"number\"} 1");
+            assert_eq!(
+                status["gateways"][0]["split_egress"].as_bool(),
+                Some(split),
+                "the metric and /status agree"
+            );
+            reported += usize::from(split);
+        }
+        assert!(reported >= 1, "split egress reported ({stats:?})");
     }
 }

@@ -83,16 +83,17 @@ pub(crate) async fn accept_loop<H, F, E>(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let (handler, shutdown) = (handler.clone(), shutdown.clone());
+                    let caller = peer.ip();
                     match tls.clone() {
                         None => {
-                            conns.spawn(serve_connection(stream, handler, shutdown, name));
+                            conns.spawn(CALLER.scope(caller, serve_connection(stream, handler, shutdown, name)));
                         }
                         Some(acceptor) => {
                             let on_failure = Arc::clone(&on_handshake_failure);
-                            conns.spawn(async move {
+                            conns.spawn(CALLER.scope(caller, async move {
                                 match super::tls::accept(&acceptor, stream).await {
                                     Ok(stream) => serve_connection(stream, handler, shutdown, name).await,
                                     Err(err) => {
@@ -100,7 +101,7 @@ pub(crate) async fn accept_loop<H, F, E>(
                                         tracing::debug!(%err, "{name}: tls handshake failed");
                                     }
                                 }
-                            });
+                            }));
                         }
                     }
                 }
@@ -123,6 +124,22 @@ pub(crate) async fn accept_loop<H, F, E>(
         conns.abort_all();
         while conns.join_next().await.is_some() {}
     }
+}
+
+tokio::task_local! {
+    /// The IP address of the peer whose connection is being served.
+    static CALLER: std::net::IpAddr;
+}
+
+/// Runs `future` as if served on a connection from `ip` (for tests of the judges).
+#[cfg(test)]
+pub(crate) async fn as_caller<F: Future>(ip: std::net::IpAddr, future: F) -> F::Output {
+    CALLER.scope(ip, future).await
+}
+
+/// The IP address the current call came from (`None` outside a served connection).
+pub(crate) fn caller() -> Option<std::net::IpAddr> {
+    CALLER.try_with(|ip| *ip).ok()
 }
 
 async fn serve_connection<S, H, F, E>(

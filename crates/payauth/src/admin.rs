@@ -113,6 +113,8 @@ async fn status(State(shared): State<Shared>) -> Response {
                 "credentials_proven": guard.record.proven,
                 "attempts_in_flight": guard.in_flight,
                 "backoff_ms": guard.backoff.map(|b| b.as_millis() as u64),
+                "split_egress": gateway.metrics.split_egress(),
+                "clock_skew_seconds": gateway.metrics.clock_skew(),
                 "metrics": gateway.metrics.snapshot(),
             })
         })

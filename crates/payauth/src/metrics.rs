@@ -97,6 +97,7 @@ pub struct Metrics {
     credential_age: GaugeVec,
     token_expiry: GaugeVec,
     clock_skew: GaugeVec,
+    split_egress: IntGaugeVec,
 }
 
 impl Metrics {
@@ -205,6 +206,14 @@ impl Metrics {
                 ),
                 gw,
             )?,
+            split_egress: IntGaugeVec::new(
+                Opts::new(
+                    "payauth_split_egress",
+                    "1 while the gateway's keys keep being refused 5050 moments after a 5050 \
+                     renewal: one key leaving through two egress IPs.",
+                ),
+                gw,
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.upstream_duration.clone()))?;
@@ -220,6 +229,7 @@ impl Metrics {
         registry.register(Box::new(m.credential_age.clone()))?;
         registry.register(Box::new(m.token_expiry.clone()))?;
         registry.register(Box::new(m.clock_skew.clone()))?;
+        registry.register(Box::new(m.split_egress.clone()))?;
         Ok(m)
     }
 
@@ -250,12 +260,14 @@ impl Metrics {
             credential_age: self.credential_age.with_label_values(l),
             token_expiry: self.token_expiry.with_label_values(l),
             clock_skew: self.clock_skew.clone(),
+            split_egress: self.split_egress.with_label_values(l),
             credential_obtained_ms: AtomicU64::new(0),
             last_auth: AtomicU64::new(0),
             name: name.to_owned(),
         };
         // Families with a dynamic label are initialised so that dashboards see zeros.
         handles.auth_locked.set(0);
+        handles.split_egress.set(0);
         GatewayMetrics(Arc::new(handles))
     }
 }
@@ -285,6 +297,7 @@ struct Handles {
     token_expiry: Gauge,
     /// Labelled on the first answer with a `Date`: no gauge says "no skew" before one came.
     clock_skew: GaugeVec,
+    split_egress: IntGauge,
     /// Unix milliseconds when the current credential was obtained, 0 = none.
     credential_obtained_ms: AtomicU64,
     /// The last authentication attempt: Unix milliseconds × 4 + its result (1 success,
@@ -508,6 +521,16 @@ impl GatewayMetrics {
     pub fn token_expiry(&self) -> Option<i64> {
         let at = self.0.token_expiry.get();
         (at > 0.0).then_some(at as i64)
+    }
+
+    /// Sets the split-egress gauge.
+    pub fn set_split_egress(&self, split: bool) {
+        self.0.split_egress.set(i64::from(split));
+    }
+
+    /// Whether the gateway is marked as split egress.
+    pub fn split_egress(&self) -> bool {
+        self.0.split_egress.get() != 0
     }
 
     /// Sets the gateway's clock skew (its time minus ours, in seconds).

@@ -313,7 +313,11 @@ async fn bind_gateway(
     store: &Guards,
     metrics: GatewayMetrics,
 ) -> Result<Bound, String> {
-    let client = UpstreamClient::new(&gateway.tls, gateway.connect_timeout)?;
+    let client = UpstreamClient::with_source(
+        &gateway.tls,
+        gateway.connect_timeout,
+        gateway.source_address,
+    )?;
     let source = Arc::new(CredentialSource::new(gateway, &config.state_dir));
     let credentials = source.load().map_err(|e| e.to_string())?;
     let (make, control, target, warm_up) =

@@ -112,6 +112,9 @@ pub struct NumberSimConfig {
     /// seconds ahead of the host's (behind when negative; default 0). Signatures are still
     /// checked against the host's clock.
     pub clock_offset_secs: i64,
+    /// Keys are bound to the IP address that authenticated, as Number binds them: a call from
+    /// any other address answers 5050 (default false: every caller is one IP).
+    pub bind_keys_to_caller: bool,
     /// When set, serve HTTPS (optionally requiring client certificates) instead of plain HTTP;
     /// see [`crate::simulate::tls`]. Default: plain HTTP.
     pub tls: Option<crate::tls::SimTls>,
@@ -132,6 +135,7 @@ impl Default for NumberSimConfig {
             soap_session_element: "sessKey".to_owned(),
             signature_skew: Duration::from_secs(300),
             clock_offset_secs: 0,
+            bind_keys_to_caller: false,
             tls: None,
         }
     }
@@ -156,6 +160,7 @@ impl fmt::Debug for NumberSimConfig {
             .field("soap_session_element", &self.soap_session_element)
             .field("signature_skew", &self.signature_skew)
             .field("clock_offset_secs", &self.clock_offset_secs)
+            .field("bind_keys_to_caller", &self.bind_keys_to_caller)
             .field("tls", &self.tls)
             .finish()
     }

@@ -26,6 +26,8 @@ pub(super) struct State {
 pub(super) struct KeyRecord {
     pub(super) seq: u64,
     pub(super) issued: Instant,
+    /// The address that authenticated (see `NumberSimConfig::bind_keys_to_caller`).
+    pub(super) caller: Option<std::net::IpAddr>,
 }
 
 /// What an API call's session key is worth.
@@ -169,6 +171,7 @@ impl Shared {
             KeyRecord {
                 seq,
                 issued: Instant::now(),
+                caller: crate::server::caller(),
             },
         );
         AuthAnswer::Success {
@@ -197,7 +200,7 @@ impl Shared {
             let verdict = match sess_key.filter(|k| !k.is_empty()) {
                 None => KeyVerdict::Unknown,
                 Some(sent) => match &self.config.hmac_secret {
-                    None => st.judge_key(sent, now, self.config.key_lifetime),
+                    None => st.judge_key(sent, now, &self.config),
                     Some(secret) => match verify_signature(
                         sent,
                         secret,
@@ -205,7 +208,7 @@ impl Shared {
                         now_epoch,
                         self.config.signature_skew,
                     ) {
-                        Some(key) => st.judge_key(key, now, self.config.key_lifetime),
+                        Some(key) => st.judge_key(key, now, &self.config),
                         None => KeyVerdict::BadSignature,
                     },
                 },
@@ -277,13 +280,21 @@ impl State {
     }
 
     /// Expiry wins over an IP change when both apply; either way the caller must re-authenticate.
-    pub(super) fn judge_key(&self, key: &str, now: Instant, lifetime: Duration) -> KeyVerdict {
+    pub(super) fn judge_key(
+        &self,
+        key: &str,
+        now: Instant,
+        config: &NumberSimConfig,
+    ) -> KeyVerdict {
         let Some(rec) = self.keys.get(key) else {
             return KeyVerdict::Unknown;
         };
-        if rec.seq < self.expired_below || now.saturating_duration_since(rec.issued) > lifetime {
+        let elsewhere = config.bind_keys_to_caller && rec.caller != crate::server::caller();
+        if rec.seq < self.expired_below
+            || now.saturating_duration_since(rec.issued) > config.key_lifetime
+        {
             KeyVerdict::Expired
-        } else if rec.seq < self.ip_changed_below {
+        } else if rec.seq < self.ip_changed_below || elsewhere {
             KeyVerdict::IpChanged
         } else {
             KeyVerdict::Valid

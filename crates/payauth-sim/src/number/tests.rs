@@ -138,8 +138,7 @@ fn state_with_keys(n: u64) -> (Shared, Vec<String>) {
 #[tokio::test(start_paused = true)]
 async fn key_lifetime_expiry_and_ip_change() {
     let (shared, keys) = state_with_keys(1);
-    let lifetime = shared.config.key_lifetime;
-    let verdict = |k: &str| shared.lock().judge_key(k, Instant::now(), lifetime);
+    let verdict = |k: &str| shared.lock().judge_key(k, Instant::now(), &shared.config);
     assert_eq!(verdict(&keys[0]), KeyVerdict::Valid);
     assert_eq!(verdict("0000"), KeyVerdict::Unknown);
     tokio::time::advance(Duration::from_secs(60)).await;
@@ -157,7 +156,7 @@ async fn key_lifetime_expiry_and_ip_change() {
     let AuthAnswer::Success { key: fresh, .. } = later else {
         panic!("{later:?}")
     };
-    let verdict = |k: &str| shared.lock().judge_key(k, Instant::now(), lifetime);
+    let verdict = |k: &str| shared.lock().judge_key(k, Instant::now(), &shared.config);
     assert_eq!(verdict(&keys[0]), KeyVerdict::IpChanged);
     assert_eq!(verdict(&keys[1]), KeyVerdict::IpChanged);
     assert_eq!(verdict(&fresh), KeyVerdict::Valid);
@@ -286,4 +285,37 @@ fn debug_output_hides_secrets() {
     let shown = format!("{call:?}");
     assert!(!shown.contains("4111111111111111"));
     assert!(!shown.contains(VECTOR_KEY));
+}
+
+/// With `bind_keys_to_caller`, a key answers only the address that authenticated (5050 from
+/// any other), as Number binds a SessKey to the caller's IP.
+#[tokio::test]
+async fn keys_bound_to_the_caller_answer_5050_elsewhere() {
+    let ip = |last: u8| std::net::IpAddr::from([127, 0, 0, last]);
+    let shared = Arc::new(Shared::new(NumberSimConfig {
+        bind_keys_to_caller: true,
+        ..NumberSimConfig::default()
+    }));
+    let auth = Arc::clone(&shared);
+    let answer = crate::server::as_caller(ip(2), async move {
+        auth.authenticate(Ok(("EP9116875", "2148B239CF6846BDA5D141BF4A4CFBE8")))
+    })
+    .await;
+    let AuthAnswer::Success { key, .. } = answer else {
+        panic!("{answer:?}")
+    };
+    for (caller, expected) in [(ip(2), KeyVerdict::Valid), (ip(3), KeyVerdict::IpChanged)] {
+        let (shared, key) = (Arc::clone(&shared), key.clone());
+        let verdict = crate::server::as_caller(caller, async move {
+            shared
+                .lock()
+                .judge_key(&key, Instant::now(), &shared.config)
+        })
+        .await;
+        assert_eq!(verdict, expected, "{caller}");
+    }
+    let verdict = shared
+        .lock()
+        .judge_key(&key, Instant::now(), &shared.config);
+    assert_eq!(verdict, KeyVerdict::IpChanged, "no caller is no match");
 }

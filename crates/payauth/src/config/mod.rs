@@ -114,6 +114,9 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// Time allowed to connect to the gateway.
     pub connect_timeout: Duration,
+    /// The local address the gateway's connections leave from (`source_address`; default: the
+    /// system's choice). The gateway sees it as the caller's IP, which Number binds keys to.
+    pub source_address: Option<std::net::IpAddr>,
     /// Calls in flight at once before new ones get 503 `overloaded`.
     pub max_concurrency: usize,
     /// TLS settings for `https://` upstreams.
@@ -646,6 +649,31 @@ scope = "everything"
                 errors.contains("line 2: proxy.workers must be 1 to 256"),
                 "{bad}: {errors}"
             );
+        }
+    }
+
+    #[test]
+    fn a_source_address_is_an_ip_without_a_port() {
+        let config = Config::parse(GOOD).expect("good");
+        assert_eq!(
+            config.gateways[0].source_address, None,
+            "the system's choice"
+        );
+        let with = |value: &str| {
+            Config::parse(&GOOD.replace(
+                "account_code = \"EP9116875\"",
+                &format!("account_code = \"EP9116875\"\nsource_address = {value}"),
+            ))
+        };
+        let config = with("\"127.0.0.2\"").expect("an IPv4 address");
+        assert_eq!(
+            config.gateways[0].source_address,
+            Some(std::net::IpAddr::from([127, 0, 0, 2]))
+        );
+        assert!(with("\"::1\"").is_ok(), "an IPv6 address");
+        for bad in ["\"127.0.0.2:80\"", "\"egress-a\"", "\"\"", "7"] {
+            let errors = with(bad).expect_err(bad).to_string();
+            assert!(errors.contains("source_address"), "{bad}: {errors}");
         }
     }
 

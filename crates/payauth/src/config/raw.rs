@@ -104,6 +104,7 @@ pub(super) struct RawCommon {
     pub(super) max_request_bytes: Option<Count<usize>>,
     pub(super) inspect_limit_bytes: Option<Count<usize>>,
     pub(super) connect_timeout_secs: Option<Seconds>,
+    pub(super) source_address: Option<Ip>,
     pub(super) request_timeout_secs: Option<Seconds>,
     pub(super) max_concurrency: Option<Count<usize>>,
     pub(super) ca_file: Option<PathBuf>,
@@ -237,6 +238,16 @@ pub(super) struct Addr(pub(super) SocketAddr);
 impl<'de> Deserialize<'de> for Addr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         from_str(d, "an address like 127.0.0.1:8081").map(Addr)
+    }
+}
+
+/// An IP address (no port).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ip(pub(super) std::net::IpAddr);
+
+impl<'de> Deserialize<'de> for Ip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d, "an IP address like 10.0.0.7 (no port)").map(Ip)
     }
 }
 

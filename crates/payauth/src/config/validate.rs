@@ -617,6 +617,7 @@ impl<'a> Validator<'a> {
             connect_timeout: raw
                 .connect_timeout_secs
                 .map_or(Duration::from_secs(5), |s| s.0),
+            source_address: raw.source_address.map(|ip| ip.0),
             max_concurrency,
             tls,
             kind: kind?,

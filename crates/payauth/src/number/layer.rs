@@ -386,6 +386,10 @@ fn brake_backoff(n: u32) -> Duration {
     base.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
+/// Young 5050 refusals in a row that mark a gateway as split egress: one key used from two
+/// egress IPs, each renewal invalidating the other's key (see [`NumberGateway::brake`]).
+pub(crate) const SPLIT_EGRESS_STREAK: u32 = 3;
+
 /// Consecutive refusals of young keys; see [`NumberGateway::brake`].
 #[derive(Debug, Default)]
 struct Brake {
@@ -693,8 +697,20 @@ impl NumberGateway {
                     key_age_ms = age.as_millis() as u64, streak = brake.streak,
                     backoff_ms = backoff.map(|b| b.as_millis() as u64),
                     "gateway anomaly: the gateway refused a session key it issued moments ago");
+                if reason == ReauthReason::IpChanged5050
+                    && brake.streak >= SPLIT_EGRESS_STREAK
+                    && !self.core.metrics.split_egress()
+                {
+                    self.core.metrics.set_split_egress(true);
+                    tracing::warn!(gateway = %self.core.name(), streak = brake.streak,
+                        "split egress: this gateway's session keys keep being refused 5050 moments \
+                         after a 5050 renewal, so one key is used from two egress IPs (replicas \
+                         sharing a key behind different NAT addresses, or a NAT that alternates). \
+                         Renewals are braked; give each egress IP its own token (and egress_id)");
+                }
             } else {
                 self.brake_engaged.store(false, Ordering::Release);
+                self.clear_split_egress();
                 *brake = Brake {
                     counted: refused.generation,
                     ..Brake::default()
@@ -713,6 +729,12 @@ impl NumberGateway {
             return Ok(());
         }
         let brake = crate::sync::lock(&self.brake);
+        if key.generation > brake.counted
+            && key.obtained.elapsed() >= self.config.renewal_min_key_age
+        {
+            // A key newer than every refused one has lived past the brake's age: no split.
+            self.clear_split_egress();
+        }
         match brake.until {
             Some(until) if key.generation <= brake.counted => {
                 let now = tokio::time::Instant::now();
@@ -725,12 +747,24 @@ impl NumberGateway {
         }
     }
 
+    fn clear_split_egress(&self) {
+        if self.core.metrics.split_egress() {
+            self.core.metrics.set_split_egress(false);
+            tracing::info!(gateway = %self.core.name(), "split egress over: a renewed key lasted");
+        }
+    }
+
     fn braked(&self, wait: Duration) -> Error {
         self.core.error(
             ErrorCode::AuthUnavailable,
             format!(
-                "the gateway keeps refusing session keys it has just issued (a gateway anomaly); \
-                 renewals back off, the next one in {} ms; nothing was forwarded",
+                "the gateway keeps refusing session keys it has just issued ({}); renewals back \
+                 off, the next one in {} ms; nothing was forwarded",
+                if self.core.metrics.split_egress() {
+                    "split egress: one key used from two egress IPs"
+                } else {
+                    "a gateway anomaly"
+                },
                 wait.as_millis()
             ),
         )

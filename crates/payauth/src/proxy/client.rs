@@ -73,7 +73,7 @@ struct Member {
 #[derive(Debug)]
 struct Family {
     config: Arc<rustls::ClientConfig>,
-    connect_timeout: Duration,
+    connect: Connect,
     members: Vec<Weak<Member>>,
 }
 
@@ -86,14 +86,28 @@ impl UpstreamClient {
 
     /// Builds a client from the gateway's TLS files; the error names the file that is unusable.
     pub fn new(tls: &TlsFiles, connect_timeout: Duration) -> Result<Self, String> {
+        Self::with_source(tls, connect_timeout, None)
+    }
+
+    /// [`new`](Self::new), its connections leaving from `source` (a local address of this
+    /// host's) when given.
+    pub fn with_source(
+        tls: &TlsFiles,
+        connect_timeout: Duration,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Self, String> {
         let config = Arc::new(super::tls::client_config(tls)?);
+        let connect = Connect {
+            timeout: connect_timeout,
+            source,
+        };
         let family = Arc::new(Mutex::new(Family {
             config: Arc::clone(&config),
-            connect_timeout,
+            connect,
             members: Vec::new(),
         }));
         let member = Arc::new(Member {
-            current: ArcSwap::from_pointee(build(&config, connect_timeout)),
+            current: ArcSwap::from_pointee(build(&config, connect)),
             family: Arc::clone(&family),
         });
         lock(&family).members.push(Arc::downgrade(&member));
@@ -104,7 +118,7 @@ impl UpstreamClient {
     pub fn fork(&self) -> Self {
         let mut family = lock(&self.member.family);
         let member = Arc::new(Member {
-            current: ArcSwap::from_pointee(build(&family.config, family.connect_timeout)),
+            current: ArcSwap::from_pointee(build(&family.config, family.connect)),
             family: Arc::clone(&self.member.family),
         });
         family.members.retain(|m| m.strong_count() > 0);
@@ -120,17 +134,25 @@ impl UpstreamClient {
         for member in family.members.iter().filter_map(Weak::upgrade) {
             member
                 .current
-                .store(Arc::new(build(&config, family.connect_timeout)));
+                .store(Arc::new(build(&config, family.connect)));
         }
         family.config = config;
         Ok(())
     }
 }
 
-fn build(config: &Arc<rustls::ClientConfig>, connect_timeout: Duration) -> Inner {
+/// How a client connects: within a time, from a source address.
+#[derive(Debug, Clone, Copy)]
+struct Connect {
+    timeout: Duration,
+    source: Option<std::net::IpAddr>,
+}
+
+fn build(config: &Arc<rustls::ClientConfig>, connect: Connect) -> Inner {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
+    http.set_connect_timeout(Some(connect.timeout));
+    http.set_local_address(connect.source);
     http.set_nodelay(true);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(rustls::ClientConfig::clone(config))
