@@ -9,6 +9,15 @@
 //! the earlier deals are doing (each in its own task), so queueing shows as latency. A deal's
 //! latency runs from its scheduled start to its whole answer.
 //!
+//! First, closed loops (the field case): clients that send a deal, wait for its answer, pause
+//! 20 ms and deal again, against 100 ms per `getSessionId` and 50 ms per deal, from a cold pool:
+//! 3 clients with the default `session_fetch_concurrency` and 8 with 16. A closed-loop client
+//! slows down when it waits, so a pool sized from the rate it serves could settle starved; the
+//! table shows the share of deals after the first second that found a session ready (from
+//! `payauth_session_waits_total`) and their latency against the floor's p50.
+//! `PAYAUTH_BENCH_CLOSED_SECS` sets each closed loop's length (default 12 s);
+//! `PAYAUTH_BENCH_ONLY=closed` runs only them.
+//!
 //! `PAYAUTH_BENCH_SECS` sets how long each load runs (default 15 s). Every loop is bounded in
 //! count and time; a deal that does not end within twice the layer's request timeout is counted
 //! as hung.
@@ -69,9 +78,13 @@ fn load_duration() -> Duration {
 }
 
 async fn simulator() -> CreditGuardSim {
+    simulator_with(GET_SESSION_LATENCY, DEAL_LATENCY).await
+}
+
+async fn simulator_with(get_session: Duration, deal: Duration) -> CreditGuardSim {
     let config = CreditGuardSimConfig {
-        get_session_latency: GET_SESSION_LATENCY,
-        deal_latency: DEAL_LATENCY,
+        get_session_latency: get_session,
+        deal_latency: deal,
         ..CreditGuardSimConfig::default()
     };
     CreditGuardSim::start("127.0.0.1:0".parse().expect("address"), config)
@@ -150,7 +163,10 @@ async fn get_session(client: &HttpClient, relay: &str) -> Bytes {
 
 /// Deals sent straight to the simulator, each with a session fetched beforehand (untimed).
 async fn floor() -> Vec<Duration> {
-    let sim = simulator().await;
+    floor_with(simulator().await).await
+}
+
+async fn floor_with(sim: CreditGuardSim) -> Vec<Duration> {
     let relay = sim.relay_url();
     let client = client();
     let fetches = (0..FLOOR_SAMPLES).map(|_| {
@@ -294,6 +310,190 @@ async fn run(concurrency: u32, rate: u32, duration: Duration) -> Row {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The closed loop: clients that wait for each answer, then pause, then deal again
+
+const CLOSED_GET_SESSION_LATENCY: Duration = Duration::from_millis(100);
+const CLOSED_DEAL_LATENCY: Duration = Duration::from_millis(50);
+const CLOSED_PAUSE: Duration = Duration::from_millis(20);
+/// The first second of a closed loop is the pool's ramp, left out of the steady figures.
+const CLOSED_RAMP: Duration = Duration::from_secs(1);
+/// (clients, session_fetch_concurrency): the field case, and eight clients within 80% of what
+/// 16 fetches bring.
+const CLOSED_CASES: [(usize, u32); 2] = [(3, 8), (8, 16)];
+
+struct ClosedRow {
+    clients: usize,
+    concurrency: u32,
+    /// Latencies of the deals started after the ramp.
+    steady: Vec<Duration>,
+    deals: usize,
+    failed: usize,
+    waits_steady: u64,
+    get_session_calls: u64,
+    wasted: u64,
+    elapsed: Duration,
+}
+
+async fn closed_loop(clients: usize, concurrency: u32, duration: Duration) -> ClosedRow {
+    use payauth::guard::MemoryGuardStore;
+    use payauth::metrics::GatewayMetrics;
+
+    let sim = simulator_with(CLOSED_GET_SESSION_LATENCY, CLOSED_DEAL_LATENCY).await;
+    let mut config = CreditGuardConfig::new("cg", sim.url().parse().expect("url"));
+    config.terminals = vec![TERMINAL.into()];
+    config.session_fetch_concurrency = concurrency;
+    let metrics = GatewayMetrics::unregistered("cg");
+    let layer = CreditGuardSessionLayer::with_state(
+        config,
+        CreditGuardCredentials::new(USER, PASSWORD),
+        std::sync::Arc::new(MemoryGuardStore::default()),
+        metrics.clone(),
+    )
+    .expect("layer");
+    let handle = layer.handle();
+    let service = layer.layer(client());
+    // No warm-up: the clients start against a cold pool, as after a deploy.
+    service.warm_up();
+    let relay = sim.relay_url();
+    let form = Bytes::from(format!(
+        "user=app-user&password=app-dummy-password&int_in={}",
+        deal_xml()
+    ));
+    let started = Instant::now();
+    let ramp_end = started + CLOSED_RAMP;
+    let end = started + duration;
+    let waits_at_ramp = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(ramp_end).await;
+            metrics.session_waits()
+        })
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (service, relay, form) = (service.clone(), relay.clone(), form.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut steady, mut deals, mut failed) = (Vec::new(), 0, 0);
+            // Bounded: ends at `end`, and at most 100 deals a second of it.
+            let most = (duration.as_secs_f64() * 100.0) as usize;
+            while Instant::now() < end && deals < most {
+                let at = Instant::now();
+                let call = async {
+                    match service.clone().oneshot(form_request(&relay, form.clone())).await {
+                        Ok(response) => {
+                            let (parts, body) = response.into_parts();
+                            let error = parts
+                                .headers
+                                .get(ERROR_HEADER)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned);
+                            match body.collect().await {
+                                Ok(b) => judge(parts.status, error.as_deref(), &b.to_bytes()),
+                                Err(_) => Some("answer body failed".to_owned()),
+                            }
+                        }
+                        Err(error) => Some(error.code().as_str().to_owned()),
+                    }
+                };
+                let failure = tokio::time::timeout(Duration::from_secs(30), call)
+                    .await
+                    .unwrap_or_else(|_| Some("hung".to_owned()));
+                deals += 1;
+                failed += usize::from(failure.is_some());
+                if at >= ramp_end {
+                    steady.push(at.elapsed());
+                }
+                tokio::time::sleep(CLOSED_PAUSE).await;
+            }
+            (steady, deals, failed)
+        }));
+    }
+    let mut row = ClosedRow {
+        clients,
+        concurrency,
+        steady: Vec::new(),
+        deals: 0,
+        failed: 0,
+        waits_steady: 0,
+        get_session_calls: 0,
+        wasted: 0,
+        elapsed: Duration::ZERO,
+    };
+    for task in tasks {
+        let (steady, deals, failed) = task.await.expect("client");
+        row.steady.extend(steady);
+        row.deals += deals;
+        row.failed += failed;
+    }
+    row.elapsed = started.elapsed();
+    row.waits_steady = metrics.session_waits() - waits_at_ramp.await.expect("ramp");
+    row.get_session_calls = sim.stats().get_session_calls;
+    row.wasted = handle.pool_stats().wasted;
+    handle.stop().await;
+    drop(service);
+    sim.shutdown().await;
+    row
+}
+
+fn closed_loop_duration() -> Duration {
+    std::env::var("PAYAUTH_BENCH_CLOSED_SECS")
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(Duration::from_secs(12), |s| Duration::from_secs_f64(s.clamp(2.0, 600.0)))
+}
+
+async fn closed_loops() {
+    let duration = closed_loop_duration();
+    let floor = sorted(
+        floor_with(simulator_with(CLOSED_GET_SESSION_LATENCY, CLOSED_DEAL_LATENCY).await).await,
+    );
+    let (floor50, floor99) = (percentile(&floor, 50.0), percentile(&floor, 99.0));
+    println!(
+        "closed loop: getSessionId {} ms, deal {} ms, {} ms pause, {} s per row; floor (direct \
+         deal, session fetched beforehand) p50 {} ms, p99 {} ms\n",
+        CLOSED_GET_SESSION_LATENCY.as_millis(),
+        CLOSED_DEAL_LATENCY.as_millis(),
+        CLOSED_PAUSE.as_millis(),
+        duration.as_secs_f64(),
+        ms(floor50),
+        ms(floor99)
+    );
+    println!(
+        "| clients | concurrency | load % of capacity | deals/s | ready share after {} s | \
+         p50 ms | p99 ms | p50/floor p50 | p99/floor p50 | getSessionIds / deals | wasted | failed |",
+        CLOSED_RAMP.as_secs()
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (clients, concurrency) in CLOSED_CASES {
+        let row = closed_loop(clients, concurrency, duration).await;
+        let steady = sorted(row.steady.clone());
+        let rate = row.deals as f64 / row.elapsed.as_secs_f64();
+        let capacity = f64::from(row.concurrency) / CLOSED_GET_SESSION_LATENCY.as_secs_f64();
+        let (p50, p99) = (percentile(&steady, 50.0), percentile(&steady, 99.0));
+        println!(
+            "| {} | {} | {:.0}% | {:.1} | {:.2}% ({} of {} waited) | {} | {} | {:.2}× | {:.2}× | {}/{} | {} | {} |",
+            row.clients,
+            row.concurrency,
+            100.0 * rate / capacity,
+            rate,
+            100.0 * (1.0 - row.waits_steady as f64 / steady.len().max(1) as f64),
+            row.waits_steady,
+            steady.len(),
+            ms(p50),
+            ms(p99),
+            p50.as_secs_f64() / floor50.as_secs_f64(),
+            p99.as_secs_f64() / floor50.as_secs_f64(),
+            row.get_session_calls,
+            row.deals,
+            row.wasted,
+            row.failed,
+        );
+    }
+    println!();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Reporting
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -340,6 +540,10 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
+        closed_loops().await;
+        if std::env::var("PAYAUTH_BENCH_ONLY").is_ok_and(|only| only == "closed") {
+            return;
+        }
         let duration = load_duration();
         let floor = sorted(floor().await);
         let (floor50, floor99) = (percentile(&floor, 50.0), percentile(&floor, 99.0));

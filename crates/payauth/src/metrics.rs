@@ -98,6 +98,7 @@ pub struct Metrics {
     token_expiry: GaugeVec,
     clock_skew: GaugeVec,
     split_egress: IntGaugeVec,
+    session_waits: IntCounterVec,
 }
 
 impl Metrics {
@@ -214,6 +215,13 @@ impl Metrics {
                 ),
                 gw,
             )?,
+            session_waits: IntCounterVec::new(
+                Opts::new(
+                    "payauth_session_waits_total",
+                    "CreditGuard calls that found no session ready and waited for a fetch.",
+                ),
+                gw,
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.upstream_duration.clone()))?;
@@ -230,6 +238,7 @@ impl Metrics {
         registry.register(Box::new(m.token_expiry.clone()))?;
         registry.register(Box::new(m.clock_skew.clone()))?;
         registry.register(Box::new(m.split_egress.clone()))?;
+        registry.register(Box::new(m.session_waits.clone()))?;
         Ok(m)
     }
 
@@ -261,6 +270,7 @@ impl Metrics {
             token_expiry: self.token_expiry.with_label_values(l),
             clock_skew: self.clock_skew.clone(),
             split_egress: self.split_egress.with_label_values(l),
+            session_waits: self.session_waits.with_label_values(l),
             credential_obtained_ms: AtomicU64::new(0),
             last_auth: AtomicU64::new(0),
             name: name.to_owned(),
@@ -298,6 +308,7 @@ struct Handles {
     /// Labelled on the first answer with a `Date`: no gauge says "no skew" before one came.
     clock_skew: GaugeVec,
     split_egress: IntGauge,
+    session_waits: IntCounter,
     /// Unix milliseconds when the current credential was obtained, 0 = none.
     credential_obtained_ms: AtomicU64,
     /// The last authentication attempt: Unix milliseconds × 4 + its result (1 success,
@@ -521,6 +532,16 @@ impl GatewayMetrics {
     pub fn token_expiry(&self) -> Option<i64> {
         let at = self.0.token_expiry.get();
         (at > 0.0).then_some(at as i64)
+    }
+
+    /// Counts a call that found no session ready.
+    pub fn session_wait(&self) {
+        self.0.session_waits.inc();
+    }
+
+    /// Calls that found no session ready, since start.
+    pub fn session_waits(&self) -> u64 {
+        self.0.session_waits.get()
     }
 
     /// Sets the split-egress gauge.

@@ -303,6 +303,7 @@ impl Pool {
                 Acquire::Ready(lease)
             }
             None => {
+                self.metrics.session_wait();
                 let (tx, rx) = oneshot::channel();
                 let waiting = kp.live_waiters() + 1;
                 kp.waiters.push_back(tx);
@@ -771,6 +772,98 @@ mod tests {
         assert!(p
             .deficits(now + IDLE_KEY + Duration::from_secs(2))
             .is_empty());
+    }
+
+    /// The waste when the load stops. A model of the filler (every tick, each deficit fetched
+    /// at once) serves a steady 40 calls/s for a minute, then no call comes. The sessions left
+    /// in the pool are not refilled as the rate estimate decays, the key goes idle after
+    /// [`IDLE_KEY`], and they are discarded once, at their expiry: at most `max` wasted per
+    /// key, nothing fetched after the load, and nothing more ever.
+    #[tokio::test(start_paused = true)]
+    async fn when_the_load_stops_at_most_one_pool_is_wasted_once() {
+        let (min, max) = (2, 32);
+        let mut p = pool(min, max);
+        p.observe_latency(Duration::from_millis(100));
+        let start = Instant::now();
+        let k = key("1");
+        p.register(k.clone(), start);
+        let mut n = 0u64;
+        let mut refill = |p: &mut Pool, now: Instant| {
+            p.tick(now);
+            for (key, deficit) in p.deficits(now) {
+                for _ in 0..deficit {
+                    p.fetch_started(&key, now);
+                    n += 1;
+                    let f = fresh(p, &format!("s{n}"), false, now);
+                    p.delivered(&key, f, now);
+                }
+            }
+        };
+        let step = Duration::from_millis(25);
+        let load_end = start + Duration::from_secs(60);
+        let mut now = start;
+        let mut waited = 0;
+        while now < load_end {
+            if now.duration_since(start).as_millis().is_multiple_of(250) {
+                refill(&mut p, now);
+            }
+            match p.acquire(&k, now) {
+                Acquire::Ready(_) => {}
+                Acquire::Wait { .. } => {
+                    // Served by the fetch it started (or the one on its way, already counted):
+                    // instant in the model. The first second is the ramp.
+                    if now >= start + RATE_WINDOW {
+                        waited += 1;
+                    }
+                    let f = fresh(&p, "on-demand", false, now);
+                    p.delivered(&k, f, now);
+                }
+                Acquire::TerminalDisabled => unreachable!("no 455 in the model"),
+            }
+            now += step;
+        }
+        assert_eq!(
+            waited, 0,
+            "calls waited after the first second of a steady load"
+        );
+        let at_stop = p.stats();
+        assert_eq!(at_stop.wasted, 0, "nothing wasted under load");
+        assert!(at_stop.ready <= max);
+        // Twenty minutes without a call, the filler still ticking.
+        let mut per_minute = Vec::new();
+        let mut wasted_before = at_stop.wasted;
+        let mut fetched_after_a_minute = 0;
+        for minute in 0..20u32 {
+            for quarter in 0..240u32 {
+                let at = load_end + Duration::from_secs(60) * minute + TICK * quarter;
+                refill(&mut p, at);
+            }
+            let wasted = p.stats().wasted;
+            per_minute.push(wasted - wasted_before);
+            wasted_before = wasted;
+            if minute == 0 {
+                fetched_after_a_minute = p.stats().fetched;
+            }
+        }
+        assert_eq!(
+            p.stats().fetched,
+            fetched_after_a_minute,
+            "nothing fetched after the first minute without calls"
+        );
+        let after = p.stats();
+        // The first look after the load tops the pool up to its target one last time.
+        let topped_up = after.fetched - at_stop.fetched;
+        let left = at_stop.ready as u64 + topped_up;
+        assert!(
+            left <= max as u64,
+            "{left} sessions left: more than one pool"
+        );
+        assert_eq!(after.wasted, left, "what was left is wasted, once");
+        assert!(
+            per_minute.iter().all(|&w| w <= max as u64),
+            "at most one pool a minute: {per_minute:?}"
+        );
+        assert_eq!(after.ready, 0);
     }
 
     #[tokio::test(start_paused = true)]
