@@ -379,7 +379,11 @@ async fn closed_loop(clients: usize, concurrency: u32, duration: Duration) -> Cl
             while Instant::now() < end && deals < most {
                 let at = Instant::now();
                 let call = async {
-                    match service.clone().oneshot(form_request(&relay, form.clone())).await {
+                    match service
+                        .clone()
+                        .oneshot(form_request(&relay, form.clone()))
+                        .await
+                    {
                         Ok(response) => {
                             let (parts, body) = response.into_parts();
                             let error = parts
@@ -440,7 +444,9 @@ fn closed_loop_duration() -> Duration {
         .ok()
         .and_then(|s| s.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s > 0.0)
-        .map_or(Duration::from_secs(12), |s| Duration::from_secs_f64(s.clamp(2.0, 600.0)))
+        .map_or(Duration::from_secs(12), |s| {
+            Duration::from_secs_f64(s.clamp(2.0, 600.0))
+        })
 }
 
 async fn closed_loops() {
