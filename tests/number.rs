@@ -1006,3 +1006,62 @@ async fn a_key_published_by_a_peer_is_adopted_without_authenticating() {
     );
     sim.shutdown().await;
 }
+
+/// The layers compose like any tower middleware (`FrontLayer` is a `tower::Layer` too), and each
+/// gives back what it wraps, as tower-http's middlewares do.
+#[tokio::test]
+async fn the_layers_compose_with_tower_and_give_back_what_they_wrap() {
+    use payauth::number::{NumberAuthLayer, NumberConfig, NumberCredentials};
+    use payauth::proxy::{FrontLayer, FrontLimits};
+    use tower::{ServiceBuilder, ServiceExt};
+
+    let sim = number_sim(NumberSimConfig::default()).await;
+    let number = NumberAuthLayer::new(
+        NumberConfig::rest("number", sim.url().parse().expect("uri")),
+        NumberCredentials::new("EP9116875", TOKEN),
+    )
+    .expect("layer");
+    let front = FrontLayer::new(
+        "number",
+        sim.url().parse().expect("uri"),
+        FrontLimits {
+            max_concurrency: 8,
+            max_request_bytes: 1 << 16,
+            body_timeout: Duration::from_secs(10),
+            soap_errors: false,
+        },
+        payauth::metrics::GatewayMetrics::unregistered("number"),
+    );
+    let mut stack = ServiceBuilder::new()
+        .layer(front)
+        .layer(number)
+        .service(common::client());
+    let _client: &HttpClient = stack.get_ref().get_ref();
+    let _client: &mut HttpClient = stack.get_mut().get_mut();
+    // The app's own path, as it sends it to payauth: the front points it at the upstream.
+    let request = Request::post(format!("{REST}/CreditCardSale_Manual"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(format!(
+            r#"{{"Amount": 1.00, "CardNum": "{CARD}", "CVV": "123"}}"#
+        ))))
+        .expect("request");
+    let answer = stack.clone().oneshot(request).await.expect("infallible");
+    let (parts, body) = answer.into_parts();
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .expect("body")
+        .to_bytes();
+    let reply = Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    };
+    assert!(
+        approved(&reply, "CreditCardSale_Manual"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(sim.stats().auth_attempts, 1);
+    let _client: HttpClient = stack.into_inner().into_inner();
+    sim.shutdown().await;
+}

@@ -124,6 +124,23 @@ pub struct Middleware<K, S> {
     pub(crate) kind: Arc<K>,
 }
 
+impl<K, S> Middleware<K, S> {
+    /// The client it wraps.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The client it wraps, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The client it wraps, unwrapped (the gateway's state lives on in its layer and handle).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
 impl<K, S: Clone> Clone for Middleware<K, S> {
     fn clone(&self) -> Self {
         Self {

@@ -173,10 +173,7 @@ impl FrontLayer {
         ReqB: AppBody,
         ResB: Send + 'static,
     {
-        BoxCloneService::new(FrontService {
-            inner: service,
-            shared: Arc::clone(&self.shared),
-        })
+        BoxCloneService::new(tower::Layer::layer(self, service))
     }
 
     /// The same front as a [`SharedFront`].
@@ -186,20 +183,46 @@ impl FrontLayer {
         ReqB: AppBody,
         ResB: Send + 'static,
     {
-        let front = FrontService {
-            inner: service,
-            shared: Arc::clone(&self.shared),
-        };
+        let front = tower::Layer::layer(self, service);
         Arc::new(move |request| front.call_ref(request))
     }
 }
 
 /// The front's one service: the steps of the module docs in one future per call (one
-/// allocation, rather than one per step).
+/// allocation, rather than one per step). Made by [`FrontLayer`] as a `tower::Layer`, or boxed by
+/// [`FrontLayer::front`].
 #[derive(Debug, Clone)]
-struct FrontService<S> {
+pub struct FrontService<S> {
     inner: S,
     shared: Arc<Shared>,
+}
+
+impl<S> FrontService<S> {
+    /// The gateway service it wraps.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The gateway service it wraps, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The gateway service it wraps, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> tower::Layer<S> for FrontLayer {
+    type Service = FrontService<S>;
+
+    fn layer(&self, inner: S) -> FrontService<S> {
+        FrontService {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for FrontService<S>

@@ -11,7 +11,7 @@ pub mod tls;
 pub mod workers;
 
 #[cfg(feature = "sidecar")]
-pub use front::{Front, FrontLayer, FrontLimits, SharedFront};
+pub use front::{Front, FrontLayer, FrontLimits, FrontService, SharedFront};
 #[cfg(feature = "sidecar")]
 pub use serving::*;
 
