@@ -36,7 +36,20 @@ const CALL: &[u8] =
 #[global_allocator]
 static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// Allocations (and reallocations) per run of `f`, averaged over 100 runs.
+/// Allocations (and reallocations) per call as last measured, by bench: a run that finds more
+/// than [`ALLOCATION_SLACK`] above its figure fails (the bench run is the guard). Lower a figure
+/// when a change saves allocations.
+const ALLOCATION_BUDGET: [(&str, f64); 5] = [
+    ("direct", 6.0),
+    ("number_rest", 13.0),
+    ("number_rest_signed", 13.0),
+    ("front_number_rest_signed", 17.0),
+    ("front_number_rest_signed_logged", 22.0),
+];
+const ALLOCATION_SLACK: f64 = 2.0;
+
+/// Allocations (and reallocations) per run of `f`, averaged over 100 runs; fails the run when
+/// they exceed the bench's budget by more than the slack.
 fn allocations_per_call(name: &str, mut f: impl FnMut()) {
     f();
     let region = Region::new(ALLOCATOR);
@@ -46,6 +59,16 @@ fn allocations_per_call(name: &str, mut f: impl FnMut()) {
     let change = region.change();
     let per_call = (change.allocations + change.reallocations) as f64 / 100.0;
     println!("layer/{name}: {per_call:.1} allocations per call");
+    let budget = ALLOCATION_BUDGET
+        .iter()
+        .find(|(bench, _)| *bench == name)
+        .map(|(_, budget)| *budget)
+        .expect("every bench has an allocation budget");
+    assert!(
+        per_call <= budget + ALLOCATION_SLACK,
+        "layer/{name}: {per_call:.1} allocations per call, over its budget of {budget} by more \
+         than {ALLOCATION_SLACK}"
+    );
 }
 
 /// One call through `service` (a clone of it, as hyper makes per request), its answer read.

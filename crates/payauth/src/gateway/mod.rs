@@ -308,9 +308,14 @@ impl Core {
 /// The outgoing call: the app's method, URI and headers (minus its framing, which the new body
 /// sets) with `body`.
 pub(crate) fn outgoing(parts: &http::request::Parts, body: Bytes) -> Request<Full<Bytes>> {
-    let mut headers = parts.headers.clone();
-    headers.remove(header::CONTENT_LENGTH);
-    headers.remove(header::TRANSFER_ENCODING);
+    // Sized for the header a gateway kind adds (Number's SessKey), so adding it does not grow
+    // the map again.
+    let mut headers = http::HeaderMap::with_capacity(parts.headers.len() + 1);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+            headers.append(name.clone(), value.clone());
+        }
+    }
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();

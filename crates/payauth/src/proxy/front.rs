@@ -412,12 +412,28 @@ fn next_request_id() -> HeaderValue {
         next.set((n + 1, end));
         n
     });
-    // Formatted on the stack: the header value is the call's only allocation for its id.
-    let mut id = [0u8; 32];
-    id[..16].copy_from_slice(prefix);
-    let digits = hex_digits(n);
-    write_hex(&mut id[16..16 + digits], n);
-    HeaderValue::from_bytes(&id[..16 + digits]).unwrap_or(HeaderValue::from_static("pa-0"))
+    // Formatted on the stack, then owned by the header value: the call's one allocation for its
+    // id. (A value copied from a slice would allocate again on its first clone, to share it.)
+    let mut id = RequestId {
+        bytes: [0; 32],
+        len: 16 + hex_digits(n),
+    };
+    id.bytes[..16].copy_from_slice(prefix);
+    write_hex(&mut id.bytes[16..id.len], n);
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id))
+        .unwrap_or(HeaderValue::from_static("pa-0"))
+}
+
+/// A request id's text, owned by the `Bytes` of its header value.
+struct RequestId {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl AsRef<[u8]> for RequestId {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// How many hex digits `n` takes, without leading zeros (1 for 0).
