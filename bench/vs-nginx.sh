@@ -10,9 +10,14 @@
 #
 # With --bare, a third contender runs in the same rounds: examples/bare_proxy.rs, a hyper proxy
 # with payauth's runtime layout and nothing else (the floor of the HTTP stack payauth uses).
+# With --signed, another: nginx doing payauth's per-call work of signing, a `SessKey` header in
+# payauth's signed format with an HMAC-SHA256 computed per request in the proxy (Debian's
+# libnginx-mod-http-lua; bench/nginx-sign.lua calls OpenSSL's HMAC through LuaJIT's FFI, and is
+# checked against the vendor's test vector before anything is measured).
 #
 # Usage: bench/vs-nginx.sh [--rounds N] [--duration SECS] [--connections C] [--threads T]
 #                          [--nginx-workers N] [--payauth-workers N] [--logs on|off] [--bare]
+#                          [--signed]
 # Defaults: 3 rounds of 10 s, wrk -t2 -c64, nginx with 2 workers, payauth with its default
 # workers (the available parallelism), access logs on for both (each to a file).
 #
@@ -24,6 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=3 DURATION=10 CONNECTIONS=64 THREADS=2 NGINX_WORKERS=2 PAYAUTH_WORKERS="" LOGS=on BARE=no
+SIGNED=no
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) ROUNDS=$2; shift 2 ;;
@@ -34,7 +40,8 @@ while [ $# -gt 0 ]; do
         --payauth-workers) PAYAUTH_WORKERS=$2; shift 2 ;;
         --logs) LOGS=$2; shift 2 ;;
         --bare) BARE=yes; shift ;;
-        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --signed) SIGNED=yes; shift ;;
+        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "vs-nginx: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -55,6 +62,16 @@ export PATH="$PATH:/usr/sbin"
 need nginx nginx-light
 need wrk wrk
 need python3 python3
+LUA_MODULE=/usr/lib/nginx/modules/ngx_http_lua_module.so
+if [ "$SIGNED" = yes ] && [ ! -f "$LUA_MODULE" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "== installing libnginx-mod-http-lua (Debian's package)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq libnginx-mod-http-lua >/dev/null 2>&1 || { apt-get update -qq >/dev/null; apt-get install -y -qq libnginx-mod-http-lua >/dev/null; }
+        (service nginx stop || true) >/dev/null 2>&1
+    fi
+    [ -f "$LUA_MODULE" ] || { echo "vs-nginx: --signed needs Debian's libnginx-mod-http-lua" >&2; exit 1; }
+fi
 
 if [ -n "${PAYAUTH_BIN:-}" ]; then
     PAYAUTH=$PAYAUTH_BIN   # a binary built otherwise (for example with debug info, to profile)
@@ -76,9 +93,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-read -r UPSTREAM_PORT NGINX_PORT PAYAUTH_PORT ADMIN_PORT BARE_PORT < <(python3 - <<'EOF'
+read -r UPSTREAM_PORT NGINX_PORT PAYAUTH_PORT ADMIN_PORT BARE_PORT SIGNED_PORT < <(python3 - <<'EOF'
 import socket
-socks = [socket.socket() for _ in range(5)]
+socks = [socket.socket() for _ in range(6)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
@@ -94,7 +111,7 @@ access_log() { # $1: file
     if [ "$LOGS" = on ]; then echo "access_log $1;"; else echo "access_log off;"; fi
 }
 
-mkdir -p "$WORK/upstream" "$WORK/proxy" "$WORK/state"
+mkdir -p "$WORK/upstream" "$WORK/proxy" "$WORK/signed" "$WORK/state"
 cat >"$WORK/upstream/nginx.conf" <<EOF
 worker_processes 1;
 pid $WORK/upstream/nginx.pid;
@@ -140,8 +157,50 @@ http {
 }
 EOF
 
+# The same proxy, signing each call as payauth does (key, secret and user id as payauth's below).
+SESS_KEY=B9F24903C3BA4770AE303032303541303032353437
+HMAC_SECRET=0123456789abcdef0123456789abcdef
+cat >"$WORK/signed/nginx.conf" <<EOF
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module $LUA_MODULE;
+worker_processes $NGINX_WORKERS;
+pid $WORK/signed/nginx.pid;
+error_log $WORK/signed/error.log warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+    $(access_log "$WORK/signed/access.log")
+    client_body_temp_path $WORK/signed;
+    proxy_temp_path $WORK/signed;
+    keepalive_requests 1000000;
+    lua_package_path "$PWD/bench/?.lua;;";
+    init_by_lua_block { sign = require "nginx-sign" }
+    upstream gateway {
+        server 127.0.0.1:$UPSTREAM_PORT;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$SIGNED_PORT;
+        location = /_vector {
+            content_by_lua_block {
+                ngx.print(sign.header("9B9175EF556E4DDA93303132323141303035383339",
+                    "7D55DBB3D691C9E0FDF341E4AB38C3C9", "123", 1702565789))
+            }
+        }
+        location / {
+            rewrite_by_lua_block {
+                ngx.req.set_header("SessKey", sign.header("$SESS_KEY", "$HMAC_SECRET", "2547", ngx.time()))
+            }
+            proxy_pass http://gateway;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+
 printf 'bench-token\n' >"$WORK/token"
-printf '0123456789abcdef0123456789abcdef\n' >"$WORK/hmac"
+printf '%s\n' "$HMAC_SECRET" >"$WORK/hmac"
 WORKERS_LINE=""
 [ -n "$PAYAUTH_WORKERS" ] && WORKERS_LINE="workers = $PAYAUTH_WORKERS"
 cat >"$WORK/payauth.toml" <<EOF
@@ -183,14 +242,30 @@ if [ "$BARE" = yes ]; then
     PROXIES="nginx payauth bare"
 fi
 
+if [ "$SIGNED" = yes ]; then
+    nginx -c "$WORK/signed/nginx.conf" -p "$WORK/signed" & PIDS+=($!)
+    SIGNED_MASTER=$!
+    PROXIES="$PROXIES signed"
+fi
+
 PORTS="$UPSTREAM_PORT $NGINX_PORT $PAYAUTH_PORT"
 [ "$BARE" = yes ] && PORTS="$PORTS $BARE_PORT"
+[ "$SIGNED" = yes ] && PORTS="$PORTS $SIGNED_PORT"
 for port in $PORTS; do
     for _ in $(seq 100); do
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
         sleep 0.1
     done
 done
+
+if [ "$SIGNED" = yes ]; then
+    vector=$(curl -sS "http://127.0.0.1:$SIGNED_PORT/_vector" 2>&1 || true)
+    expected=9B9175EF556E4DDA93303132323141303035383339_1702565789_123_1BD0C45A1DCBC7F9D0730FDD6222A45E10FCC7D9E84557499B812B138D0B7149
+    if [ "$vector" != "$expected" ]; then
+        echo "vs-nginx: the signing nginx does not reproduce the vendor's test vector: $vector" >&2
+        exit 1
+    fi
+fi
 
 cat >"$WORK/sale.lua" <<EOF
 wrk.method = "POST"
@@ -227,8 +302,8 @@ run_wrk() { # $1: port, $2: seconds
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"${2}s" --latency -s "$WORK/sale.lua" "http://127.0.0.1:$1$URL_PATH"
 }
 
-port_of() { case $1 in nginx) echo "$NGINX_PORT" ;; payauth) echo "$PAYAUTH_PORT" ;; bare) echo "$BARE_PORT" ;; esac; }
-pid_of() { case $1 in nginx) echo "$NGINX_MASTER" ;; payauth) echo "$PAYAUTH_PID" ;; bare) echo "$BARE_PID" ;; esac; }
+port_of() { case $1 in nginx) echo "$NGINX_PORT" ;; payauth) echo "$PAYAUTH_PORT" ;; bare) echo "$BARE_PORT" ;; signed) echo "$SIGNED_PORT" ;; esac; }
+pid_of() { case $1 in nginx) echo "$NGINX_MASTER" ;; payauth) echo "$PAYAUTH_PID" ;; bare) echo "$BARE_PID" ;; signed) echo "$SIGNED_MASTER" ;; esac; }
 
 echo "== warming up (3 s each)"
 for proxy in $PROXIES; do run_wrk "$(port_of $proxy)" 3 >/dev/null; done
@@ -284,8 +359,9 @@ for proxy in sys.argv[3:]:
         continue
     p = med[proxy]
     print(f"{proxy + '/nginx':14}{p[0]/n[0]:6.2f}x{p[1]/n[1]:8.2f}x{p[2]/n[2]:8.2f}x{p[3]/n[3]:11.2f}x")
-if "bare" in med:
-    p, b = med["payauth"], med["bare"]
-    print(f"{'payauth/bare':14}{p[0]/b[0]:6.2f}x{p[1]/b[1]:8.2f}x{p[2]/b[2]:8.2f}x{p[3]/b[3]:11.2f}x")
+for peer in ("bare", "signed"):
+    if peer in med:
+        p, b = med["payauth"], med[peer]
+        print(f"{'payauth/' + peer:14}{p[0]/b[0]:6.2f}x{p[1]/b[1]:8.2f}x{p[2]/b[2]:8.2f}x{p[3]/b[3]:11.2f}x")
 print(f"payauth peak RSS: {int(sys.argv[2]) / 1024:.1f} MiB")
 EOF
