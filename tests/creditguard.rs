@@ -591,6 +591,15 @@ async fn a_wrong_password_locks_after_one_attempt_across_restarts() {
             Some("auth_locked")
         );
     }
+    wait_until(
+        "the rejection to lock the guard",
+        Duration::from_secs(10),
+        || sim.stats().get_session_rejected >= 1 && first.handle.guard().is_locked(),
+    )
+    .await;
+    // A quiet period, kept on purpose: what is asserted is that nothing (the filler included)
+    // tries to authenticate again, and only waiting a while can show that something does not
+    // happen.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
         sim.stats().get_session_calls,
@@ -617,6 +626,8 @@ async fn a_wrong_password_locks_after_one_attempt_across_restarts() {
         post(&second, &sim, raw_form(&deal())).await.error_code(),
         Some("auth_locked")
     );
+    // A quiet period, kept on purpose: nothing may be sent, and only waiting a while can show
+    // that.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sim.stats().get_session_calls, 1);
 
@@ -703,6 +714,8 @@ async fn refused_requests_are_never_forwarded() {
     .await;
     assert_eq!(query.error_code(), Some("bad_request"));
 
+    // A quiet period, kept on purpose: nothing may reach the gateway, and only waiting a while
+    // can show that.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         sim.received().is_empty(),
@@ -738,6 +751,8 @@ async fn the_apps_own_get_session_id_is_answered_locally() {
         "{}",
         answer.text()
     );
+    // A quiet period, kept on purpose: nothing may be forwarded, and only waiting a while can
+    // show that.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(sim.received().is_empty(), "not forwarded");
 
@@ -780,6 +795,8 @@ async fn a_terminal_without_sessions_fails_clearly_and_does_not_loop() {
             answer.text()
         );
     }
+    // A quiet period, kept on purpose: the filler must not ask for sessions again (it ticks
+    // several times in 1.5 s), and only waiting a while can show that.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         sim.stats().get_session_calls,
@@ -825,7 +842,12 @@ async fn a_457_backs_off_then_recovers() {
         during.text()
     );
     assert_eq!(sim.stats().get_session_calls, 1);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The backoff (jittered, at most a second) has to pass on the wall clock: wait until the
+    // guard says it has, rather than assume it did after a fixed time.
+    wait_until("the backoff to end", Duration::from_secs(20), || {
+        gw.handle.guard().status().backoff.is_none()
+    })
+    .await;
     let answer = post(&gw, &sim, raw_form(&deal())).await;
     assert_eq!(answer.result().as_deref(), Some("000"), "{}", answer.text());
     assert!(!gw.handle.guard().is_locked());
@@ -914,6 +936,9 @@ async fn after_bytes_were_sent_nothing_is_replayed() {
     sim.set_latency(Duration::ZERO, Duration::from_secs(1));
     let answer = post(&gw, &sim, raw_form(&deal())).await;
     assert_eq!(answer.error_code(), Some("upstream_timeout"));
+    // A quiet period, kept on purpose: longer than the simulated 1 s latency, so that a replay
+    // sent after the timeout would have been judged and counted; only waiting can show that none
+    // was sent.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     // The simulator judges a call after its latency, so the abandoned one may not be counted;
     // what matters is that it was not sent again.
@@ -1088,9 +1113,25 @@ async fn no_secret_or_card_data_reaches_a_log_even_at_trace() {
         None,
     );
     post(&wrong, &sim, raw_form(&xml)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let the background work (pool top-ups, the rejected fetch and those refused after it)
+    // settle, so that its log lines are in the capture too.
+    let logged = || String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    wait_until(
+        "the background fetches to settle",
+        Duration::from_secs(20),
+        || {
+            let log = logged();
+            log.contains("requesting a session")
+                && log.contains("456")
+                && gw.handle.pool_stats().fetching == 0
+                && gw.handle.guard().status().in_flight == 0
+                && wrong.handle.pool_stats().fetching == 0
+                && wrong.handle.guard().status().in_flight == 0
+        },
+    )
+    .await;
 
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = logged();
     assert!(
         log.contains("requesting a session"),
         "the capture works: {log}"

@@ -7,6 +7,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -214,8 +216,59 @@ async fn mtls_succeeds_only_with_the_client_certificate() {
     with.shutdown().await;
 }
 
+/// Counts the log lines that contain `needle` (the fmt subscriber hands each event to its writer
+/// in one write).
+#[derive(Clone)]
+struct LogCounter {
+    needle: &'static str,
+    count: Arc<AtomicUsize>,
+}
+
+impl LogCounter {
+    fn new(needle: &'static str) -> Self {
+        Self {
+            needle,
+            count: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+impl std::io::Write for LogCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let needle = self.needle.as_bytes();
+        if buf.windows(needle.len()).any(|w| w == needle) {
+            self.count.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCounter {
+    type Writer = LogCounter;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
 #[tokio::test]
 async fn client_certificate_files_are_reloaded_without_a_restart() {
+    // The file poller runs on this test's current-thread runtime, so a thread-local subscriber
+    // sees its log lines: they say when it has looked at (and refused) a broken update.
+    let refusals = LogCounter::new("certificate files changed but cannot be used");
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(refusals.clone())
+        .with_ansi(false)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
     let pki = Pki::new();
     let sim = https_sim(pki.server.clone().require_client_certs(pki.ca.cert_pem())).await;
     let ca_line = format!("ca_file = \"{}\"\n", pki.ca_file().display());
@@ -257,9 +310,22 @@ async fn client_certificate_files_are_reloaded_without_a_restart() {
 
     // A broken update (a key that is not the certificate's) is refused; the client in use stays.
     // One dropped connection makes the next call open a new one, with the settings in use.
+    // Counted from here: a handshake refused before the reload was picked up (possible when this
+    // machine is slow) is not this update's.
+    let failures_before = sim.stats().tls_handshake_failures;
+    // The reload above wrote the certificate, then the key: the poller may have refused the
+    // mismatched pair in between. Only a refusal after this point is the broken update's.
+    let refusals_before = refusals.count();
     let other = pki.ca.client_cert("other").expect("client cert");
     write_atomically(&pki.path("client-key.pem"), &other.key_pem);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused_update = eventually(Duration::from_secs(20), || {
+        refusals.count() > refusals_before
+    })
+    .await;
+    assert!(
+        refused_update,
+        "the poller never looked at the broken update"
+    );
     sim.drop_next_calls(1);
     let reply = sale(&client, addr).await;
     assert_eq!(
@@ -276,7 +342,7 @@ async fn client_certificate_files_are_reloaded_without_a_restart() {
     );
     assert_eq!(
         sim.stats().tls_handshake_failures,
-        refused,
+        failures_before,
         "no new failure"
     );
     sidecar.shutdown().await;

@@ -284,7 +284,7 @@ impl Sidecar {
             if in_flight > 0 {
                 tracing::warn!(gateway = %gateway.control.name(), in_flight,
                     "shutdown grace over with authentications in flight: they stay on record as \
-                     unknown outcomes (as after a crash), which count toward the lockout budget");
+                     unknown outcomes (as after a crash); the next start reports them");
             }
         }
         tracing::debug!("shutdown: credential work stopped");
