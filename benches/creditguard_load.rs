@@ -134,6 +134,29 @@ fn judge(status: StatusCode, error: Option<&str>, body: &[u8]) -> Option<String>
     }
 }
 
+/// One deal through the layer: `None` when it succeeded, else what failed.
+async fn deal_through<S, B>(service: S, request: Request<Full<Bytes>>) -> Option<String>
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = http::Response<B>, Error = payauth::Error>,
+    B: hyper::body::Body,
+{
+    match service.oneshot(request).await {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            let error = parts
+                .headers
+                .get(ERROR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            match body.collect().await {
+                Ok(bytes) => judge(parts.status, error.as_deref(), &bytes.to_bytes()),
+                Err(_) => Some("answer body failed".to_owned()),
+            }
+        }
+        Err(error) => Some(error.code().as_str().to_owned()),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The floor
 
@@ -256,23 +279,7 @@ async fn run(concurrency: u32, rate: u32, duration: Duration) -> Row {
         let service = service.clone();
         let request = form_request(&relay, form.clone());
         tasks.push(tokio::spawn(async move {
-            let call = async {
-                match service.oneshot(request).await {
-                    Ok(response) => {
-                        let (parts, body) = response.into_parts();
-                        let error = parts
-                            .headers
-                            .get(ERROR_HEADER)
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned);
-                        match body.collect().await {
-                            Ok(bytes) => judge(parts.status, error.as_deref(), &bytes.to_bytes()),
-                            Err(_) => Some("answer body failed".to_owned()),
-                        }
-                    }
-                    Err(error) => Some(error.code().as_str().to_owned()),
-                }
-            };
+            let call = deal_through(service, request);
             let failure = tokio::time::timeout(hang_limit, call).await.ok()?;
             Some(Outcome {
                 scheduled,
@@ -378,27 +385,7 @@ async fn closed_loop(clients: usize, concurrency: u32, duration: Duration) -> Cl
             let most = (duration.as_secs_f64() * 100.0) as usize;
             while Instant::now() < end && deals < most {
                 let at = Instant::now();
-                let call = async {
-                    match service
-                        .clone()
-                        .oneshot(form_request(&relay, form.clone()))
-                        .await
-                    {
-                        Ok(response) => {
-                            let (parts, body) = response.into_parts();
-                            let error = parts
-                                .headers
-                                .get(ERROR_HEADER)
-                                .and_then(|v| v.to_str().ok())
-                                .map(str::to_owned);
-                            match body.collect().await {
-                                Ok(b) => judge(parts.status, error.as_deref(), &b.to_bytes()),
-                                Err(_) => Some("answer body failed".to_owned()),
-                            }
-                        }
-                        Err(error) => Some(error.code().as_str().to_owned()),
-                    }
-                };
+                let call = deal_through(service.clone(), form_request(&relay, form.clone()));
                 let failure = tokio::time::timeout(Duration::from_secs(30), call)
                     .await
                     .unwrap_or_else(|_| Some("hung".to_owned()));
