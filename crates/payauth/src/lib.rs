@@ -68,8 +68,8 @@
 #[cfg(feature = "sidecar")]
 mod admin;
 pub mod body;
-#[cfg(feature = "sidecar")]
 pub mod clock;
+#[cfg(feature = "sidecar")]
 pub mod config;
 #[cfg(feature = "sidecar")]
 pub mod credentials;
