@@ -350,13 +350,12 @@ async fn closed_loop(clients: usize, concurrency: u32, duration: Duration) -> Cl
     config.terminals = vec![TERMINAL.into()];
     config.session_fetch_concurrency = concurrency;
     let metrics = GatewayMetrics::unregistered("cg");
-    let layer = CreditGuardSessionLayer::with_state(
-        config,
-        CreditGuardCredentials::new(USER, PASSWORD),
-        std::sync::Arc::new(MemoryGuardStore::default()),
-        metrics.clone(),
-    )
-    .expect("layer");
+    let layer =
+        CreditGuardSessionLayer::builder(config, CreditGuardCredentials::new(USER, PASSWORD))
+            .guard_store(std::sync::Arc::new(MemoryGuardStore::default()))
+            .metrics(metrics.clone())
+            .build()
+            .expect("layer");
     let handle = layer.handle();
     let service = layer.layer(client());
     // No warm-up: the clients start against a cold pool, as after a deploy.

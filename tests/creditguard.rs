@@ -87,7 +87,11 @@ fn gateway_around<S>(
         .unwrap()
         .gateway(&config.gateway.name);
     let store = store.unwrap_or_else(|| Arc::new(payauth::guard::MemoryGuardStore::default()));
-    let layer = CreditGuardSessionLayer::with_state(config, creds, store, metrics).unwrap();
+    let layer = CreditGuardSessionLayer::builder(config, creds)
+        .guard_store(store)
+        .metrics(metrics)
+        .build()
+        .unwrap();
     Gateway {
         service: layer.layer(inner),
         handle: layer.handle(),

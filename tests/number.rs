@@ -948,13 +948,11 @@ async fn a_key_published_by_a_peer_is_adopted_without_authenticating() {
         peer_key: std::sync::Mutex::new(String::new()),
         attempts: std::sync::atomic::AtomicU32::new(0),
     });
-    let layer = NumberAuthLayer::with_credential_state(
-        NumberConfig::rest("number", sim.url().parse().expect("uri")),
-        credentials,
-        state.clone(),
-        payauth::metrics::GatewayMetrics::unregistered("number"),
-    )
-    .expect("layer");
+    let config = NumberConfig::rest("number", sim.url().parse().expect("uri"));
+    let layer = NumberAuthLayer::builder(config, credentials)
+        .credential_state(state.clone())
+        .build()
+        .expect("layer");
     let number = layer.layer(client.clone());
     let sale = || {
         Request::post(format!("{}{REST}/CreditCardSale_Manual", sim.url()))

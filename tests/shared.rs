@@ -98,13 +98,10 @@ mod layers {
                     GatewayMetrics::unregistered("creditguard"),
                 )
                 .expect("state");
-            let layer = CreditGuardSessionLayer::with_credential_state(
-                config,
-                credentials,
-                state,
-                GatewayMetrics::unregistered("creditguard"),
-            )
-            .expect("layer");
+            let layer = CreditGuardSessionLayer::builder(config, credentials)
+                .credential_state(state)
+                .build()
+                .expect("layer");
             (layer.handle(), layer.layer(common::client()))
         };
         let deal = || {
@@ -158,13 +155,11 @@ mod layers {
                 GatewayMetrics::unregistered("number"),
             )
             .expect("state");
-        let layer = NumberAuthLayer::with_credential_state(
-            NumberConfig::rest("number", sim.url().parse().expect("uri")),
-            credentials,
-            state,
-            GatewayMetrics::unregistered("number"),
-        )
-        .expect("layer");
+        let config = NumberConfig::rest("number", sim.url().parse().expect("uri"));
+        let layer = NumberAuthLayer::builder(config, credentials)
+            .credential_state(state)
+            .build()
+            .expect("layer");
         BoxCloneSyncService::new(layer.layer(common::client()))
     }
 
@@ -247,7 +242,10 @@ mod layers {
             .expect("state");
         let mut config = NumberConfig::rest("number", sim.url().parse().expect("uri"));
         config.gateway.auth_failure_budget = budget;
-        let layer = NumberAuthLayer::with_credential_state(config, credentials, state, metrics)
+        let layer = NumberAuthLayer::builder(config, credentials)
+            .credential_state(state)
+            .metrics(metrics)
+            .build()
             .expect("layer");
         let handle = layer.handle();
         (

@@ -105,7 +105,7 @@ async fn sidecar(dir: &Path, upstream: &str, tls_lines: &str) -> (Sidecar, std::
 /// A refused handshake proves nothing was sent: the lockout guard counts no authentication
 /// of unknown outcome (five of those would lock the gateway).
 fn assert_not_sent(sidecar: &Sidecar) {
-    let status = sidecar.gateways()[0].control.guard().status();
+    let status = sidecar.gateways()[0].running.guard().status();
     assert_eq!(status.record.unconfirmed, 0, "{status:?}");
     assert!(!status.record.locked, "{status:?}");
 }

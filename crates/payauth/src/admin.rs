@@ -21,9 +21,8 @@ use subtle::ConstantTimeEq;
 
 use prometheus::Registry;
 
-use crate::credentials::{CredentialSource, CredentialTarget, RenewError};
+use crate::credentials::{RenewError, Running};
 use crate::files::read_secret;
-use crate::gateway::GatewayControl;
 use crate::metrics::GatewayMetrics;
 
 /// What the admin API reaches: small handles, not the sidecar's internals.
@@ -44,14 +43,10 @@ pub(crate) struct Shared {
 /// One gateway as the admin API sees it.
 #[derive(Clone, Debug)]
 pub(crate) struct AdminGateway {
-    /// Its name, guard and shutdown.
-    pub(crate) control: Arc<dyn GatewayControl>,
+    /// Its handle, and where its credentials come from (a token renewal persists there).
+    pub(crate) running: Running,
     /// Its metrics (refreshed on a scrape; the token expiry is set on a renewal).
     pub(crate) metrics: GatewayMetrics,
-    /// Where its credentials come from (the token renewal persists through it).
-    pub(crate) source: Arc<CredentialSource>,
-    /// Where new credentials go.
-    pub(crate) target: CredentialTarget,
 }
 
 /// The admin router.
@@ -72,10 +67,10 @@ async fn ready(State(shared): State<Shared>) -> Response {
         problems.push("draining: shutting down".to_owned());
     }
     for gateway in shared.gateways.iter() {
-        if shared.ready_requires_unlocked && gateway.control.guard().is_locked() {
+        if shared.ready_requires_unlocked && gateway.running.guard().is_locked() {
             problems.push(format!(
                 "gateway {}: authentication locked",
-                gateway.control.name()
+                gateway.running.name()
             ));
         }
     }
@@ -98,13 +93,10 @@ async fn status(State(shared): State<Shared>) -> Response {
         .gateways
         .iter()
         .map(|gateway| {
-            let guard = gateway.control.guard().status();
-            let kind = match gateway.target {
-                CredentialTarget::Number(_) => "number",
-                CredentialTarget::CreditGuard(_) => "creditguard",
-            };
+            let guard = gateway.running.guard().status();
+            let kind = gateway.running.kind();
             json!({
-                "name": gateway.control.name(),
+                "name": gateway.running.name(),
                 "kind": kind,
                 "locked": guard.record.locked,
                 "lock_reason": guard.record.reason,
@@ -183,7 +175,7 @@ pub(crate) fn find<'a>(shared: &'a Shared, name: &str) -> Result<&'a AdminGatewa
     shared
         .gateways
         .iter()
-        .find(|g| g.control.name() == name)
+        .find(|g| g.running.name() == name)
         .ok_or_else(|| admin_error(StatusCode::NOT_FOUND, "no such gateway"))
 }
 
@@ -199,7 +191,7 @@ async fn unlock(
         Ok(g) => g,
         Err(response) => return response,
     };
-    match gateway.control.guard().unlock().await {
+    match gateway.running.guard().unlock().await {
         Ok(()) => (
             StatusCode::OK,
             Json(json!({"gateway": name, "locked": false})),
@@ -230,16 +222,18 @@ async fn number_tokens(
         Ok(g) => g,
         Err(response) => return response,
     };
-    let (Some(account_code), CredentialTarget::Number(number)) =
-        (gateway.source.account_code(), &gateway.target)
+    let Running::Number {
+        handle: number,
+        source,
+    } = &gateway.running
     else {
         return admin_error(StatusCode::NOT_FOUND, "not a number gateway");
     };
-    let portal = match crate::tokens::parse_portal(&body, account_code) {
+    let portal = match crate::tokens::parse_portal(&body, source.account_code()) {
         Ok(token) => token,
         Err(message) => return admin_error(StatusCode::BAD_REQUEST, &message),
     };
-    let credentials = match gateway.source.renew_token(&portal) {
+    let credentials = match source.renew_token(&portal) {
         Ok(credentials) => credentials,
         Err(e @ RenewError::Files(_)) => {
             tracing::error!(gateway = %name, error = %e, "cannot renew the token; nothing changed");
@@ -247,9 +241,6 @@ async fn number_tokens(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the gateway's secret files cannot be read",
             );
-        }
-        Err(RenewError::NotNumber) => {
-            return admin_error(StatusCode::NOT_FOUND, "not a number gateway")
         }
         Err(e @ RenewError::Persist(_)) => {
             tracing::error!(gateway = %name, error = %e, "cannot persist the renewed token; nothing changed");
@@ -259,7 +250,7 @@ async fn number_tokens(
             );
         }
     };
-    let handle = &gateway.control;
+    let handle = &gateway.running;
     let was_locked = handle.guard().is_locked();
     if number.update_credentials(credentials).is_err() {
         return admin_error(

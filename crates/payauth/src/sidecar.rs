@@ -15,11 +15,10 @@ use tower::Layer;
 
 use crate::admin::{self, AdminGateway};
 use crate::config::{Config, GatewayConfig, GatewayKind};
-use crate::credentials::{warn_if_expiring, CredentialSource, CredentialTarget, Credentials};
+use crate::credentials::{warn_if_expiring, NumberSource, Running};
 use crate::creditguard::CreditGuardSessionLayer;
 use crate::files::read_secret;
-use crate::gateway::GatewayControl;
-use crate::gateway::SharedState;
+use crate::gateway::{LayerBuilder, SharedState};
 use crate::guard::{FileGuardStore, GuardLimits, GuardStore};
 use crate::metrics::{GatewayMetrics, Metrics};
 use crate::number::{NumberAuthLayer, Protocol};
@@ -35,26 +34,20 @@ use crate::shared::RedisStore;
 pub struct Gateway {
     /// Its config.
     pub config: GatewayConfig,
-    /// Its name, guard and shutdown.
-    pub control: Arc<dyn GatewayControl>,
+    /// Its handle (name, guard, stop, credentials) and where its credentials come from.
+    pub running: Running,
     /// Its metrics.
     pub metrics: GatewayMetrics,
     /// Its upstream client (reloaded, with each worker's fork of it, when certificate files
     /// change). Used off the request path, such as by CreditGuard's session filler.
     pub client: UpstreamClient,
-    /// Where its credentials come from.
-    pub source: Arc<CredentialSource>,
-    /// Where new credentials go.
-    pub target: CredentialTarget,
 }
 
 impl Gateway {
     fn admin(&self) -> AdminGateway {
         AdminGateway {
-            control: Arc::clone(&self.control),
+            running: self.running.clone(),
             metrics: self.metrics.clone(),
-            source: Arc::clone(&self.source),
-            target: self.target.clone(),
         }
     }
 }
@@ -276,13 +269,13 @@ impl Sidecar {
         let mut stops = JoinSet::new();
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         for gateway in self.gateways.iter() {
-            stops.spawn(gateway.control.stop(left));
+            stops.spawn(gateway.running.control().stop(left));
         }
         while stops.join_next().await.is_some() {}
         for gateway in self.gateways.iter() {
-            let in_flight = gateway.control.guard().status().in_flight;
+            let in_flight = gateway.running.guard().status().in_flight;
             if in_flight > 0 {
-                tracing::warn!(gateway = %gateway.control.name(), in_flight,
+                tracing::warn!(gateway = %gateway.running.name(), in_flight,
                     "shutdown grace over with authentications in flight: they stay on record as \
                      unknown outcomes (as after a crash); the next start reports them");
             }
@@ -318,10 +311,8 @@ async fn bind_gateway(
         gateway.connect_timeout,
         gateway.source_address,
     )?;
-    let source = Arc::new(CredentialSource::new(gateway, &config.state_dir));
-    let credentials = source.load().map_err(|e| e.to_string())?;
-    let (make, control, target, warm_up) =
-        build_layer(gateway, credentials, client.clone(), store, metrics.clone())?;
+    let (make, running, warm_up) =
+        build_layer(gateway, config, client.clone(), store, metrics.clone())?;
     let what = format!("gateway {:?}", gateway.name());
     let listeners = workers::bind_group(&what, gateway.listen, config.proxy.workers)
         .map_err(|e| e.to_string())?;
@@ -342,11 +333,9 @@ async fn bind_gateway(
     Ok(Bound {
         gateway: Gateway {
             config: gateway.clone(),
-            control,
+            running,
             metrics,
             client,
-            source,
-            target,
         },
         listeners,
         front,
@@ -355,12 +344,7 @@ async fn bind_gateway(
     })
 }
 
-type Built = (
-    MakeService,
-    Arc<dyn GatewayControl>,
-    CredentialTarget,
-    Option<WarmUp>,
-);
+type Built = (MakeService, Running, Option<WarmUp>);
 
 /// Where the gateways' credential state lives: the state dir, and the shared store if any.
 struct Guards {
@@ -398,6 +382,25 @@ impl Guards {
         )?;
         Ok(Some(state))
     }
+
+    /// `builder` on the gateway's state: the shared store's if there is one, else the local
+    /// guard store's.
+    fn apply<C, K>(
+        &self,
+        builder: LayerBuilder<C, K>,
+        gateway: &GatewayConfig,
+        proven_concurrency: u32,
+        fingerprint: crate::guard::Fingerprint,
+        metrics: &GatewayMetrics,
+    ) -> std::io::Result<LayerBuilder<C, K>> {
+        let builder = builder.metrics(metrics.clone());
+        Ok(
+            match self.shared_state(gateway, proven_concurrency, fingerprint, metrics)? {
+                Some(state) => builder.credential_state(state),
+                None => builder.guard_store(Arc::clone(&self.local)),
+            },
+        )
+    }
 }
 
 /// The shared store the config names, if any (its password read from its file).
@@ -419,76 +422,52 @@ fn shared_store(config: &Config) -> Result<Option<Arc<RedisStore>>, StartError> 
 
 fn build_layer(
     gateway: &GatewayConfig,
-    credentials: Credentials,
+    config: &Config,
     client: UpstreamClient,
     store: &Guards,
     metrics: GatewayMetrics,
 ) -> Result<Built, String> {
-    match (&gateway.kind, credentials) {
-        (
-            GatewayKind::Number(settings),
-            Credentials::Number {
-                credentials,
-                expires_at,
-                renewed,
-            },
-        ) => {
-            if let Some(token_id) = renewed {
+    match &gateway.kind {
+        GatewayKind::Number(settings) => {
+            let source = Arc::new(NumberSource::new(
+                gateway.name(),
+                settings,
+                &config.state_dir,
+            ));
+            let in_force = source.load().map_err(|e| e.to_string())?;
+            if let Some(token_id) = in_force.renewed {
                 tracing::info!(gateway = %gateway.name(), token_id,
                     "using the token renewed through the admin API (token_file unchanged since)");
             }
-            if let Some(at) = expires_at {
+            if let Some(at) = in_force.expires_at {
                 metrics.set_token_expiry(at as f64);
                 warn_if_expiring(gateway.name(), at);
             }
-            let config = settings.layer.clone();
-            let layer = match store
-                .shared_state(gateway, 1, credentials.fingerprint(), &metrics)
+            let credentials = in_force.credentials;
+            let fingerprint = credentials.fingerprint();
+            let builder = NumberAuthLayer::builder(settings.layer.clone(), credentials);
+            let layer = store
+                .apply(builder, gateway, 1, fingerprint, &metrics)
                 .map_err(|e| e.to_string())?
-            {
-                Some(state) => {
-                    NumberAuthLayer::with_credential_state(config, credentials, state, metrics)
-                }
-                None => NumberAuthLayer::with_state(
-                    config,
-                    credentials,
-                    Arc::clone(&store.local),
-                    metrics,
-                ),
-            }
-            .map_err(|e| e.to_string())?;
+                .build()
+                .map_err(|e| e.to_string())?;
             let handle = layer.handle();
             drop(client);
             let make: MakeService =
                 Box::new(move |front, client| front.shared(layer.layer(client)));
-            Ok((
-                make,
-                Arc::new(handle.clone()),
-                CredentialTarget::Number(handle),
-                None,
-            ))
+            Ok((make, Running::Number { handle, source }, None))
         }
-        (GatewayKind::CreditGuard(settings), Credentials::CreditGuard(credentials)) => {
-            let config = settings.layer.clone();
-            let concurrency = config.session_fetch_concurrency;
-            let layer = match store
-                .shared_state(gateway, concurrency, credentials.fingerprint(), &metrics)
+        GatewayKind::CreditGuard(settings) => {
+            let credentials =
+                crate::credentials::creditguard_files(settings).map_err(|e| e.to_string())?;
+            let concurrency = settings.layer.session_fetch_concurrency;
+            let fingerprint = credentials.fingerprint();
+            let builder = CreditGuardSessionLayer::builder(settings.layer.clone(), credentials);
+            let layer = store
+                .apply(builder, gateway, concurrency, fingerprint, &metrics)
                 .map_err(|e| e.to_string())?
-            {
-                Some(state) => CreditGuardSessionLayer::with_credential_state(
-                    config,
-                    credentials,
-                    state,
-                    metrics,
-                ),
-                None => CreditGuardSessionLayer::with_state(
-                    config,
-                    credentials,
-                    Arc::clone(&store.local),
-                    metrics,
-                ),
-            }
-            .map_err(|e| e.to_string())?;
+                .build()
+                .map_err(|e| e.to_string())?;
             let handle = layer.handle();
             let service = layer.layer(client);
             // Sessions are fetched ahead of the first call, off the request path, but only once
@@ -496,14 +475,13 @@ fn build_layer(
             let warm_up: WarmUp = Box::new(move || service.warm_up());
             let make: MakeService =
                 Box::new(move |front, client| front.shared(layer.layer(client)));
+            let settings = Arc::new(settings.clone());
             Ok((
                 make,
-                Arc::new(handle.clone()),
-                CredentialTarget::CreditGuard(handle),
+                Running::CreditGuard { handle, settings },
                 Some(warm_up),
             ))
         }
-        _ => Err("the credentials do not match the gateway's kind".to_owned()),
     }
 }
 
@@ -518,12 +496,12 @@ async fn poll_shared(gateway: Gateway, interval: Duration, mut stop: watch::Rece
             _ = ticker.tick() => {}
             () = proxy::stopped(&mut stop) => return,
         }
-        match &gateway.target {
-            CredentialTarget::Number(handle) => {
+        match &gateway.running {
+            Running::Number { handle, .. } => {
                 handle.refresh().await;
             }
-            CredentialTarget::CreditGuard(_) => {
-                gateway.control.guard().latest().await;
+            Running::CreditGuard { handle, .. } => {
+                handle.guard().latest().await;
             }
         }
     }
@@ -535,8 +513,8 @@ const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(6 * 3600);
 /// One gateway's files as the poller last saw them.
 struct Polled {
     gateway: Gateway,
-    /// The credentials last put in force (`None`: unreadable at start).
-    credentials: Option<Credentials>,
+    /// A digest of the credentials last put in force (`None`: unreadable at start).
+    credentials: Option<crate::guard::Fingerprint>,
     tls: Option<TlsWatch>,
 }
 
@@ -553,8 +531,8 @@ async fn poll_files(
     let mut polled: Vec<Polled> = gateways
         .iter()
         .map(|g| Polled {
-            credentials: g.source.load().ok(),
-            tls: TlsWatch::new(g.config.name(), &g.config.tls, &g.client, g.control.guard()),
+            credentials: g.running.digest().ok(),
+            tls: TlsWatch::new(g.config.name(), &g.config.tls, &g.client, g.running.guard()),
             gateway: g.clone(),
         })
         .collect();
@@ -571,43 +549,14 @@ async fn poll_files(
             next_expiry_check += EXPIRY_CHECK_EVERY;
         }
         for p in &mut polled {
-            p.poll_secrets();
+            p.gateway
+                .running
+                .refresh(&mut p.credentials, &p.gateway.metrics);
             if let Some(tls) = &mut p.tls {
                 tls.poll();
             }
             if let (true, Some(at)) = (check_expiry, p.gateway.metrics.token_expiry()) {
                 warn_if_expiring(p.gateway.config.name(), at);
-            }
-        }
-    }
-}
-
-impl Polled {
-    /// Swaps in the credentials in force if they changed since the last look.
-    fn poll_secrets(&mut self) {
-        let name = self.gateway.config.name();
-        let current = match self.gateway.source.load() {
-            Ok(current) => current,
-            Err(e) => {
-                tracing::debug!(gateway = %name, error = %e, "secret file unreadable; keeping the current credentials");
-                return;
-            }
-        };
-        if self.credentials.as_ref() == Some(&current) {
-            return;
-        }
-        match self.gateway.target.apply(&current) {
-            Ok(()) => {
-                tracing::info!(gateway = %name, "credentials changed (secret files, or a token renewed through the admin API); new credentials in use");
-                if let Credentials::Number { expires_at, .. } = &current {
-                    // 0 when the token in force has no known expiry (the contract's "unknown").
-                    let at = expires_at.unwrap_or(0);
-                    self.gateway.metrics.set_token_expiry(at as f64);
-                }
-                self.credentials = Some(current);
-            }
-            Err(e) => {
-                tracing::error!(gateway = %name, error = %e, "new credentials unusable; keeping the old ones");
             }
         }
     }

@@ -62,7 +62,9 @@ pub mod form;
 pub mod int_in;
 mod layer;
 pub mod pool;
+mod rules;
 mod scope;
+mod sessions;
 pub mod wire;
 
 pub use int_in::{IntIn, TerminalNumber};

@@ -1,59 +1,17 @@
 //! The exchange loop: send the call with a credential; if the gateway refused the credential
 //! (and so did not process the call), get a new one and replay the call, once.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
+use http::Response;
 use tokio::time::Instant;
 
-use super::Core;
+use super::driver::Rules;
 use crate::body::{Inspected, ResponseBody};
 use crate::error::Error;
 use crate::forward::{self, Client, Forwarded, GatewayBody};
-use crate::metrics::{Outcome, ReauthReason};
-
-/// What a gateway kind supplies to the exchange loop.
-pub(crate) trait Exchange: Send + Sync + 'static {
-    /// A request once checked and read (its parts, body and what the kind read from it).
-    type Call: Send + Sync;
-    /// What authenticates one call (a session key, a pooled session).
-    type Credential: Send + Sync;
-
-    /// The gateway's settings, guard and metrics.
-    fn core(&self) -> &Core;
-
-    /// The request's head, for logs and errors.
-    fn parts(call: &Self::Call) -> &http::request::Parts;
-
-    /// The call as sent to the gateway, carrying `credential`.
-    fn outgoing(
-        &self,
-        call: &Self::Call,
-        credential: &Self::Credential,
-    ) -> Result<Request<Full<Bytes>>, Error>;
-
-    /// Whether an (inspected) answer says the gateway refused the credential and did not
-    /// process the call.
-    fn refusal(&self, answer: &[u8]) -> Option<ReauthReason>;
-
-    /// A credential to replay `call` with after the gateway refused `refused` for `reason`
-    /// (the call was sent at `sent_at`).
-    fn replacement<'a, S, ResB>(
-        self: &'a Arc<Self>,
-        call: &'a Self::Call,
-        refused: Self::Credential,
-        reason: ReauthReason,
-        sent_at: Instant,
-        client: &'a S,
-    ) -> impl Future<Output = Result<Self::Credential, Error>> + Send + 'a
-    where
-        S: Client<ResB>,
-        ResB: GatewayBody;
-}
+use crate::metrics::Outcome;
 
 /// Sends `call` with `credential`; on a refused credential gets a replacement and replays once.
 /// A second refusal goes to the app as the gateway sent it: never a loop. A transport failure
@@ -65,7 +23,7 @@ pub(crate) async fn exchange<K, S, ResB>(
     client: S,
 ) -> Result<(Response<ResponseBody<ResB>>, Outcome), Error>
 where
-    K: Exchange,
+    K: Rules,
     S: Client<ResB>,
     ResB: GatewayBody,
 {

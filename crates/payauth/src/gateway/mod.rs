@@ -14,9 +14,12 @@
 //!   credentials did not change, send, settle by what came back).
 
 pub(crate) mod auth;
+mod builder;
+pub(crate) mod driver;
 pub(crate) mod exchange;
 pub mod state;
 
+pub use builder::LayerBuilder;
 pub use state::{CredentialState, SharedState};
 
 use std::borrow::Cow;
@@ -95,9 +98,10 @@ impl GatewaySettings {
     }
 }
 
-/// What a gateway kind does with one request; implemented by the Number and CreditGuard
-/// gateways only (the trait is sealed). See [`Middleware`].
-pub trait Handle: Send + Sync + std::fmt::Debug + sealed::Sealed + 'static {
+/// A gateway kind: [`crate::number::NumberGateway`] or [`crate::creditguard::CreditGuardGateway`],
+/// the state a [`Middleware`] drives its requests with. Sealed: a kind is implemented inside
+/// payauth, in one file each (see the [module docs](self)).
+pub trait Kind: Send + Sync + std::fmt::Debug + sealed::Sealed + 'static {
     /// Handles one request with `client` as the way to the gateway (counted in the metrics).
     fn handle<S, B, ResB>(
         self: Arc<Self>,
@@ -112,9 +116,28 @@ pub trait Handle: Send + Sync + std::fmt::Debug + sealed::Sealed + 'static {
         ResB: forward::GatewayBody;
 }
 
+impl<K: driver::Rules> Kind for K {
+    fn handle<S, B, ResB>(
+        self: Arc<Self>,
+        client: S,
+        request: Request<B>,
+    ) -> impl std::future::Future<Output = Result<Response<ResponseBody<ResB>>, Error>> + Send
+    where
+        S: forward::Client<ResB>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        ResB: forward::GatewayBody,
+    {
+        driver::drive(self, client, request)
+    }
+}
+
 pub(crate) mod sealed {
-    /// Keeps [`super::Handle`] to payauth's own gateway kinds.
+    /// Keeps [`super::Kind`] to payauth's own gateway kinds.
     pub trait Sealed {}
+
+    impl<K: super::driver::Rules> Sealed for K {}
 }
 
 /// A gateway's middleware around the client that reaches it: the one `Service` both kinds use
@@ -160,7 +183,7 @@ impl<K: std::fmt::Debug, S> std::fmt::Debug for Middleware<K, S> {
 
 impl<K, S, B, ResB> tower::Service<Request<B>> for Middleware<K, S>
 where
-    K: Handle,
+    K: Kind,
     S: tower::Service<Request<Full<Bytes>>, Response = Response<ResB>> + forward::Client<ResB>,
     B: Body + Send + 'static,
     B::Data: Send,

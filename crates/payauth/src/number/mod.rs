@@ -27,8 +27,10 @@
 //! # Ok(()) }
 //! ```
 
+mod brake;
 pub(crate) mod keys;
 mod layer;
+mod rules;
 mod seal;
 mod signer;
 pub mod wire;
