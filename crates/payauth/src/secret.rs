@@ -97,7 +97,7 @@ mod every_holder {
         let signer =
             Signer::new(&number.signing.as_ref().expect("signing").secret, 2547).expect("signer");
         assert_hidden("Signer", both(&signer));
-        let key = crate::number::keys::KeyState::new(
+        let key = crate::number::session_key::KeyState::new(
             super::Secret::new(SESS_KEY.to_owned()),
             1,
             Some(signer),

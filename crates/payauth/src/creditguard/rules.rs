@@ -18,7 +18,7 @@ use super::pool::{Lease, PoolKey};
 use super::wire;
 use crate::error::{Error, ErrorCode};
 use crate::forward::{Client, GatewayBody};
-use crate::gateway::driver::{Local, Read, Rules};
+use crate::gateway::rules::{Local, Read, Rules};
 use crate::gateway::{self, Core};
 use crate::metrics::ReauthReason;
 

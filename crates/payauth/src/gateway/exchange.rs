@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::Response;
 use tokio::time::Instant;
 
-use super::driver::Rules;
+use super::rules::Rules;
 use crate::body::{Inspected, ResponseBody};
 use crate::error::Error;
 use crate::forward::{self, Client, Forwarded, GatewayBody};

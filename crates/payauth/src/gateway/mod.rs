@@ -15,8 +15,9 @@
 
 pub(crate) mod auth;
 mod builder;
-pub(crate) mod driver;
+mod driver;
 pub(crate) mod exchange;
+pub(crate) mod rules;
 pub mod state;
 
 pub use builder::LayerBuilder;
@@ -116,7 +117,7 @@ pub trait Kind: Send + Sync + std::fmt::Debug + sealed::Sealed + 'static {
         ResB: forward::GatewayBody;
 }
 
-impl<K: driver::Rules> Kind for K {
+impl<K: rules::Rules> Kind for K {
     fn handle<S, B, ResB>(
         self: Arc<Self>,
         client: S,
@@ -137,7 +138,7 @@ pub(crate) mod sealed {
     /// Keeps [`super::Kind`] to payauth's own gateway kinds.
     pub trait Sealed {}
 
-    impl<K: super::driver::Rules> Sealed for K {}
+    impl<K: super::rules::Rules> Sealed for K {}
 }
 
 /// A gateway's middleware around the client that reaches it: the one `Service` both kinds use

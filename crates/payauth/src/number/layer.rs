@@ -3,7 +3,6 @@
 //! renewing the key: [`super::keys`]; the renewal brake: [`super::brake`].
 
 use std::fmt;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,11 +10,12 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use http::Uri;
 use tower::Layer;
 
-use super::brake::Brake;
-use super::keys::{Flight, KeyInfo, KeyState};
+use super::brake::RenewalBrake;
+use super::session_key::{KeyInfo, KeyState};
 use super::signer::Signer;
 use super::wire::SoapNames;
 use super::NumberCredentials;
+use crate::error::Error;
 use crate::forward::BoxFuture;
 use crate::gateway::{
     Core, GatewayControl, GatewaySettings, LayerBuilder, Middleware, SharedState,
@@ -78,6 +78,9 @@ impl NumberConfig {
     }
 }
 
+/// The authentication in flight, its outcome shared by every caller waiting for it.
+pub(super) type Flight = tokio::sync::watch::Receiver<Option<Result<Arc<KeyState>, Error>>>;
+
 pub(super) struct CredState {
     pub(super) credentials: NumberCredentials,
     pub(super) signer: Option<Signer>,
@@ -95,10 +98,7 @@ pub struct NumberGateway {
     pub(super) credentials: ArcSwap<CredState>,
     pub(super) key: ArcSwapOption<KeyState>,
     pub(super) flight: Mutex<Option<Flight>>,
-    pub(super) brake: Mutex<Brake>,
-    /// Whether the brake has ever engaged since it was last released: lets every call skip
-    /// the brake's lock while it is off (nearly always).
-    pub(super) brake_engaged: AtomicBool,
+    pub(super) brake: RenewalBrake,
 }
 
 impl fmt::Debug for NumberGateway {
@@ -201,6 +201,7 @@ impl LayerBuilder<NumberConfig, NumberCredentials> {
         let auth_path = crate::path::canonicalize(&config.auth_path)
             .ok()
             .map(crate::path::CanonicalPath::into_owned);
+        let brake = RenewalBrake::new(config.renewal_min_key_age);
         Ok(NumberAuthLayer {
             shared: Arc::new(NumberGateway {
                 core,
@@ -210,8 +211,7 @@ impl LayerBuilder<NumberConfig, NumberCredentials> {
                 credentials: ArcSwap::from_pointee(cred_state),
                 key: ArcSwapOption::empty(),
                 flight: Mutex::new(None),
-                brake: Mutex::new(Brake::default()),
-                brake_engaged: AtomicBool::new(false),
+                brake,
             }),
         })
     }

@@ -28,16 +28,17 @@
 //! ```
 
 mod brake;
-pub(crate) mod keys;
+mod keys;
 mod layer;
 mod rules;
 mod seal;
+pub(crate) mod session_key;
 mod signer;
 pub mod wire;
 
-pub use keys::KeyInfo;
 pub use layer::{NumberAuth, NumberAuthLayer, NumberConfig, NumberGateway, NumberHandle, Protocol};
 pub use seal::{KeySeal, SealError};
+pub use session_key::KeyInfo;
 pub use signer::{SignError, SignatureBuf, SignatureCache, Signer, MAX_SESS_KEY_LEN};
 pub use wire::SoapNames;
 

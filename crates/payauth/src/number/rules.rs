@@ -11,12 +11,12 @@ use http::{header, Request};
 use http_body_util::Full;
 use tokio::time::Instant;
 
-use super::keys::KeyState;
 use super::layer::{NumberGateway, Protocol};
+use super::session_key::KeyState;
 use super::wire::{self, SoapRequest};
 use crate::error::{Error, ErrorCode};
 use crate::forward::{Client, GatewayBody};
-use crate::gateway::driver::{Local, Read, Rules};
+use crate::gateway::rules::{Local, Read, Rules};
 use crate::gateway::{self, Core};
 use crate::metrics::ReauthReason;
 
@@ -88,7 +88,7 @@ impl Rules for NumberGateway {
         let key = self.current_key(client).await?;
         // A key the gateway already refused while renewals are braked would only be refused
         // again: the call (card data included) is not sent at all.
-        self.check_brake(&key)?;
+        self.brake.check(&self.core, &key)?;
         Ok(key)
     }
 
