@@ -27,7 +27,7 @@ use crate::metrics::GatewayMetrics;
 
 /// What the admin API reaches: small handles, not the sidecar's internals.
 #[derive(Clone, Debug)]
-pub(crate) struct Shared {
+pub(crate) struct AdminState {
     /// The metrics registry.
     pub(crate) registry: Registry,
     /// The gateways.
@@ -50,7 +50,7 @@ pub(crate) struct AdminGateway {
 }
 
 /// The admin router.
-pub(crate) fn router(shared: Shared) -> Router {
+pub(crate) fn router(shared: AdminState) -> Router {
     Router::new()
         .route("/live", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
@@ -61,7 +61,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .with_state(shared)
 }
 
-async fn ready(State(shared): State<Shared>) -> Response {
+async fn ready(State(shared): State<AdminState>) -> Response {
     let mut problems = Vec::new();
     if shared.draining.load(Ordering::SeqCst) {
         problems.push("draining: shutting down".to_owned());
@@ -88,7 +88,7 @@ async fn ready(State(shared): State<Shared>) -> Response {
 /// Each gateway's state, as JSON: whether it is locked and why, the guard's counts and backoff,
 /// the credential's age and the token's expiry, the last authentication's outcome, the session
 /// pool. Nothing in it is a secret: no token, key, session id or credential fingerprint.
-async fn status(State(shared): State<Shared>) -> Response {
+async fn status(State(shared): State<AdminState>) -> Response {
     let gateways: Vec<_> = shared
         .gateways
         .iter()
@@ -120,7 +120,7 @@ async fn status(State(shared): State<Shared>) -> Response {
     .into_response()
 }
 
-async fn metrics(State(shared): State<Shared>) -> Response {
+async fn metrics(State(shared): State<AdminState>) -> Response {
     for gateway in shared.gateways.iter() {
         gateway.metrics.refresh();
     }
@@ -136,7 +136,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
 
 /// Checks the bearer token in constant time; `Err` is the response to send.
 #[allow(clippy::result_large_err)] // the error is the response itself, built once per refusal
-pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+pub(crate) fn authorize(shared: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
     let Some(path) = &shared.admin_token_file else {
         return Err(admin_error(
             StatusCode::NOT_FOUND,
@@ -171,7 +171,7 @@ pub(crate) fn admin_error(status: StatusCode, message: &str) -> Response {
 }
 
 #[allow(clippy::result_large_err)] // as above
-pub(crate) fn find<'a>(shared: &'a Shared, name: &str) -> Result<&'a AdminGateway, Response> {
+pub(crate) fn find<'a>(shared: &'a AdminState, name: &str) -> Result<&'a AdminGateway, Response> {
     shared
         .gateways
         .iter()
@@ -180,7 +180,7 @@ pub(crate) fn find<'a>(shared: &'a Shared, name: &str) -> Result<&'a AdminGatewa
 }
 
 async fn unlock(
-    State(shared): State<Shared>,
+    State(shared): State<AdminState>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -210,7 +210,7 @@ async fn unlock(
 /// The Client Admin Portal's token POST: pick this gateway's token, persist it, swap it in and
 /// unlock. Nothing changes unless every step before the swap succeeded.
 async fn number_tokens(
-    State(shared): State<Shared>,
+    State(shared): State<AdminState>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,

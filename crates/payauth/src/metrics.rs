@@ -80,197 +80,226 @@ impl ReauthReason {
     }
 }
 
+/// The buckets of `payauth_upstream_duration_seconds`.
+const UPSTREAM_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The family `name` made by `make`, registered on `registry`.
+fn family<M>(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    make: impl FnOnce(Opts) -> prometheus::Result<M>,
+) -> prometheus::Result<M>
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = make(Opts::new(name, help))?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
 /// All of payauth's metric families.
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    calls: CallFamilies,
+    credentials: CredentialFamilies,
+}
+
+/// The families about calls: requests, the gateway's answers, sessions and the shared store.
+#[derive(Debug, Clone)]
+struct CallFamilies {
     requests: IntCounterVec,
     upstream_duration: HistogramVec,
-    auth_attempts: IntCounterVec,
-    reauth: IntCounterVec,
     replays: IntCounterVec,
-    young_key_refusals: IntCounterVec,
-    shared_store_up: IntGaugeVec,
-    shared_store_errors: IntCounterVec,
-    auth_locked: IntGaugeVec,
     session_pool_size: IntGaugeVec,
     sessions_wasted: IntCounterVec,
+    session_waits: IntCounterVec,
+    clock_skew: GaugeVec,
+    shared_store_up: IntGaugeVec,
+    shared_store_errors: IntCounterVec,
+}
+
+/// The families about credentials: authentications, renewals, locks and keys.
+#[derive(Debug, Clone)]
+struct CredentialFamilies {
+    auth_attempts: IntCounterVec,
+    reauth: IntCounterVec,
+    young_key_refusals: IntCounterVec,
+    auth_locked: IntGaugeVec,
     credential_age: GaugeVec,
     token_expiry: GaugeVec,
-    clock_skew: GaugeVec,
     split_egress: IntGaugeVec,
-    session_waits: IntCounterVec,
+}
+
+impl CallFamilies {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let gw = &["gateway"];
+        Ok(Self {
+            requests: family(
+                registry,
+                "payauth_requests_total",
+                "Requests handled, by outcome.",
+                |o| IntCounterVec::new(o, &["gateway", "outcome"]),
+            )?,
+            upstream_duration: family(
+                registry,
+                "payauth_upstream_duration_seconds",
+                "Time from sending a call to the gateway to its answer's headers.",
+                |o| {
+                    HistogramVec::new(
+                        HistogramOpts::from(o).buckets(UPSTREAM_BUCKETS.to_vec()),
+                        gw,
+                    )
+                },
+            )?,
+            replays: family(
+                registry,
+                "payauth_replays_total",
+                "Requests replayed once after the gateway refused them unprocessed.",
+                |o| IntCounterVec::new(o, gw),
+            )?,
+            session_pool_size: family(
+                registry,
+                "payauth_session_pool_size",
+                "CreditGuard sessions ready in the pool.",
+                |o| IntGaugeVec::new(o, gw),
+            )?,
+            sessions_wasted: family(
+                registry,
+                "payauth_sessions_wasted_total",
+                "CreditGuard sessions discarded unused before they expired.",
+                |o| IntCounterVec::new(o, gw),
+            )?,
+            session_waits: family(
+                registry,
+                "payauth_session_waits_total",
+                "CreditGuard calls that found no session ready and waited for a fetch.",
+                |o| IntCounterVec::new(o, gw),
+            )?,
+            clock_skew: family(
+                registry,
+                "payauth_clock_skew_seconds",
+                "The gateway's clock (its answers' Date) minus this host's, in seconds \
+                     (about ±0.5 s); absent until an answer carried a Date.",
+                |o| GaugeVec::new(o, gw),
+            )?,
+            shared_store_up: family(
+                registry,
+                "payauth_shared_store_up",
+                "1 while the shared store (Redis) answered the gateway's last operation, 0 \
+                     after a failure; absent without a shared store.",
+                |o| IntGaugeVec::new(o, gw),
+            )?,
+            shared_store_errors: family(
+                registry,
+                "payauth_shared_store_errors_total",
+                "Shared store operations that failed (unreachable, timed out), by operation.",
+                |o| IntCounterVec::new(o, &["gateway", "op"]),
+            )?,
+        })
+    }
+}
+
+impl CredentialFamilies {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let gw = &["gateway"];
+        Ok(Self {
+            auth_attempts: family(
+                registry,
+                "payauth_auth_attempts_total",
+                "Authentications sent to the gateway, by result.",
+                |o| IntCounterVec::new(o, &["gateway", "result"]),
+            )?,
+            reauth: family(
+                registry,
+                "payauth_reauth_total",
+                "Credential renewals caused by a gateway answer, by the gateway's code.",
+                |o| IntCounterVec::new(o, &["gateway", "reason"]),
+            )?,
+            young_key_refusals: family(
+                registry,
+                "payauth_young_key_refusals_total",
+                "Session keys the gateway refused (5030/5050) younger than \
+                     renewal_min_key_age: a gateway anomaly that engages the renewal brake.",
+                |o| IntCounterVec::new(o, gw),
+            )?,
+            auth_locked: family(
+                registry,
+                "payauth_auth_locked",
+                "1 while the gateway is locked after a rejected authentication.",
+                |o| IntGaugeVec::new(o, gw),
+            )?,
+            credential_age: family(
+                registry,
+                "payauth_credential_age_seconds",
+                "Age of the credential currently in use.",
+                |o| GaugeVec::new(o, gw),
+            )?,
+            token_expiry: family(
+                registry,
+                "payauth_token_expiry_timestamp_seconds",
+                "When the gateway token expires (Unix seconds), where known.",
+                |o| GaugeVec::new(o, gw),
+            )?,
+            split_egress: family(
+                registry,
+                "payauth_split_egress",
+                "1 while the gateway's keys keep being refused 5050 moments after a 5050 \
+                     renewal: one key leaving through two egress IPs.",
+                |o| IntGaugeVec::new(o, gw),
+            )?,
+        })
+    }
 }
 
 impl Metrics {
     /// Creates the metric families and registers them on `registry`.
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
-        let gw = &["gateway"];
-        let m = Self {
-            requests: IntCounterVec::new(
-                Opts::new("payauth_requests_total", "Requests handled, by outcome."),
-                &["gateway", "outcome"],
-            )?,
-            upstream_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "payauth_upstream_duration_seconds",
-                    "Time from sending a call to the gateway to its answer's headers.",
-                )
-                .buckets(vec![
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                ]),
-                gw,
-            )?,
-            auth_attempts: IntCounterVec::new(
-                Opts::new(
-                    "payauth_auth_attempts_total",
-                    "Authentications sent to the gateway, by result.",
-                ),
-                &["gateway", "result"],
-            )?,
-            reauth: IntCounterVec::new(
-                Opts::new(
-                    "payauth_reauth_total",
-                    "Credential renewals caused by a gateway answer, by the gateway's code.",
-                ),
-                &["gateway", "reason"],
-            )?,
-            replays: IntCounterVec::new(
-                Opts::new(
-                    "payauth_replays_total",
-                    "Requests replayed once after the gateway refused them unprocessed.",
-                ),
-                gw,
-            )?,
-            young_key_refusals: IntCounterVec::new(
-                Opts::new(
-                    "payauth_young_key_refusals_total",
-                    "Session keys the gateway refused (5030/5050) younger than \
-                     renewal_min_key_age: a gateway anomaly that engages the renewal brake.",
-                ),
-                gw,
-            )?,
-            shared_store_up: IntGaugeVec::new(
-                Opts::new(
-                    "payauth_shared_store_up",
-                    "1 while the shared store (Redis) answered the gateway's last operation, 0 \
-                     after a failure; absent without a shared store.",
-                ),
-                gw,
-            )?,
-            shared_store_errors: IntCounterVec::new(
-                Opts::new(
-                    "payauth_shared_store_errors_total",
-                    "Shared store operations that failed (unreachable, timed out), by operation.",
-                ),
-                &["gateway", "op"],
-            )?,
-            auth_locked: IntGaugeVec::new(
-                Opts::new(
-                    "payauth_auth_locked",
-                    "1 while the gateway is locked after a rejected authentication.",
-                ),
-                gw,
-            )?,
-            session_pool_size: IntGaugeVec::new(
-                Opts::new(
-                    "payauth_session_pool_size",
-                    "CreditGuard sessions ready in the pool.",
-                ),
-                gw,
-            )?,
-            sessions_wasted: IntCounterVec::new(
-                Opts::new(
-                    "payauth_sessions_wasted_total",
-                    "CreditGuard sessions discarded unused before they expired.",
-                ),
-                gw,
-            )?,
-            credential_age: GaugeVec::new(
-                Opts::new(
-                    "payauth_credential_age_seconds",
-                    "Age of the credential currently in use.",
-                ),
-                gw,
-            )?,
-            token_expiry: GaugeVec::new(
-                Opts::new(
-                    "payauth_token_expiry_timestamp_seconds",
-                    "When the gateway token expires (Unix seconds), where known.",
-                ),
-                gw,
-            )?,
-            clock_skew: GaugeVec::new(
-                Opts::new(
-                    "payauth_clock_skew_seconds",
-                    "The gateway's clock (its answers' Date) minus this host's, in seconds \
-                     (about ±0.5 s); absent until an answer carried a Date.",
-                ),
-                gw,
-            )?,
-            split_egress: IntGaugeVec::new(
-                Opts::new(
-                    "payauth_split_egress",
-                    "1 while the gateway's keys keep being refused 5050 moments after a 5050 \
-                     renewal: one key leaving through two egress IPs.",
-                ),
-                gw,
-            )?,
-            session_waits: IntCounterVec::new(
-                Opts::new(
-                    "payauth_session_waits_total",
-                    "CreditGuard calls that found no session ready and waited for a fetch.",
-                ),
-                gw,
-            )?,
-        };
-        registry.register(Box::new(m.requests.clone()))?;
-        registry.register(Box::new(m.upstream_duration.clone()))?;
-        registry.register(Box::new(m.auth_attempts.clone()))?;
-        registry.register(Box::new(m.reauth.clone()))?;
-        registry.register(Box::new(m.replays.clone()))?;
-        registry.register(Box::new(m.young_key_refusals.clone()))?;
-        registry.register(Box::new(m.shared_store_up.clone()))?;
-        registry.register(Box::new(m.shared_store_errors.clone()))?;
-        registry.register(Box::new(m.auth_locked.clone()))?;
-        registry.register(Box::new(m.session_pool_size.clone()))?;
-        registry.register(Box::new(m.sessions_wasted.clone()))?;
-        registry.register(Box::new(m.credential_age.clone()))?;
-        registry.register(Box::new(m.token_expiry.clone()))?;
-        registry.register(Box::new(m.clock_skew.clone()))?;
-        registry.register(Box::new(m.split_egress.clone()))?;
-        registry.register(Box::new(m.session_waits.clone()))?;
-        Ok(m)
+        Ok(Self {
+            calls: CallFamilies::new(registry)?,
+            credentials: CredentialFamilies::new(registry)?,
+        })
     }
 
     /// The handles of one gateway, labelled once so the hot path does no label lookup.
     pub fn gateway(&self, name: &str) -> GatewayMetrics {
         let l = &[name];
-        let outcome = |o: Outcome| self.requests.with_label_values(&[name, o.as_str()]);
-        let attempt = |r: AuthResult| self.auth_attempts.with_label_values(&[name, r.as_str()]);
-        let reauth = |r: ReauthReason| self.reauth.with_label_values(&[name, r.as_str()]);
+        let outcome = |o: Outcome| self.calls.requests.with_label_values(&[name, o.as_str()]);
+        let attempt = |r: AuthResult| {
+            self.credentials
+                .auth_attempts
+                .with_label_values(&[name, r.as_str()])
+        };
+        let reauth = |r: ReauthReason| {
+            self.credentials
+                .reauth
+                .with_label_values(&[name, r.as_str()])
+        };
         let handles = Handles {
             forwarded: outcome(Outcome::Forwarded),
             local: outcome(Outcome::Local),
-            errors: self.requests.clone(),
-            upstream_duration: self.upstream_duration.with_label_values(l),
+            errors: self.calls.requests.clone(),
+            upstream_duration: self.calls.upstream_duration.with_label_values(l),
             auth_success: attempt(AuthResult::Success),
             auth_rejected: attempt(AuthResult::Rejected),
             auth_error: attempt(AuthResult::Error),
             reauth_5030: reauth(ReauthReason::Expired5030),
             reauth_5050: reauth(ReauthReason::IpChanged5050),
             reauth_456: reauth(ReauthReason::SessionTimeout456),
-            replays: self.replays.with_label_values(l),
-            young_key_refusals: self.young_key_refusals.with_label_values(l),
-            shared_store_up: self.shared_store_up.clone(),
-            shared_store_errors: self.shared_store_errors.clone(),
-            auth_locked: self.auth_locked.with_label_values(l),
-            session_pool_size: self.session_pool_size.with_label_values(l),
-            sessions_wasted: self.sessions_wasted.with_label_values(l),
-            credential_age: self.credential_age.with_label_values(l),
-            token_expiry: self.token_expiry.with_label_values(l),
-            clock_skew: self.clock_skew.clone(),
-            split_egress: self.split_egress.with_label_values(l),
-            session_waits: self.session_waits.with_label_values(l),
+            replays: self.calls.replays.with_label_values(l),
+            young_key_refusals: self.credentials.young_key_refusals.with_label_values(l),
+            shared_store_up: self.calls.shared_store_up.clone(),
+            shared_store_errors: self.calls.shared_store_errors.clone(),
+            auth_locked: self.credentials.auth_locked.with_label_values(l),
+            session_pool_size: self.calls.session_pool_size.with_label_values(l),
+            sessions_wasted: self.calls.sessions_wasted.with_label_values(l),
+            credential_age: self.credentials.credential_age.with_label_values(l),
+            token_expiry: self.credentials.token_expiry.with_label_values(l),
+            clock_skew: self.calls.clock_skew.clone(),
+            split_egress: self.credentials.split_egress.with_label_values(l),
+            session_waits: self.calls.session_waits.with_label_values(l),
             credential_obtained_ms: AtomicU64::new(0),
             last_auth: AtomicU64::new(0),
             name: name.to_owned(),

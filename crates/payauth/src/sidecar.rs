@@ -99,30 +99,7 @@ impl Sidecar {
 
     /// [`Sidecar::start`], with code of the caller's run by the worker threads.
     pub async fn start_with(config: Config, hooks: &WorkerHooks) -> Result<Self, StartError> {
-        config
-            .check_secrets()
-            .map_err(|e| StartError(format!("configuration problems:\n{e}")))?;
-        let state = |e: std::io::Error| {
-            StartError(format!("state dir {}: {e}", config.state_dir.display()))
-        };
-        std::fs::create_dir_all(&config.state_dir).map_err(state)?;
-        let store = Guards {
-            local: Arc::new(FileGuardStore::new(&config.state_dir).map_err(state)?),
-            shared: shared_store(&config)?,
-        };
-        let registry = Registry::new();
-        let metrics = Metrics::new(&registry).map_err(|e| StartError(format!("metrics: {e}")))?;
-        crate::metrics::register_process(&registry)
-            .map_err(|e| StartError(format!("metrics: {e}")))?;
-        let mut bound = Vec::new();
-        for gateway in &config.gateways {
-            let metrics = metrics.gateway(gateway.name());
-            bound.push(
-                bind_gateway(gateway, &config, &store, metrics)
-                    .await
-                    .map_err(|e| StartError(format!("gateway {:?}: {e}", gateway.name())))?,
-            );
-        }
+        let (registry, bound) = bind_gateways(&config).await?;
         let admin_listener = proxy::bind("admin", config.admin.listen)
             .await
             .map_err(|e| StartError(e.to_string()))?;
@@ -131,30 +108,12 @@ impl Sidecar {
             .map_err(|e| StartError(e.to_string()))?;
         let (stop, stop_rx) = watch::channel(false);
         let grace = config.proxy.shutdown_grace;
-        let mut jobs: Vec<WorkerJob> = (0..config.proxy.workers).map(|_| Vec::new()).collect();
-        let mut gateways = Vec::new();
-        let mut gateway_addrs = Vec::new();
-        let mut warm_ups = Vec::new();
-        for Bound {
-            gateway,
-            listeners,
-            front,
-            make,
-            warm_up,
-        } in bound
-        {
-            if let Some(addr) = listeners.first().and_then(|l| l.local_addr().ok()) {
-                tracing::info!(gateway = %gateway.config.name(), %addr, upstream = %gateway.config.settings().upstream,
-                    workers = listeners.len(), "listening");
-                gateway_addrs.push((gateway.config.name().to_owned(), addr));
-            }
-            // Each worker calls the gateway through a connection pool of its own.
-            for (job, listener) in jobs.iter_mut().zip(listeners) {
-                job.push((listener, make(&front, gateway.client.fork())));
-            }
-            warm_ups.extend(warm_up);
-            gateways.push(gateway);
-        }
+        let Assigned {
+            jobs,
+            gateways,
+            gateway_addrs,
+            warm_ups,
+        } = assign(bound, config.proxy.workers);
         let workers = Workers::start(jobs, &stop_rx, grace, hooks)
             .map_err(|e| StartError(format!("cannot start the worker threads: {e}")))?;
         // Every listener is bound and served: nothing can fail the start any more.
@@ -164,7 +123,7 @@ impl Sidecar {
         let mut tasks = JoinSet::new();
         let gateways = Arc::new(gateways);
         let draining = Arc::new(AtomicBool::new(false));
-        let admin_state = admin::Shared {
+        let admin_state = admin::AdminState {
             registry: registry.clone(),
             gateways: Arc::new(gateways.iter().map(Gateway::admin).collect()),
             admin_token_file: config.admin.token_file.clone(),
@@ -290,6 +249,75 @@ impl Sidecar {
         }
         tracing::info!(took_ms = started.elapsed().as_millis() as u64, "stopped");
     }
+}
+
+/// Checks the secrets and the state dir, opens the guard stores and the metrics, and builds and
+/// binds every gateway: nothing is served yet, nothing has been sent.
+async fn bind_gateways(config: &Config) -> Result<(Registry, Vec<Bound>), StartError> {
+    config
+        .check_secrets()
+        .map_err(|e| StartError(format!("configuration problems:\n{e}")))?;
+    let state =
+        |e: std::io::Error| StartError(format!("state dir {}: {e}", config.state_dir.display()));
+    std::fs::create_dir_all(&config.state_dir).map_err(state)?;
+    let store = Guards {
+        local: Arc::new(FileGuardStore::new(&config.state_dir).map_err(state)?),
+        shared: shared_store(config)?,
+    };
+    let registry = Registry::new();
+    let metrics = Metrics::new(&registry).map_err(|e| StartError(format!("metrics: {e}")))?;
+    crate::metrics::register_process(&registry).map_err(|e| StartError(format!("metrics: {e}")))?;
+    let mut bound = Vec::new();
+    for gateway in &config.gateways {
+        let metrics = metrics.gateway(gateway.name());
+        bound.push(
+            bind_gateway(gateway, config, &store, metrics)
+                .await
+                .map_err(|e| StartError(format!("gateway {:?}: {e}", gateway.name())))?,
+        );
+    }
+    Ok((registry, bound))
+}
+
+/// The bound gateways dealt out to the worker threads.
+struct Assigned {
+    jobs: Vec<WorkerJob>,
+    gateways: Vec<Gateway>,
+    gateway_addrs: Vec<(String, SocketAddr)>,
+    warm_ups: Vec<WarmUp>,
+}
+
+/// Gives each of `workers` threads one listener of every gateway, with a front of its own.
+fn assign(bound: Vec<Bound>, workers: usize) -> Assigned {
+    let mut assigned = Assigned {
+        jobs: (0..workers).map(|_| Vec::new()).collect(),
+        gateways: Vec::new(),
+        gateway_addrs: Vec::new(),
+        warm_ups: Vec::new(),
+    };
+    for Bound {
+        gateway,
+        listeners,
+        front,
+        make,
+        warm_up,
+    } in bound
+    {
+        if let Some(addr) = listeners.first().and_then(|l| l.local_addr().ok()) {
+            tracing::info!(gateway = %gateway.config.name(), %addr, upstream = %gateway.config.settings().upstream,
+                workers = listeners.len(), "listening");
+            assigned
+                .gateway_addrs
+                .push((gateway.config.name().to_owned(), addr));
+        }
+        // Each worker calls the gateway through a connection pool of its own.
+        for (job, listener) in assigned.jobs.iter_mut().zip(listeners) {
+            job.push((listener, make(&front, gateway.client.fork())));
+        }
+        assigned.warm_ups.extend(warm_up);
+        assigned.gateways.push(gateway);
+    }
+    assigned
 }
 
 /// Starts a gateway's background credential work (the CreditGuard session pool).

@@ -241,72 +241,17 @@ pub fn read(xml: &[u8]) -> Result<IntIn, IntInError> {
     let mut reader = Reader::from_reader(xml);
     // `--` inside a comment is not well-formed; a parser might end the comment there.
     reader.config_mut().check_comments = true;
-    let mut stack: Vec<Tag> = Vec::with_capacity(8);
-    let mut root_seen = false;
-    let mut found = Found::default();
-    // The wanted element being read, if any; its text goes to `buf`, which is reused.
-    let mut reading: Option<Reading> = None;
-    let mut buf: Vec<u8> = Vec::new();
+    let mut walk = Walk::default();
     loop {
         let event = reader.read_event().map_err(|_| IntInError::Malformed)?;
         match event {
-            Event::Start(ref e) | Event::Empty(ref e) => {
-                well_formed_start(e)?;
-                if let Some(r) = &reading {
-                    return Err(IntInError::MixedContent(r.field.name()));
-                }
-                if stack.is_empty() {
-                    if root_seen {
-                        return Err(IntInError::Malformed);
-                    }
-                    root_seen = true;
-                }
-                if stack.len() >= MAX_DEPTH {
-                    return Err(IntInError::TooDeep);
-                }
-                stack.push(tag(e.local_name().as_ref()));
-                let field = wanted(&stack);
-                if matches!(event, Event::Empty(_)) {
-                    if let Some(field) = field {
-                        found.commit(field, b"")?;
-                    }
-                    stack.pop();
-                } else if let Some(field) = field {
-                    buf.clear();
-                    reading = Some(Reading { field, pieces: 0 });
-                }
-            }
-            Event::End(_) => {
-                if let Some(r) = reading.take() {
-                    found.commit(r.field, &buf)?;
-                }
-                stack.pop();
-            }
-            Event::Text(t) => {
-                if stack.is_empty() {
-                    if !t.iter().all(|b| is_xml_space(char::from(*b))) {
-                        return Err(IntInError::Malformed);
-                    }
-                } else if let Some(r) = reading.as_mut() {
-                    let from = buf.len();
-                    unescape(&t, Some((&mut buf, r.field)))?;
-                    r.piece(&buf, from)?;
-                } else {
-                    unescape(&t, None)?;
-                }
-            }
-            Event::CData(c) => {
-                if stack.is_empty() {
-                    return Err(IntInError::Malformed);
-                }
-                if let Some(r) = reading.as_mut() {
-                    let from = buf.len();
-                    buf.extend_from_slice(&c);
-                    r.piece(&buf, from)?;
-                }
-            }
+            Event::Start(ref e) => walk.start(e, false)?,
+            Event::Empty(ref e) => walk.start(e, true)?,
+            Event::End(_) => walk.end()?,
+            Event::Text(t) => walk.text(&t)?,
+            Event::CData(c) => walk.cdata(&c)?,
             Event::Comment(_) | Event::PI(_) => {
-                if let Some(r) = &reading {
+                if let Some(r) = &walk.reading {
                     return Err(IntInError::MixedContent(r.field.name()));
                 }
             }
@@ -315,19 +260,106 @@ pub fn read(xml: &[u8]) -> Result<IntIn, IntInError> {
             Event::Eof => break,
         }
     }
-    if !stack.is_empty() || !root_seen {
-        return Err(IntInError::Malformed);
+    walk.finish()
+}
+
+/// Where [`read`] is in the document.
+#[derive(Default)]
+struct Walk {
+    stack: Vec<Tag>,
+    root_seen: bool,
+    found: Found,
+    /// The wanted element being read, if any; its text goes to `buf`, which is reused.
+    reading: Option<Reading>,
+    buf: Vec<u8>,
+}
+
+impl Walk {
+    /// An element opens (`empty`: and closes at once).
+    fn start(
+        &mut self,
+        e: &quick_xml::events::BytesStart<'_>,
+        empty: bool,
+    ) -> Result<(), IntInError> {
+        well_formed_start(e)?;
+        if let Some(r) = &self.reading {
+            return Err(IntInError::MixedContent(r.field.name()));
+        }
+        if self.stack.is_empty() {
+            if self.root_seen {
+                return Err(IntInError::Malformed);
+            }
+            self.root_seen = true;
+        }
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(IntInError::TooDeep);
+        }
+        self.stack.push(tag(e.local_name().as_ref()));
+        let field = wanted(&self.stack);
+        if empty {
+            if let Some(field) = field {
+                self.found.commit(field, b"")?;
+            }
+            self.stack.pop();
+        } else if let Some(field) = field {
+            self.buf.clear();
+            self.reading = Some(Reading { field, pieces: 0 });
+        }
+        Ok(())
     }
-    let command = found.command.ok_or(IntInError::NoCommand)?;
-    if command.is_empty() || !command.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(IntInError::BadCommand);
+
+    fn end(&mut self) -> Result<(), IntInError> {
+        if let Some(r) = self.reading.take() {
+            self.found.commit(r.field, &self.buf)?;
+        }
+        self.stack.pop();
+        Ok(())
     }
-    Ok(IntIn {
-        command,
-        terminal: found.terminal.filter(|t| !t.is_empty()).map(TerminalNumber),
-        validation: found.validation.filter(|v| !v.is_empty()),
-        transaction_type: found.transaction_type.filter(|v| !v.is_empty()),
-    })
+
+    fn text(&mut self, t: &[u8]) -> Result<(), IntInError> {
+        if self.stack.is_empty() {
+            if !t.iter().all(|b| is_xml_space(char::from(*b))) {
+                return Err(IntInError::Malformed);
+            }
+        } else if let Some(r) = self.reading.as_mut() {
+            let from = self.buf.len();
+            unescape(t, Some((&mut self.buf, r.field)))?;
+            r.piece(&self.buf, from)?;
+        } else {
+            unescape(t, None)?;
+        }
+        Ok(())
+    }
+
+    fn cdata(&mut self, c: &[u8]) -> Result<(), IntInError> {
+        if self.stack.is_empty() {
+            return Err(IntInError::Malformed);
+        }
+        if let Some(r) = self.reading.as_mut() {
+            let from = self.buf.len();
+            self.buf.extend_from_slice(c);
+            r.piece(&self.buf, from)?;
+        }
+        Ok(())
+    }
+
+    /// The document ended: what it said, if it was whole and named a good command.
+    fn finish(self) -> Result<IntIn, IntInError> {
+        if !self.stack.is_empty() || !self.root_seen {
+            return Err(IntInError::Malformed);
+        }
+        let found = self.found;
+        let command = found.command.ok_or(IntInError::NoCommand)?;
+        if command.is_empty() || !command.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(IntInError::BadCommand);
+        }
+        Ok(IntIn {
+            command,
+            terminal: found.terminal.filter(|t| !t.is_empty()).map(TerminalNumber),
+            validation: found.validation.filter(|v| !v.is_empty()),
+            transaction_type: found.transaction_type.filter(|v| !v.is_empty()),
+        })
+    }
 }
 
 fn is_xml_space(c: char) -> bool {

@@ -138,12 +138,12 @@ pub type SharedFront<ReqB, ResB> = Arc<
 /// Builds a [`Front`] around a gateway service; see the module docs.
 #[derive(Debug, Clone)]
 pub struct FrontLayer {
-    shared: Arc<Shared>,
+    shared: Arc<FrontState>,
 }
 
 /// What every front built from one [`FrontLayer`] shares.
 #[derive(Debug)]
-struct Shared {
+struct FrontState {
     name: Arc<str>,
     upstream: Uri,
     limits: FrontLimits,
@@ -156,7 +156,7 @@ impl FrontLayer {
     /// A front for the gateway `name` at `upstream`.
     pub fn new(name: &str, upstream: Uri, limits: FrontLimits, metrics: GatewayMetrics) -> Self {
         Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(FrontState {
                 name: name.into(),
                 upstream,
                 in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrency)),
@@ -194,7 +194,7 @@ impl FrontLayer {
 #[derive(Debug, Clone)]
 pub struct FrontService<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Arc<FrontState>,
 }
 
 impl<S> FrontService<S> {
@@ -311,28 +311,52 @@ impl<S> FrontService<S> {
             response
                 .headers_mut()
                 .insert(REQUEST_ID, request_id.clone());
-            let forwarded = response.extensions().get::<Forwarded>();
-            let replayed = forwarded.is_some_and(|f| f.replayed);
-            let upstream_ms = forwarded.map(|f| f.upstream.as_secs_f64() * 1000.0);
-            tracing::info!(
-                target: "payauth::access",
-                gateway = %shared.name,
-                method = %method,
-                path = uri.path(),
-                status = response.status().as_u16(),
+            shared.access_line(
+                &Call {
+                    method: &method,
+                    uri: &uri,
+                    started,
+                    request_id: &request_id,
+                    traceparent: traceparent.as_ref(),
+                },
+                &response,
                 outcome,
-                replayed,
-                upstream_ms,
-                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-                request_id = request_id.to_str().unwrap_or(""),
-                trace_id = traceparent.as_ref().and_then(trace_id),
             );
             Ok(response)
         })
     }
 }
 
-impl Shared {
+/// What the access line says of a call besides its answer.
+struct Call<'a> {
+    method: &'a http::Method,
+    uri: &'a Uri,
+    started: tokio::time::Instant,
+    request_id: &'a HeaderValue,
+    traceparent: Option<&'a HeaderValue>,
+}
+
+impl FrontState {
+    /// The call's access line (`payauth::access`): one per call, after its answer's head.
+    fn access_line<B>(&self, call: &Call<'_>, response: &Response<B>, outcome: &str) {
+        let forwarded = response.extensions().get::<Forwarded>();
+        let replayed = forwarded.is_some_and(|f| f.replayed);
+        let upstream_ms = forwarded.map(|f| f.upstream.as_secs_f64() * 1000.0);
+        tracing::info!(
+            target: "payauth::access",
+            gateway = %self.name,
+            method = %call.method,
+            path = call.uri.path(),
+            status = response.status().as_u16(),
+            outcome,
+            replayed,
+            upstream_ms,
+            duration_ms = call.started.elapsed().as_secs_f64() * 1000.0,
+            request_id = call.request_id.to_str().unwrap_or(""),
+            trace_id = call.traceparent.and_then(trace_id),
+        );
+    }
+
     /// A call refused by the front itself (counted in the metrics); nothing was forwarded.
     fn refused(
         &self,
@@ -549,7 +573,7 @@ fn upstream_uri(upstream: &Uri, uri: &Uri) -> Option<Uri> {
     Uri::from_parts(parts).ok()
 }
 
-impl Shared {
+impl FrontState {
     /// Reads the request body, at most `max_request_bytes` within `body_timeout`. An oversized
     /// body is drained in the background (bounded) so that the app can read its 413.
     async fn read_body<B: AppBody>(
