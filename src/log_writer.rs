@@ -27,14 +27,14 @@ use std::io::Write;
 const FLUSH_AT: usize = 8 * 1024;
 
 thread_local! {
-    static GATHERED: RefCell<Gathered> = const {
-        RefCell::new(Gathered { on: false, bytes: Vec::new(), out: to_stderr })
+    static GATHERED: RefCell<GatheredLine> = const {
+        RefCell::new(GatheredLine { on: false, bytes: Vec::new(), out: to_stderr })
     };
 }
 
 /// A thread's gathered lines. Gathering is on from the thread's first [`worker_idle`]: only a
 /// thread that is told when it goes idle may hold lines back.
-struct Gathered {
+struct GatheredLine {
     on: bool,
     bytes: Vec<u8>,
     /// Where they go (stderr; a test's buffer in the tests).
@@ -46,7 +46,7 @@ fn to_stderr(bytes: &[u8]) {
     let _ = std::io::stderr().lock().write_all(bytes);
 }
 
-impl Gathered {
+impl GatheredLine {
     /// Adds a line; true when [`FLUSH_AT`] bytes have gathered and they should be written.
     fn push(&mut self, line: &[u8]) -> bool {
         self.bytes.extend_from_slice(line);
@@ -62,7 +62,7 @@ impl Gathered {
     }
 }
 
-impl Drop for Gathered {
+impl Drop for GatheredLine {
     fn drop(&mut self) {
         self.flush();
     }
@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn lines_are_written_whole_and_in_order_once_enough_have_gathered() {
-        let mut gathered = Gathered {
+        let mut gathered = GatheredLine {
             on: true,
             bytes: Vec::new(),
             out: into_first,

@@ -54,6 +54,45 @@ where
     Ok(gathered.into_bytes())
 }
 
+/// Reads an app's request body for `gateway`, the one way both the front and the layers do:
+/// at most `limit` bytes (a declared `Content-Length` over it is refused before anything is
+/// read), within `timeout`. The error is the contract's (413 `body_too_large`, or 400
+/// `bad_request` for a body that could not be read or did not arrive in time), nothing
+/// forwarded. Behind the front, the layer's read takes the front's one buffered frame as it is.
+pub(crate) async fn read_request<B>(
+    gateway: &str,
+    body: B,
+    headers: &http::HeaderMap,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, crate::Error>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let collect = collect_limited(body, limit, content_length(headers));
+    let bad = |message: String| {
+        crate::Error::new(
+            crate::error::ErrorCode::BadRequest,
+            gateway.to_owned(),
+            message,
+        )
+    };
+    match tokio::time::timeout(timeout, collect).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(CollectError::TooLarge(_))) => {
+            Err(crate::Error::body_too_large(gateway.to_owned(), limit))
+        }
+        Ok(Err(CollectError::Read(_))) => Err(bad(
+            "the request body could not be read; nothing was forwarded".to_owned(),
+        )),
+        Err(_) => Err(bad(format!(
+            "the request body did not arrive within {} s; nothing was forwarded",
+            timeout.as_secs_f64()
+        ))),
+    }
+}
+
 /// Data frames gathered into one `Bytes`: the first is kept as it is (no copy); only a second
 /// one starts a buffer.
 #[derive(Debug, Default)]
@@ -264,6 +303,53 @@ where
 mod tests {
     use super::*;
     use http_body_util::Full;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_body_is_read_by_one_rule_with_one_message_per_failure() {
+        let limit = 8;
+        let timeout = Duration::from_secs(5);
+        let mut headers = http::HeaderMap::new();
+        let read = |body: Full<Bytes>, headers: http::HeaderMap| async move {
+            read_request("gw", body, &headers, limit, timeout).await
+        };
+        // Whole and within the limit: the one frame, as it is.
+        let ok = read(Full::new(Bytes::from_static(b"12345678")), headers.clone()).await;
+        assert_eq!(ok.expect("read").as_ref(), b"12345678");
+        // Over the limit, declared or not: 413 with the one message.
+        for declared in [None, Some("9")] {
+            if let Some(len) = declared {
+                headers.insert(http::header::CONTENT_LENGTH, len.parse().unwrap());
+            }
+            let error = read(Full::new(Bytes::from_static(b"123456789")), headers.clone())
+                .await
+                .expect_err("too large");
+            assert_eq!(error.code(), crate::error::ErrorCode::BodyTooLarge);
+            assert_eq!(
+                error.message(),
+                crate::Error::body_too_large("gw", limit).message()
+            );
+        }
+        // A body that never ends: 400 once the timeout passes, nothing read.
+        let stalled = read_request("gw", NeverEnds, &http::HeaderMap::new(), limit, timeout)
+            .await
+            .expect_err("stalled");
+        assert_eq!(stalled.code(), crate::error::ErrorCode::BadRequest);
+        assert!(stalled.message().contains("did not arrive within 5 s"));
+    }
+
+    /// A body whose first frame never comes.
+    struct NeverEnds;
+
+    impl Body for NeverEnds {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Pending
+        }
+    }
 
     /// A body that yields the given chunks one frame at a time.
     struct Chunks(std::collections::VecDeque<Bytes>);

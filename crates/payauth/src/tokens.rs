@@ -126,7 +126,7 @@ fn parse_us_date(s: &str) -> Option<i64> {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Persisted {
+struct PersistedToken {
     account_code: String,
     token: String,
     token_id: Option<String>,
@@ -152,7 +152,7 @@ pub(crate) fn save(
     token: &PortalToken,
     file_token: &Secret<String>,
 ) -> std::io::Result<()> {
-    let record = Persisted {
+    let record = PersistedToken {
         account_code: account_code.to_owned(),
         token: token.token.expose().clone(),
         token_id: token.token_id.clone(),
@@ -185,7 +185,7 @@ pub(crate) fn load(
         }
     };
     // The message names the file and the position only: the content is a token.
-    let record: Persisted = serde_json::from_slice(&bytes).map_err(|e| {
+    let record: PersistedToken = serde_json::from_slice(&bytes).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!(

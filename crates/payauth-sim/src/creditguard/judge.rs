@@ -13,12 +13,12 @@ use super::{
     ERR_INVALID_VALUE, ERR_SESSIONS_NOT_SUPPORTED, ERR_SESSION_TIMEOUT, LOCK_AFTER_REJECTIONS,
 };
 
-pub(super) struct Shared {
+pub(super) struct CreditGuardSimCore {
     pub(super) config: CreditGuardSimConfig,
-    state: Mutex<State>,
+    state: Mutex<CreditGuardSimState>,
 }
 
-pub(super) struct State {
+pub(super) struct CreditGuardSimState {
     pub(super) password: String,
     pub(super) get_session_latency: Duration,
     pub(super) deal_latency: Duration,
@@ -49,9 +49,9 @@ pub(super) struct Parsed {
     pub(super) int_in: Option<IntIn>,
 }
 
-impl Shared {
+impl CreditGuardSimCore {
     pub(super) fn new(config: CreditGuardSimConfig) -> Self {
-        let state = State {
+        let state = CreditGuardSimState {
             password: config.password.clone(),
             get_session_latency: config.get_session_latency,
             deal_latency: config.deal_latency,
@@ -69,7 +69,7 @@ impl Shared {
         }
     }
 
-    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, CreditGuardSimState> {
         crate::server::lock(&self.state)
     }
 
@@ -260,7 +260,7 @@ enum Verdict {
     Ok { reuse: bool },
 }
 
-impl State {
+impl CreditGuardSimState {
     fn reject(&mut self) {
         self.stats.get_session_rejected += 1;
         self.stats.consecutive_rejections += 1;

@@ -48,7 +48,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use judge::Shared;
+use judge::CreditGuardSimCore;
 use server::handle;
 
 /// Result of a call or `getSessionId` the simulator cannot read (form or XML).
@@ -243,7 +243,7 @@ impl fmt::Debug for ReceivedCall {
 /// A running CreditGuard simulator. Dropping it (or [`CreditGuardSim::shutdown`]) stops it.
 pub struct CreditGuardSim {
     server: crate::server::SimServer,
-    shared: Arc<Shared>,
+    shared: Arc<CreditGuardSimCore>,
 }
 
 impl fmt::Debug for CreditGuardSim {
@@ -257,7 +257,7 @@ impl fmt::Debug for CreditGuardSim {
 impl CreditGuardSim {
     /// Binds `addr` (`127.0.0.1:0` picks a free port) and serves on the current tokio runtime.
     pub async fn start(addr: SocketAddr, config: CreditGuardSimConfig) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared::new(config));
+        let shared = Arc::new(CreditGuardSimCore::new(config));
         let handler = {
             let shared = Arc::clone(&shared);
             move |req| handle(Arc::clone(&shared), req)

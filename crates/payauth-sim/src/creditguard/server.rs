@@ -9,13 +9,13 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::judge::{Parsed, Shared};
+use super::judge::{CreditGuardSimCore, Parsed};
 use super::wire::{Form, IntIn};
 use super::{ReceivedCall, ReceivedKind};
 use crate::server::{read_body, text, Resp};
 
 pub(super) async fn handle(
-    shared: Arc<Shared>,
+    shared: Arc<CreditGuardSimCore>,
     req: Request<Incoming>,
 ) -> Result<Resp, std::convert::Infallible> {
     let path = req.uri().path().to_owned();
@@ -39,7 +39,7 @@ pub(super) async fn handle(
     Ok(relay(&shared, body).await)
 }
 
-async fn relay(shared: &Shared, body: Bytes) -> Resp {
+async fn relay(shared: &CreditGuardSimCore, body: Bytes) -> Resp {
     let form = Form::read(&body);
     let int_in_field = form.field("int_in");
     let int_in = int_in_field.and_then(|f| IntIn::read(&f.value));
@@ -93,7 +93,7 @@ async fn relay(shared: &Shared, body: Bytes) -> Resp {
     resp
 }
 
-async fn control(shared: &Shared, cmd: &str, req: Request<Incoming>) -> Resp {
+async fn control(shared: &CreditGuardSimCore, cmd: &str, req: Request<Incoming>) -> Resp {
     let query = req.uri().query().unwrap_or("").to_owned();
     let method = req.method().clone();
     let param = |name: &str| -> Option<String> {

@@ -237,7 +237,7 @@ impl fmt::Debug for SeenCall {
 /// A running Number simulator. Dropping it (or [`NumberSim::shutdown`]) stops the server.
 pub struct NumberSim {
     server: super::server::SimServer,
-    shared: Arc<Shared>,
+    shared: Arc<NumberSimCore>,
 }
 
 impl fmt::Debug for NumberSim {
@@ -251,7 +251,7 @@ impl fmt::Debug for NumberSim {
 impl NumberSim {
     /// Binds `addr` (`127.0.0.1:0` picks a free port) and serves on the current tokio runtime.
     pub async fn start(addr: SocketAddr, config: NumberSimConfig) -> std::io::Result<NumberSim> {
-        let shared = Arc::new(Shared::new(config));
+        let shared = Arc::new(NumberSimCore::new(config));
         let handler = {
             let shared = Arc::clone(&shared);
             move |req| handle(Arc::clone(&shared), req)

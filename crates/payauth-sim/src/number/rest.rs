@@ -11,7 +11,7 @@ pub(super) struct RestAuthRequest {
 }
 
 pub(super) async fn rest_authenticate(
-    shared: &Shared,
+    shared: &NumberSimCore,
     parts: &http::request::Parts,
     body: &Bytes,
 ) -> Resp {
@@ -94,7 +94,7 @@ impl AuthAnswer {
 }
 
 pub(super) async fn rest_call_handler(
-    shared: &Shared,
+    shared: &NumberSimCore,
     parts: &http::request::Parts,
     method: &str,
     body: Bytes,

@@ -15,7 +15,7 @@ impl fmt::Display for DropConnection {
 impl std::error::Error for DropConnection {}
 
 pub(super) async fn handle(
-    shared: Arc<Shared>,
+    shared: Arc<NumberSimCore>,
     req: Request<Incoming>,
 ) -> Result<Resp, DropConnection> {
     let offset = shared.config.clock_offset_secs;
@@ -35,7 +35,7 @@ pub(super) async fn handle(
     Ok(resp)
 }
 
-async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, DropConnection> {
+async fn route(shared: Arc<NumberSimCore>, req: Request<Incoming>) -> Result<Resp, DropConnection> {
     let path = req.uri().path().to_owned();
     let cfg = &shared.config;
 
@@ -75,7 +75,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Drop
     }
 }
 
-pub(super) async fn apply_latency(shared: &Shared) {
+pub(super) async fn apply_latency(shared: &NumberSimCore) {
     let latency = shared.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -119,7 +119,7 @@ pub(super) fn content_type_is(parts: &http::request::Parts, expected: &str) -> b
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected))
 }
 
-pub(super) async fn control(shared: &Shared, cmd: &str, req: Request<Incoming>) -> Resp {
+pub(super) async fn control(shared: &NumberSimCore, cmd: &str, req: Request<Incoming>) -> Resp {
     let query = req.uri().query().unwrap_or("").to_owned();
     let method = req.method().clone();
     let param = |name: &str| -> Option<u64> {

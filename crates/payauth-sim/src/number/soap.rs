@@ -155,7 +155,7 @@ pub(super) fn xml_field(out: &mut String, name: &str, value: &str) {
 }
 
 pub(super) async fn soap(
-    shared: &Shared,
+    shared: &NumberSimCore,
     parts: &http::request::Parts,
     body: Bytes,
 ) -> Result<Resp, DropConnection> {

@@ -2,12 +2,12 @@
 
 use super::*;
 
-pub(super) struct Shared {
+pub(super) struct NumberSimCore {
     pub(super) config: NumberSimConfig,
-    pub(super) state: Mutex<State>,
+    pub(super) state: Mutex<NumberSimState>,
 }
 
-pub(super) struct State {
+pub(super) struct NumberSimState {
     pub(super) token: String,
     pub(super) latency: Duration,
     pub(super) drop_pending: u64,
@@ -92,9 +92,9 @@ pub(super) const REJECTED_CREDENTIALS: &str = "Authentication Failed: invalid Ac
 pub(super) const REJECTED_IP_LOCKED: &str =
     "IP locked: too many failed authentication attempts; contact support to unlock";
 
-impl Shared {
+impl NumberSimCore {
     pub(super) fn new(config: NumberSimConfig) -> Self {
-        let state = State {
+        let state = NumberSimState {
             token: config.token.clone(),
             latency: config.latency,
             drop_pending: 0,
@@ -106,13 +106,13 @@ impl Shared {
             next_tx_id: 1_000_001,
             seen: Vec::new(),
         };
-        Shared {
+        NumberSimCore {
             config,
             state: Mutex::new(state),
         }
     }
 
-    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, NumberSimState> {
         crate::server::lock(&self.state)
     }
 
@@ -270,7 +270,7 @@ impl Shared {
     }
 }
 
-impl State {
+impl NumberSimState {
     pub(super) fn reject(&mut self) {
         self.stats.auth_rejected += 1;
         self.stats.consecutive_rejections += 1;

@@ -120,8 +120,8 @@ fn vendor_date_format() {
     assert_eq!(format_vendor_date(t), "12/31/2024 11:59:59 PM");
 }
 
-fn state_with_keys(n: u64) -> (Shared, Vec<String>) {
-    let shared = Shared::new(NumberSimConfig {
+fn state_with_keys(n: u64) -> (NumberSimCore, Vec<String>) {
+    let shared = NumberSimCore::new(NumberSimConfig {
         key_lifetime: Duration::from_secs(60),
         ..NumberSimConfig::default()
     });
@@ -292,7 +292,7 @@ fn debug_output_hides_secrets() {
 #[tokio::test]
 async fn keys_bound_to_the_caller_answer_5050_elsewhere() {
     let ip = |last: u8| std::net::IpAddr::from([127, 0, 0, last]);
-    let shared = Arc::new(Shared::new(NumberSimConfig {
+    let shared = Arc::new(NumberSimCore::new(NumberSimConfig {
         bind_keys_to_caller: true,
         ..NumberSimConfig::default()
     }));

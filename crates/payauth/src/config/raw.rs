@@ -126,27 +126,27 @@ pub(super) enum RawKind {
 
 /// A gateway kind, before its keys are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+pub(super) enum KindName {
     Number,
     CreditGuard,
 }
 
-impl Kind {
-    pub(super) const ALL: [Kind; 2] = [Kind::Number, Kind::CreditGuard];
+impl KindName {
+    pub(super) const ALL: [KindName; 2] = [KindName::Number, KindName::CreditGuard];
 
     /// How `kind` spells it (the tag of [`RawKind`]).
     pub(super) fn as_str(self) -> &'static str {
         match self {
-            Kind::Number => "number",
-            Kind::CreditGuard => "creditguard",
+            KindName::Number => "number",
+            KindName::CreditGuard => "creditguard",
         }
     }
 
     /// The keys only this kind takes.
     pub(super) fn keys(self) -> &'static [&'static str] {
         match self {
-            Kind::Number => keys_of::<RawNumber>(),
-            Kind::CreditGuard => keys_of::<RawCreditGuard>(),
+            KindName::Number => keys_of::<RawNumber>(),
+            KindName::CreditGuard => keys_of::<RawCreditGuard>(),
         }
     }
 }
@@ -155,7 +155,7 @@ impl Kind {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawNumber {
-    pub(super) protocol: Option<Protocol>,
+    pub(super) protocol: Option<RawProtocol>,
     pub(super) auth_path: Option<String>,
     pub(super) soap_namespace: Option<String>,
     pub(super) soap_auth_action: Option<String>,
@@ -187,16 +187,16 @@ pub(super) struct RawCreditGuard {
 /// `protocol`.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub(super) enum Protocol {
+pub(super) enum RawProtocol {
     Rest,
     Soap,
 }
 
-impl From<Protocol> for crate::number::Protocol {
-    fn from(p: Protocol) -> Self {
+impl From<RawProtocol> for crate::number::Protocol {
+    fn from(p: RawProtocol) -> Self {
         match p {
-            Protocol::Rest => crate::number::Protocol::Rest,
-            Protocol::Soap => crate::number::Protocol::Soap,
+            RawProtocol::Rest => crate::number::Protocol::Rest,
+            RawProtocol::Soap => crate::number::Protocol::Soap,
         }
     }
 }

@@ -254,7 +254,7 @@ impl Segment {
 
 /// The first piece (up to the next `&`) of what starts at `start`, as a servlet names it.
 #[derive(Debug, Clone, Copy)]
-struct Piece {
+struct FormPiece {
     start: usize,
     /// The first `&` or `=` at or after `start`, or the end of the body.
     name_end: usize,
@@ -263,7 +263,7 @@ struct Piece {
     relay: Option<RelayField>,
 }
 
-impl Piece {
+impl FormPiece {
     fn at(body: &[u8], start: usize) -> Result<Self, FormError> {
         let rest = &body[start..];
         let len = memchr::memchr2(b'&', b'=', rest).unwrap_or(rest.len());
@@ -540,7 +540,7 @@ fn starts_raw(value: &[u8]) -> bool {
 fn split(body: &[u8]) -> Result<Vec<Segment>, FormError> {
     // Typical forms have three fields.
     let mut segments = Vec::with_capacity(4);
-    let mut piece = Piece::at(body, 0)?;
+    let mut piece = FormPiece::at(body, 0)?;
     loop {
         let start = piece.start;
         let named = piece.has_eq && piece.name_end > start;
@@ -554,7 +554,7 @@ fn split(body: &[u8]) -> Result<Vec<Segment>, FormError> {
                 None => break (body.len(), None),
                 Some(i) => {
                     let amp = search + i;
-                    let next = Piece::at(body, amp + 1)?;
+                    let next = FormPiece::at(body, amp + 1)?;
                     if next.starts_segment(body.len(), raw_int_in) {
                         break (amp, Some(next));
                     }

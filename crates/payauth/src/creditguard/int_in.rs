@@ -122,7 +122,7 @@ pub enum IntInError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tag {
+enum IntInTag {
     Request,
     Command,
     TerminalNumber,
@@ -131,14 +131,14 @@ enum Tag {
     Other,
 }
 
-fn tag(local_name: &[u8]) -> Tag {
+fn tag(local_name: &[u8]) -> IntInTag {
     match local_name {
-        b"request" => Tag::Request,
-        b"command" => Tag::Command,
-        b"terminalNumber" => Tag::TerminalNumber,
-        b"validation" => Tag::Validation,
-        b"transactionType" => Tag::TransactionType,
-        _ => Tag::Other,
+        b"request" => IntInTag::Request,
+        b"command" => IntInTag::Command,
+        b"terminalNumber" => IntInTag::TerminalNumber,
+        b"validation" => IntInTag::Validation,
+        b"transactionType" => IntInTag::TransactionType,
+        _ => IntInTag::Other,
     }
 }
 
@@ -164,15 +164,17 @@ impl Wanted {
 
 /// `command` under `request`; `validation`/`transactionType` two levels below `request`
 /// (under the command's element); `terminalNumber` anywhere.
-fn wanted(stack: &[Tag]) -> Option<Wanted> {
+fn wanted(stack: &[IntInTag]) -> Option<Wanted> {
     let (&last, rest) = stack.split_last()?;
     let parent = rest.last().copied();
     let grandparent = rest.len().checked_sub(2).map(|i| rest[i]);
     match last {
-        Tag::Command if parent == Some(Tag::Request) => Some(Wanted::Command),
-        Tag::TerminalNumber => Some(Wanted::Terminal),
-        Tag::Validation if grandparent == Some(Tag::Request) => Some(Wanted::Validation),
-        Tag::TransactionType if grandparent == Some(Tag::Request) => Some(Wanted::TransactionType),
+        IntInTag::Command if parent == Some(IntInTag::Request) => Some(Wanted::Command),
+        IntInTag::TerminalNumber => Some(Wanted::Terminal),
+        IntInTag::Validation if grandparent == Some(IntInTag::Request) => Some(Wanted::Validation),
+        IntInTag::TransactionType if grandparent == Some(IntInTag::Request) => {
+            Some(Wanted::TransactionType)
+        }
         _ => None,
     }
 }
@@ -241,7 +243,7 @@ pub fn read(xml: &[u8]) -> Result<IntIn, IntInError> {
     let mut reader = Reader::from_reader(xml);
     // `--` inside a comment is not well-formed; a parser might end the comment there.
     reader.config_mut().check_comments = true;
-    let mut walk = Walk::default();
+    let mut walk = IntInWalk::default();
     loop {
         let event = reader.read_event().map_err(|_| IntInError::Malformed)?;
         match event {
@@ -265,8 +267,8 @@ pub fn read(xml: &[u8]) -> Result<IntIn, IntInError> {
 
 /// Where [`read`] is in the document.
 #[derive(Default)]
-struct Walk {
-    stack: Vec<Tag>,
+struct IntInWalk {
+    stack: Vec<IntInTag>,
     root_seen: bool,
     found: Found,
     /// The wanted element being read, if any; its text goes to `buf`, which is reused.
@@ -274,7 +276,7 @@ struct Walk {
     buf: Vec<u8>,
 }
 
-impl Walk {
+impl IntInWalk {
     /// An element opens (`empty`: and closes at once).
     fn start(
         &mut self,

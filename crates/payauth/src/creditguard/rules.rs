@@ -24,14 +24,14 @@ use crate::metrics::ReauthReason;
 
 /// A relay call once read: the app's request (its URI already the configured relay's), its
 /// form, and the pool key its `int_in` asks for.
-pub(crate) struct Call {
+pub(crate) struct RelayCall {
     parts: http::request::Parts,
     form: RelayForm,
     key: PoolKey,
 }
 
 impl Rules for CreditGuardGateway {
-    type Call = Call;
+    type Call = RelayCall;
     type Credential = Lease;
 
     fn core(&self) -> &Core {
@@ -51,7 +51,7 @@ impl Rules for CreditGuardGateway {
         Ok(None)
     }
 
-    fn read(&self, parts: http::request::Parts, body: Bytes) -> Result<Read<Call>, Error> {
+    fn read(&self, parts: http::request::Parts, body: Bytes) -> Result<Read<RelayCall>, Error> {
         let form = RelayForm::parse(body).map_err(|e| self.core.refuse(e))?;
         let int_in = int_in::read(&form.decoded_int_in()).map_err(|e| self.core.refuse(e))?;
         let Some(terminal) = int_in.terminal.clone() else {
@@ -76,12 +76,12 @@ impl Rules for CreditGuardGateway {
             terminal,
             scope: self.config.scope.session_scope(&int_in),
         };
-        Ok(Read::Call(Call { parts, form, key }))
+        Ok(Read::Call(RelayCall { parts, form, key }))
     }
 
     async fn acquire<'a, S, ResB>(
         self: &'a Arc<Self>,
-        call: &'a Call,
+        call: &'a RelayCall,
         client: &'a S,
     ) -> Result<Lease, Error>
     where
@@ -91,11 +91,11 @@ impl Rules for CreditGuardGateway {
         self.session(&call.key, client).await
     }
 
-    fn parts(call: &Call) -> &http::request::Parts {
+    fn parts(call: &RelayCall) -> &http::request::Parts {
         &call.parts
     }
 
-    fn outgoing(&self, call: &Call, lease: &Lease) -> Result<Request<Full<Bytes>>, Error> {
+    fn outgoing(&self, call: &RelayCall, lease: &Lease) -> Result<Request<Full<Bytes>>, Error> {
         Ok(gateway::outgoing(
             &call.parts,
             call.form.rewrite(lease.token.field()),
@@ -108,7 +108,7 @@ impl Rules for CreditGuardGateway {
 
     async fn replacement<'a, S, ResB>(
         self: &'a Arc<Self>,
-        call: &'a Call,
+        call: &'a RelayCall,
         refused: Lease,
         reason: ReauthReason,
         sent_at: Instant,

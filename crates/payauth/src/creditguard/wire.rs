@@ -133,7 +133,7 @@ pub fn get_session_request(
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tag {
+enum AnswerTag {
     Response,
     Result,
     GetSessionId,
@@ -143,15 +143,15 @@ enum Tag {
     Other,
 }
 
-fn tag(name: &[u8]) -> Tag {
+fn tag(name: &[u8]) -> AnswerTag {
     match name {
-        b"response" => Tag::Response,
-        b"result" => Tag::Result,
-        b"getSessionId" => Tag::GetSessionId,
-        b"sessionId" => Tag::SessionId,
-        b"sessionExpiration" => Tag::SessionExpiration,
-        b"sessionReUse" => Tag::SessionReUse,
-        _ => Tag::Other,
+        b"response" => AnswerTag::Response,
+        b"result" => AnswerTag::Result,
+        b"getSessionId" => AnswerTag::GetSessionId,
+        b"sessionId" => AnswerTag::SessionId,
+        b"sessionExpiration" => AnswerTag::SessionExpiration,
+        b"sessionReUse" => AnswerTag::SessionReUse,
+        _ => AnswerTag::Other,
     }
 }
 
@@ -168,7 +168,7 @@ struct AnswerFields {
 /// `None` when the bytes are not XML.
 fn answer_fields(body: &[u8], stop_at_result: bool) -> Option<AnswerFields> {
     let mut reader = Reader::from_reader(body);
-    let mut stack: Vec<Tag> = Vec::with_capacity(8);
+    let mut stack: Vec<AnswerTag> = Vec::with_capacity(8);
     let mut fields = AnswerFields::default();
     loop {
         match reader.read_event().ok()? {
@@ -180,7 +180,7 @@ fn answer_fields(body: &[u8], stop_at_result: bool) -> Option<AnswerFields> {
             }
             Event::End(_) => {
                 let closed = stack.pop();
-                if stop_at_result && closed == Some(Tag::Result) && fields.result.is_some() {
+                if stop_at_result && closed == Some(AnswerTag::Result) && fields.result.is_some() {
                     return Some(fields);
                 }
             }
@@ -192,10 +192,12 @@ fn answer_fields(body: &[u8], stop_at_result: bool) -> Option<AnswerFields> {
                     continue;
                 };
                 let slot = match (parent, last) {
-                    (Tag::Response, Tag::Result) => &mut fields.result,
-                    (Tag::GetSessionId, Tag::SessionId) => &mut fields.session_id,
-                    (Tag::GetSessionId, Tag::SessionExpiration) => &mut fields.expiration,
-                    (Tag::GetSessionId, Tag::SessionReUse) => &mut fields.reuse,
+                    (AnswerTag::Response, AnswerTag::Result) => &mut fields.result,
+                    (AnswerTag::GetSessionId, AnswerTag::SessionId) => &mut fields.session_id,
+                    (AnswerTag::GetSessionId, AnswerTag::SessionExpiration) => {
+                        &mut fields.expiration
+                    }
+                    (AnswerTag::GetSessionId, AnswerTag::SessionReUse) => &mut fields.reuse,
                     _ => continue,
                 };
                 if slot.is_none() {

@@ -32,7 +32,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::Full;
 
-use crate::body::{collect_limited, content_length, CollectError, ResponseBody};
+use crate::body::ResponseBody;
 use crate::error::{BoxError, Error, ErrorCode};
 use crate::forward::{self, Failure};
 use crate::guard::AuthGuard;
@@ -288,8 +288,8 @@ impl Core {
         self.bad_request(format!("{problem}; nothing was forwarded"))
     }
 
-    /// Reads the app's request body, bounded by `max_request_bytes` (it is kept to be read and
-    /// replayed).
+    /// Reads the app's request body, bounded by `max_request_bytes` and the request timeout
+    /// (it is kept to be read and replayed).
     pub(crate) async fn read_body<B>(
         &self,
         parts: &http::request::Parts,
@@ -299,20 +299,15 @@ impl Core {
         B: Body + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        collect_limited(
+        let settings = &self.settings;
+        crate::body::read_request(
+            &settings.name,
             body,
-            self.settings.max_request_bytes,
-            content_length(&parts.headers),
+            &parts.headers,
+            settings.max_request_bytes,
+            settings.request_timeout,
         )
         .await
-        .map_err(|e| match e {
-            CollectError::TooLarge(limit) => {
-                Error::body_too_large(self.settings.name.clone(), limit)
-            }
-            CollectError::Read(_) => {
-                self.bad_request("the request body could not be read; nothing was forwarded")
-            }
-        })
     }
 
     /// A call that failed in transport: logged, never replayed, mapped to its error.

@@ -57,7 +57,7 @@ const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
-struct Inner {
+struct GuardInner {
     fingerprint: Fingerprint,
     record: GuardRecord,
     in_flight: u32,
@@ -78,11 +78,11 @@ pub struct AuthGuard {
     limits: GuardLimits,
     store: Arc<dyn GuardStore>,
     metrics: GatewayMetrics,
-    inner: Mutex<Inner>,
+    inner: Mutex<GuardInner>,
     settled: Notify,
     /// One write at a time, off the tokio workers; a write carries every change made before it
     /// started (group commit), so attempts reserved together cost one write.
-    writer: tokio::sync::Mutex<Persisted>,
+    writer: tokio::sync::Mutex<Written>,
 }
 
 /// What [`AuthGuard::reserve`] decided.
@@ -95,7 +95,7 @@ enum Reserve {
 
 /// What the writer last stored.
 #[derive(Debug, Default)]
-struct Persisted {
+struct Written {
     fingerprint: Option<Fingerprint>,
     version: u64,
 }
@@ -124,7 +124,7 @@ impl AuthGuard {
             limits,
             store,
             metrics,
-            inner: Mutex::new(Inner {
+            inner: Mutex::new(GuardInner {
                 fingerprint,
                 record,
                 in_flight: 0,
@@ -133,7 +133,7 @@ impl AuthGuard {
                 version: 0,
             }),
             settled: Notify::new(),
-            writer: tokio::sync::Mutex::new(Persisted::default()),
+            writer: tokio::sync::Mutex::new(Written::default()),
         }))
     }
 
@@ -231,7 +231,7 @@ impl AuthGuard {
         tokio::task::spawn_blocking(move || store.save(&gateway, fingerprint, &record))
             .await
             .map_err(io::Error::other)??;
-        *persisted = Persisted {
+        *persisted = Written {
             fingerprint: Some(fingerprint),
             version: latest,
         };
@@ -324,7 +324,7 @@ impl AuthGuard {
         }
     }
 
-    fn locked_refusal(&self, inner: &Inner) -> Refusal {
+    fn locked_refusal(&self, inner: &GuardInner) -> Refusal {
         Refusal::Locked(
             inner
                 .record
@@ -376,7 +376,7 @@ impl AuthGuard {
         let _ = self.store.save(&self.gateway, fingerprint, &record);
     }
 
-    fn lock_record(&self, inner: &mut Inner, reason: &str) {
+    fn lock_record(&self, inner: &mut GuardInner, reason: &str) {
         inner.record.locked = true;
         inner.record.reason = Some(reason.to_owned());
         inner.version += 1;
@@ -392,7 +392,7 @@ impl AuthGuard {
         );
     }
 
-    fn back_off(&self, inner: &mut Inner) {
+    fn back_off(&self, inner: &mut GuardInner) {
         inner.transport_failures += 1;
         let wait = transport_backoff(inner.transport_failures);
         inner.not_before = Some(Instant::now() + wait);

@@ -31,14 +31,14 @@ fn unix_now() -> u64 {
 }
 
 /// A Number call once read: the app's request, and for SOAP the envelope's reading.
-pub(crate) struct Call {
+pub(crate) struct NumberCall {
     parts: http::request::Parts,
     body: Bytes,
     soap: Option<SoapRequest>,
 }
 
 impl Rules for NumberGateway {
-    type Call = Call;
+    type Call = NumberCall;
     type Credential = Arc<KeyState>;
 
     fn core(&self) -> &Core {
@@ -57,7 +57,7 @@ impl Rules for NumberGateway {
         Ok(None)
     }
 
-    fn read(&self, parts: http::request::Parts, body: Bytes) -> Result<Read<Call>, Error> {
+    fn read(&self, parts: http::request::Parts, body: Bytes) -> Result<Read<NumberCall>, Error> {
         let soap = match self.config.protocol {
             Protocol::Rest => None,
             Protocol::Soap => {
@@ -73,12 +73,12 @@ impl Rules for NumberGateway {
                 Some(request)
             }
         };
-        Ok(Read::Call(Call { parts, body, soap }))
+        Ok(Read::Call(NumberCall { parts, body, soap }))
     }
 
     async fn acquire<'a, S, ResB>(
         self: &'a Arc<Self>,
-        _call: &'a Call,
+        _call: &'a NumberCall,
         client: &'a S,
     ) -> Result<Arc<KeyState>, Error>
     where
@@ -92,11 +92,15 @@ impl Rules for NumberGateway {
         Ok(key)
     }
 
-    fn parts(call: &Call) -> &http::request::Parts {
+    fn parts(call: &NumberCall) -> &http::request::Parts {
         &call.parts
     }
 
-    fn outgoing(&self, call: &Call, key: &Arc<KeyState>) -> Result<Request<Full<Bytes>>, Error> {
+    fn outgoing(
+        &self,
+        call: &NumberCall,
+        key: &Arc<KeyState>,
+    ) -> Result<Request<Full<Bytes>>, Error> {
         let value = key.value(unix_now()).map_err(|_| {
             self.core.error(
                 ErrorCode::AuthUnavailable,
@@ -130,7 +134,7 @@ impl Rules for NumberGateway {
 
     async fn replacement<'a, S, ResB>(
         self: &'a Arc<Self>,
-        _call: &'a Call,
+        _call: &'a NumberCall,
         refused: Arc<KeyState>,
         reason: ReauthReason,
         _sent_at: Instant,

@@ -19,7 +19,7 @@ use tower::Service;
 use super::tls::TlsFiles;
 use crate::sync::lock;
 
-type Inner = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type LegacyClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A pooled HTTP/1.1 client for one gateway, `http://` or `https://`: the client the sidecar
 /// uses, for embedders too. TLS is rustls, trusting the webpki roots, plus a CA file if given,
@@ -65,7 +65,7 @@ pub struct UpstreamClient {
 
 #[derive(Debug)]
 struct Member {
-    current: ArcSwap<Inner>,
+    current: ArcSwap<LegacyClient>,
     family: Arc<Mutex<Family>>,
 }
 
@@ -148,7 +148,7 @@ struct Connect {
     source: Option<std::net::IpAddr>,
 }
 
-fn build(config: &Arc<rustls::ClientConfig>, connect: Connect) -> Inner {
+fn build(config: &Arc<rustls::ClientConfig>, connect: Connect) -> LegacyClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(connect.timeout));

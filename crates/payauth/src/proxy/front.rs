@@ -51,7 +51,7 @@ use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
-use crate::body::{CollectError, ResponseBody};
+use crate::body::ResponseBody;
 use crate::error::{BoxError, Error, ErrorCode};
 use crate::forward::{AnsweredLocally, BoxFuture, Forwarded};
 use crate::metrics::{GatewayMetrics, Outcome};
@@ -312,7 +312,7 @@ impl<S> FrontService<S> {
                 .headers_mut()
                 .insert(REQUEST_ID, request_id.clone());
             shared.access_line(
-                &Call {
+                &Served {
                     method: &method,
                     uri: &uri,
                     started,
@@ -328,7 +328,7 @@ impl<S> FrontService<S> {
 }
 
 /// What the access line says of a call besides its answer.
-struct Call<'a> {
+struct Served<'a> {
     method: &'a http::Method,
     uri: &'a Uri,
     started: tokio::time::Instant,
@@ -338,7 +338,7 @@ struct Call<'a> {
 
 impl FrontState {
     /// The call's access line (`payauth::access`): one per call, after its answer's head.
-    fn access_line<B>(&self, call: &Call<'_>, response: &Response<B>, outcome: &str) {
+    fn access_line<B>(&self, call: &Served<'_>, response: &Response<B>, outcome: &str) {
         let forwarded = response.extensions().get::<Forwarded>();
         let replayed = forwarded.is_some_and(|f| f.replayed);
         let upstream_ms = forwarded.map(|f| f.upstream.as_secs_f64() * 1000.0);
@@ -581,28 +581,21 @@ impl FrontState {
         headers: &http::HeaderMap,
         mut body: B,
     ) -> Result<Bytes, Error> {
-        let limit = self.limits.max_request_bytes;
-        // A declared length over the limit is refused before anything is read.
-        let declared = crate::body::content_length(headers);
-        let collect = crate::body::collect_limited(&mut body, limit, declared);
-        match tokio::time::timeout(self.limits.body_timeout, collect).await {
-            Ok(Ok(bytes)) => Ok(bytes),
-            Ok(Err(CollectError::TooLarge(_))) => {
-                drain(body);
-                Err(Error::body_too_large(self.name.to_string(), limit))
-            }
-            Ok(Err(CollectError::Read(_))) => Err(self.error(
-                ErrorCode::BadRequest,
-                "the request body could not be read; nothing was forwarded",
-            )),
-            Err(_) => Err(self.error(
-                ErrorCode::BadRequest,
-                format!(
-                    "the request body did not arrive within {} s; nothing was forwarded",
-                    self.limits.body_timeout.as_secs_f64()
-                ),
-            )),
+        let read = crate::body::read_request(
+            &self.name,
+            &mut body,
+            headers,
+            self.limits.max_request_bytes,
+            self.limits.body_timeout,
+        )
+        .await;
+        if read
+            .as_ref()
+            .is_err_and(|e| e.code() == ErrorCode::BodyTooLarge)
+        {
+            drain(body);
         }
+        read
     }
 }
 

@@ -208,7 +208,7 @@ impl RedisStore {
             lease,
             local,
             metrics,
-            inner: Mutex::new(Inner {
+            inner: Mutex::new(StoreInner {
                 fingerprint,
                 record,
                 failures: 0,
@@ -232,7 +232,7 @@ pub struct RedisState {
     lease: Duration,
     local: Arc<dyn GuardStore>,
     metrics: GatewayMetrics,
-    inner: Mutex<Inner>,
+    inner: Mutex<StoreInner>,
     /// Attempts of this process in flight.
     in_flight: AtomicU32,
     settled: Notify,
@@ -248,7 +248,7 @@ impl fmt::Debug for RedisState {
 }
 
 #[derive(Debug)]
-struct Inner {
+struct StoreInner {
     fingerprint: Fingerprint,
     /// The record as last seen in the store (also kept in the local store).
     record: GuardRecord,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use toml_edit::{Item, TableLike, Value};
 
-use super::super::raw::{Kind, RawCommon, RawCreditGuard, RawKind, RawNumber};
+use super::super::raw::{KindName, RawCommon, RawCreditGuard, RawKind, RawNumber};
 use super::super::source::{keys_of, Position};
 use super::super::{CreditGuardSettings, GatewayConfig, GatewayKind, NumberSettings, TlsFiles};
 use super::{unknown_key, Checks, Identity, Table, Validator};
@@ -98,8 +98,8 @@ impl<'a> Validator<'a> {
         let common = self.build::<RawCommon>(&table, good).unwrap_or_default();
         let kind = kind.and_then(|kind| {
             let mut good = match kind {
-                Kind::Number => self.check_values::<RawNumber>(&mut table, specific),
-                Kind::CreditGuard => self.check_values::<RawCreditGuard>(&mut table, specific),
+                KindName::Number => self.check_values::<RawNumber>(&mut table, specific),
+                KindName::CreditGuard => self.check_values::<RawCreditGuard>(&mut table, specific),
             };
             good.insert("kind", kind.as_str().into());
             self.build::<RawKind>(&table, good)
@@ -119,13 +119,16 @@ impl<'a> Validator<'a> {
     }
 
     /// The gateway's `kind`, if it is one payauth knows.
-    fn kind(&mut self, table: &mut Table<'a>, body: &dyn TableLike) -> Option<Kind> {
+    fn kind(&mut self, table: &mut Table<'a>, body: &dyn TableLike) -> Option<KindName> {
         let Some(item) = body.get("kind") else {
             self.problem(table.header, format!("{}kind is missing", table.key_prefix));
             return None;
         };
         let written = item.as_str();
-        if let Some(kind) = Kind::ALL.into_iter().find(|k| Some(k.as_str()) == written) {
+        if let Some(kind) = KindName::ALL
+            .into_iter()
+            .find(|k| Some(k.as_str()) == written)
+        {
             return Some(kind);
         }
         let message = match written {
@@ -149,7 +152,7 @@ impl<'a> Validator<'a> {
         &mut self,
         table: &mut Table<'a>,
         body: &'a dyn TableLike,
-        kind: Option<Kind>,
+        kind: Option<KindName>,
     ) -> (Vec<(&'a str, &'a Item)>, Vec<(&'a str, &'a Item)>) {
         let common_keys = keys_of::<RawCommon>();
         let (mut common, mut specific) = (Vec::new(), Vec::new());
@@ -161,7 +164,7 @@ impl<'a> Validator<'a> {
                 common.push((key, item));
                 continue;
             }
-            let owner = Kind::ALL.into_iter().find(|k| k.keys().contains(&key));
+            let owner = KindName::ALL.into_iter().find(|k| k.keys().contains(&key));
             match (kind, owner) {
                 (Some(kind), Some(owner)) if kind == owner => specific.push((key, item)),
                 (Some(kind), Some(owner)) => {
@@ -178,7 +181,9 @@ impl<'a> Validator<'a> {
                 (None, Some(_)) => {}
                 (_, None) => {
                     // Suggestions come from the keys this gateway may have.
-                    let kinds = kind.as_ref().map_or(&Kind::ALL[..], std::slice::from_ref);
+                    let kinds = kind
+                        .as_ref()
+                        .map_or(&KindName::ALL[..], std::slice::from_ref);
                     let candidates = common_keys
                         .iter()
                         .chain(kinds.iter().flat_map(|k| k.keys()))
