@@ -13,11 +13,12 @@
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{CreditGuardSettings, NumberSettings};
 use crate::creditguard::{CreditGuardCredentials, CreditGuardHandle};
 use crate::files::read_secret;
-use crate::gateway::{GatewayControl, SharedState};
+use crate::gateway::SharedState;
 use crate::guard::Fingerprint;
 use crate::metrics::GatewayMetrics;
 use crate::number::{NumberCredentials, NumberHandle, Signing};
@@ -51,22 +52,31 @@ impl Running {
         }
     }
 
-    /// Its name, guard and stop.
-    pub fn control(&self) -> &dyn GatewayControl {
-        match self {
-            Running::Number { handle, .. } => handle,
-            Running::CreditGuard { handle, .. } => handle,
-        }
-    }
-
     /// The gateway's name.
     pub fn name(&self) -> &str {
-        self.control().name()
+        match self {
+            Running::Number { handle, .. } => handle.name(),
+            Running::CreditGuard { handle, .. } => handle.name(),
+        }
     }
 
     /// Its lockout guard.
     pub fn guard(&self) -> &SharedState {
-        self.control().guard()
+        match self {
+            Running::Number { handle, .. } => handle.guard(),
+            Running::CreditGuard { handle, .. } => handle.guard(),
+        }
+    }
+
+    /// Stops its background credential work and resolves once the authentications in flight
+    /// have ended (or after `limit`), so that a stopping process records their real outcome.
+    pub async fn stop(&self, limit: Duration) {
+        match self {
+            Running::Number { handle, .. } => handle.wait_idle(limit).await,
+            Running::CreditGuard { handle, .. } => {
+                handle.stop_within(limit).await;
+            }
+        }
     }
 
     /// A digest of the credentials its files put in force now (to notice a change without

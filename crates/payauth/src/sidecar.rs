@@ -228,7 +228,8 @@ impl Sidecar {
         let mut stops = JoinSet::new();
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         for gateway in self.gateways.iter() {
-            stops.spawn(gateway.running.control().stop(left));
+            let running = gateway.running.clone();
+            stops.spawn(async move { running.stop(left).await });
         }
         while stops.join_next().await.is_some() {}
         for gateway in self.gateways.iter() {

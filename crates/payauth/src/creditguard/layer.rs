@@ -21,12 +21,8 @@ use super::pool::{Pool, PoolConfig, PoolStats};
 use super::scope::Scope;
 use super::CreditGuardCredentials;
 use crate::error::{Error, ErrorCode};
-use crate::forward::{BoxFuture, Client, GatewayBody};
-use crate::gateway::{
-    Core, GatewayControl, GatewaySettings, LayerBuilder, Middleware, SharedState,
-};
-use crate::guard::GuardStore;
-use crate::metrics::GatewayMetrics;
+use crate::forward::{Client, GatewayBody};
+use crate::gateway::{Core, GatewaySettings, LayerBuilder, Middleware, SharedState};
 
 /// Settings of one CreditGuard gateway.
 #[derive(Debug, Clone)]
@@ -139,38 +135,6 @@ impl CreditGuardSessionLayer {
         credentials: CreditGuardCredentials,
     ) -> LayerBuilder<CreditGuardConfig, CreditGuardCredentials> {
         LayerBuilder::new(config, credentials)
-    }
-
-    /// A layer with a persistent guard store and exported metrics.
-    #[deprecated(
-        note = "use `CreditGuardSessionLayer::builder(..).guard_store(..).metrics(..).build()`"
-    )]
-    pub fn with_state(
-        config: CreditGuardConfig,
-        credentials: CreditGuardCredentials,
-        store: Arc<dyn GuardStore>,
-        metrics: GatewayMetrics,
-    ) -> std::io::Result<Self> {
-        Self::builder(config, credentials)
-            .guard_store(store)
-            .metrics(metrics)
-            .build()
-    }
-
-    /// A layer on a credential state of the caller's.
-    #[deprecated(
-        note = "use `CreditGuardSessionLayer::builder(..).credential_state(..).metrics(..).build()`"
-    )]
-    pub fn with_credential_state(
-        config: CreditGuardConfig,
-        credentials: CreditGuardCredentials,
-        state: SharedState,
-        metrics: GatewayMetrics,
-    ) -> std::io::Result<Self> {
-        Self::builder(config, credentials)
-            .credential_state(state)
-            .metrics(metrics)
-            .build()
     }
 
     /// A handle to control the gateway while it runs.
@@ -296,31 +260,11 @@ impl CreditGuardHandle {
     }
 }
 
-impl GatewayControl for CreditGuardHandle {
-    fn name(&self) -> &str {
-        CreditGuardHandle::name(self)
-    }
-
-    fn guard(&self) -> &SharedState {
-        CreditGuardHandle::guard(self)
-    }
-
-    fn stop(&self, limit: Duration) -> BoxFuture<()> {
-        let stopped = self.stop_within(limit);
-        Box::pin(async move {
-            stopped.await;
-        })
-    }
-}
-
 impl<S> Layer<S> for CreditGuardSessionLayer {
     type Service = CreditGuardSession<S>;
 
     fn layer(&self, inner: S) -> CreditGuardSession<S> {
-        Middleware {
-            inner,
-            kind: Arc::clone(&self.shared),
-        }
+        Middleware::new(inner, Arc::clone(&self.shared))
     }
 }
 

@@ -149,6 +149,10 @@ pub struct Middleware<K, S> {
 }
 
 impl<K, S> Middleware<K, S> {
+    pub(crate) fn new(inner: S, kind: Arc<K>) -> Self {
+        Self { inner, kind }
+    }
+
     /// The client it wraps.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -207,17 +211,6 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         Box::pin(Arc::clone(&self.kind).handle(self.inner.clone(), request))
     }
-}
-
-/// What the sidecar and the admin API need of any running gateway.
-pub trait GatewayControl: Send + Sync + std::fmt::Debug + 'static {
-    /// The gateway's name.
-    fn name(&self) -> &str;
-    /// Its lockout guard (status, unlock).
-    fn guard(&self) -> &SharedState;
-    /// Stops its background credential work and resolves once the authentications in flight
-    /// have ended (or after `limit`), so that a stopping process records their real outcome.
-    fn stop(&self, limit: Duration) -> forward::BoxFuture<()>;
 }
 
 /// What every gateway has at run time: its settings, lockout guard and metrics, and the one

@@ -16,12 +16,7 @@ use super::signer::Signer;
 use super::wire::SoapNames;
 use super::NumberCredentials;
 use crate::error::Error;
-use crate::forward::BoxFuture;
-use crate::gateway::{
-    Core, GatewayControl, GatewaySettings, LayerBuilder, Middleware, SharedState,
-};
-use crate::guard::GuardStore;
-use crate::metrics::GatewayMetrics;
+use crate::gateway::{Core, GatewaySettings, LayerBuilder, Middleware, SharedState};
 
 /// Which of Number's APIs the gateway speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -141,36 +136,6 @@ impl NumberAuthLayer {
         credentials: NumberCredentials,
     ) -> LayerBuilder<NumberConfig, NumberCredentials> {
         LayerBuilder::new(config, credentials)
-    }
-
-    /// A layer with a persistent guard store and exported metrics.
-    #[deprecated(note = "use `NumberAuthLayer::builder(..).guard_store(..).metrics(..).build()`")]
-    pub fn with_state(
-        config: NumberConfig,
-        credentials: NumberCredentials,
-        store: Arc<dyn GuardStore>,
-        metrics: GatewayMetrics,
-    ) -> std::io::Result<Self> {
-        Self::builder(config, credentials)
-            .guard_store(store)
-            .metrics(metrics)
-            .build()
-    }
-
-    /// A layer on a credential state of the caller's.
-    #[deprecated(
-        note = "use `NumberAuthLayer::builder(..).credential_state(..).metrics(..).build()`"
-    )]
-    pub fn with_credential_state(
-        config: NumberConfig,
-        credentials: NumberCredentials,
-        state: SharedState,
-        metrics: GatewayMetrics,
-    ) -> std::io::Result<Self> {
-        Self::builder(config, credentials)
-            .credential_state(state)
-            .metrics(metrics)
-            .build()
     }
 
     /// A handle to control the gateway while it runs.
@@ -322,29 +287,11 @@ impl NumberHandle {
     }
 }
 
-impl GatewayControl for NumberHandle {
-    fn name(&self) -> &str {
-        NumberHandle::name(self)
-    }
-
-    fn guard(&self) -> &SharedState {
-        NumberHandle::guard(self)
-    }
-
-    fn stop(&self, limit: Duration) -> BoxFuture<()> {
-        let handle = self.clone();
-        Box::pin(async move { handle.wait_idle(limit).await })
-    }
-}
-
 impl<S> Layer<S> for NumberAuthLayer {
     type Service = NumberAuth<S>;
 
     fn layer(&self, inner: S) -> NumberAuth<S> {
-        Middleware {
-            inner,
-            kind: Arc::clone(&self.shared),
-        }
+        Middleware::new(inner, Arc::clone(&self.shared))
     }
 }
 
