@@ -17,7 +17,13 @@
 #
 # Usage: bench/vs-nginx.sh [--rounds N] [--duration SECS] [--connections C] [--threads T]
 #                          [--nginx-workers N] [--payauth-workers N] [--logs on|off] [--bare]
-#                          [--signed]
+#                          [--signed] [--callgrind SECS] [--also BIN]
+# With --also BIN, another payauth binary (an earlier build, say) runs as the contender `also`
+# with the same config in the same rounds: an A/B of two builds within one run.
+# With --callgrind SECS, no timed rounds: payauth and the bare proxy run under valgrind's
+# callgrind, which counts instructions (the same count in every run, whatever else the machine
+# does), each under SECS of the same wrk load after a warm-up; the end prints instructions per
+# request of each, their ratio, and payauth's functions by inclusive instructions per request.
 # Defaults: 3 rounds of 10 s, wrk -t2 -c64, nginx with 2 workers, payauth with its default
 # workers (the available parallelism), access logs on for both (each to a file).
 #
@@ -29,7 +35,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=3 DURATION=10 CONNECTIONS=64 THREADS=2 NGINX_WORKERS=2 PAYAUTH_WORKERS="" LOGS=on BARE=no
-SIGNED=no
+SIGNED=no CALLGRIND="" ALSO=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) ROUNDS=$2; shift 2 ;;
@@ -41,7 +47,9 @@ while [ $# -gt 0 ]; do
         --logs) LOGS=$2; shift 2 ;;
         --bare) BARE=yes; shift ;;
         --signed) SIGNED=yes; shift ;;
-        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --callgrind) CALLGRIND=$2; BARE=yes; SIGNED=no; shift 2 ;;
+        --also) ALSO=$2; shift 2 ;;
+        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "vs-nginx: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -93,9 +101,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-read -r UPSTREAM_PORT NGINX_PORT PAYAUTH_PORT ADMIN_PORT BARE_PORT SIGNED_PORT < <(python3 - <<'EOF'
+read -r UPSTREAM_PORT NGINX_PORT PAYAUTH_PORT ADMIN_PORT BARE_PORT SIGNED_PORT ALSO_PORT ALSO_ADMIN_PORT < <(python3 - <<'EOF'
 import socket
-socks = [socket.socket() for _ in range(6)]
+socks = [socket.socket() for _ in range(8)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
@@ -111,7 +119,7 @@ access_log() { # $1: file
     if [ "$LOGS" = on ]; then echo "access_log $1;"; else echo "access_log off;"; fi
 }
 
-mkdir -p "$WORK/upstream" "$WORK/proxy" "$WORK/signed" "$WORK/state"
+mkdir -p "$WORK/upstream" "$WORK/proxy" "$WORK/signed" "$WORK/state" "$WORK/also-state"
 cat >"$WORK/upstream/nginx.conf" <<EOF
 worker_processes 1;
 pid $WORK/upstream/nginx.pid;
@@ -232,14 +240,31 @@ NGINX_MASTER=$!
 PAYAUTH_LOG=/dev/null
 [ "$LOGS" = on ] && PAYAUTH_LOG=$WORK/payauth.log
 PAYAUTH_LEVEL=info; [ "$LOGS" = on ] || PAYAUTH_LEVEL=warn
-RUST_LOG=${RUST_LOG:-$PAYAUTH_LEVEL} "$PAYAUTH" run --config "$WORK/payauth.toml" 2>"$PAYAUTH_LOG" & PIDS+=($!)
+VALGRIND=()
+if [ -n "$CALLGRIND" ]; then
+    need valgrind valgrind
+    VALGRIND=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.%p"
+        --log-file="$WORK/valgrind.%p.log")
+fi
+RUST_LOG=${RUST_LOG:-$PAYAUTH_LEVEL} "${VALGRIND[@]}" "$PAYAUTH" run --config "$WORK/payauth.toml" 2>"$PAYAUTH_LOG" & PIDS+=($!)
 PAYAUTH_PID=$!
 PROXIES="nginx payauth"
 if [ "$BARE" = yes ]; then
     BARE_WORKERS=${PAYAUTH_WORKERS:-$(nproc)}
-    target/release/examples/bare_proxy "127.0.0.1:$BARE_PORT" "http://127.0.0.1:$UPSTREAM_PORT" "$BARE_WORKERS" & PIDS+=($!)
+    "${VALGRIND[@]}" target/release/examples/bare_proxy "127.0.0.1:$BARE_PORT" "http://127.0.0.1:$UPSTREAM_PORT" "$BARE_WORKERS" & PIDS+=($!)
     BARE_PID=$!
     PROXIES="nginx payauth bare"
+fi
+[ -n "$CALLGRIND" ] && PROXIES="payauth bare"
+
+if [ -n "$ALSO" ]; then
+    sed -e "s|127.0.0.1:$PAYAUTH_PORT|127.0.0.1:$ALSO_PORT|" -e "s|127.0.0.1:$ADMIN_PORT|127.0.0.1:$ALSO_ADMIN_PORT|" \
+        -e "s|$WORK/state|$WORK/also-state|" "$WORK/payauth.toml" >"$WORK/also.toml"
+    ALSO_LOG=/dev/null
+    [ "$LOGS" = on ] && ALSO_LOG=$WORK/also.log
+    RUST_LOG=${RUST_LOG:-$PAYAUTH_LEVEL} "${VALGRIND[@]}" "$ALSO" run --config "$WORK/also.toml" 2>"$ALSO_LOG" & PIDS+=($!)
+    ALSO_PID=$!
+    PROXIES="$PROXIES also"
 fi
 
 if [ "$SIGNED" = yes ]; then
@@ -251,8 +276,9 @@ fi
 PORTS="$UPSTREAM_PORT $NGINX_PORT $PAYAUTH_PORT"
 [ "$BARE" = yes ] && PORTS="$PORTS $BARE_PORT"
 [ "$SIGNED" = yes ] && PORTS="$PORTS $SIGNED_PORT"
+[ -n "$ALSO" ] && PORTS="$PORTS $ALSO_PORT"
 for port in $PORTS; do
-    for _ in $(seq 100); do
+    for _ in $(seq 600); do
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
         sleep 0.1
     done
@@ -302,11 +328,50 @@ run_wrk() { # $1: port, $2: seconds
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"${2}s" --latency -s "$WORK/sale.lua" "http://127.0.0.1:$1$URL_PATH"
 }
 
-port_of() { case $1 in nginx) echo "$NGINX_PORT" ;; payauth) echo "$PAYAUTH_PORT" ;; bare) echo "$BARE_PORT" ;; signed) echo "$SIGNED_PORT" ;; esac; }
-pid_of() { case $1 in nginx) echo "$NGINX_MASTER" ;; payauth) echo "$PAYAUTH_PID" ;; bare) echo "$BARE_PID" ;; signed) echo "$SIGNED_MASTER" ;; esac; }
+port_of() { case $1 in nginx) echo "$NGINX_PORT" ;; payauth) echo "$PAYAUTH_PORT" ;; bare) echo "$BARE_PORT" ;; signed) echo "$SIGNED_PORT" ;; also) echo "$ALSO_PORT" ;; esac; }
+pid_of() { case $1 in nginx) echo "$NGINX_MASTER" ;; payauth) echo "$PAYAUTH_PID" ;; bare) echo "$BARE_PID" ;; signed) echo "$SIGNED_MASTER" ;; also) echo "$ALSO_PID" ;; esac; }
 
 echo "== warming up (3 s each)"
 for proxy in $PROXIES; do run_wrk "$(port_of $proxy)" 3 >/dev/null; done
+
+if [ -n "$CALLGRIND" ]; then
+    echo "== under callgrind: ${CALLGRIND} s of wrk -t$THREADS -c$CONNECTIONS each"
+    for proxy in $PROXIES; do
+        port=$(port_of $proxy) pid=$(pid_of $proxy)
+        callgrind_control -z "$pid" >/dev/null 2>&1
+        callgrind_control -i on "$pid" >/dev/null 2>&1
+        requests=$(run_wrk "$port" "$CALLGRIND" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
+        callgrind_control -i off "$pid" >/dev/null 2>&1
+        callgrind_control -d "$proxy" "$pid" >/dev/null 2>&1
+        dump=$(ls "$WORK"/callgrind."$pid".* | tail -1)
+        echo "$proxy $requests $dump" >>"$WORK/callgrind.txt"
+        # To read further with callgrind_annotate: CALLGRIND_KEEP=DIR keeps the dumps.
+        [ -n "${CALLGRIND_KEEP:-}" ] && cp "$dump" "$CALLGRIND_KEEP/callgrind.$proxy"
+    done
+    python3 - "$WORK/callgrind.txt" <<'EOF'
+import re, subprocess, sys
+runs = {}
+for line in open(sys.argv[1]):
+    proxy, requests, dump = line.split()
+    annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", dump],
+                               capture_output=True, text=True, check=True).stdout
+    total = int(re.search(r"^\s*([\d,]+)(?: \([\d.]+%\))?\s+PROGRAM TOTALS", annotated, re.M).group(1).replace(",", ""))
+    runs[proxy] = (int(requests), total, annotated)
+print(f"\n{'':10}{'requests':>10}{'instructions/request':>22}")
+for proxy, (requests, total, _) in runs.items():
+    print(f"{proxy:10}{requests:10}{total / requests:22.0f}")
+(pr, pt, annotated), (br, bt, _) = runs["payauth"], runs["bare"]
+for proxy, (requests, total, _) in runs.items():
+    if proxy != "bare":
+        print(f"{proxy}/bare {total / requests / (bt / br):.2f}x instructions per request")
+print("\n== payauth's functions, inclusive instructions per request (from 1% of the total)")
+for line in annotated.splitlines():
+    m = re.match(r"^\s*([\d,]+)(?: \(\s*[\d.]+%\))?\s+(\S.*)$", line)
+    if m and "PROGRAM TOTALS" not in line and int(m.group(1).replace(",", "")) >= pt / 100:
+        print(f"{int(m.group(1).replace(',', '')) / pr:9.0f}  {m.group(2)[:150]}")
+EOF
+    exit 0
+fi
 
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
@@ -359,7 +424,7 @@ for proxy in sys.argv[3:]:
         continue
     p = med[proxy]
     print(f"{proxy + '/nginx':14}{p[0]/n[0]:6.2f}x{p[1]/n[1]:8.2f}x{p[2]/n[2]:8.2f}x{p[3]/n[3]:11.2f}x")
-for peer in ("bare", "signed"):
+for peer in ("bare", "signed", "also"):
     if peer in med:
         p, b = med["payauth"], med[peer]
         print(f"{'payauth/' + peer:14}{p[0]/b[0]:6.2f}x{p[1]/b[1]:8.2f}x{p[2]/b[2]:8.2f}x{p[3]/b[3]:11.2f}x")

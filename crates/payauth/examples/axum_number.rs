@@ -30,7 +30,7 @@ use tower::{ServiceBuilder, ServiceExt};
 
 type NumberClient = BoxCloneSyncService<
     http::Request<Full<Bytes>>,
-    http::Response<payauth::body::ResponseBody<hyper::body::Incoming>>,
+    http::Response<payauth::body::ResponseBody<payauth::UpstreamBody>>,
     payauth::Error,
 >;
 

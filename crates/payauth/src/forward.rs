@@ -114,6 +114,11 @@ impl Failure {
 pub fn classify(error: &(dyn std::error::Error + 'static)) -> Failure {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = current {
+        if let Some(client) = e.downcast_ref::<crate::UpstreamError>() {
+            if client.is_connect() {
+                return Failure::NotSent;
+            }
+        }
         if let Some(client) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
             if client.is_connect() {
                 return Failure::NotSent;

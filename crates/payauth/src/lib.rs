@@ -39,7 +39,7 @@
 //!
 //! type Number = BoxCloneSyncService<
 //!     http::Request<Full<Bytes>>,
-//!     http::Response<payauth::body::ResponseBody<hyper::body::Incoming>>,
+//!     http::Response<payauth::body::ResponseBody<payauth::UpstreamBody>>,
 //!     payauth::Error,
 //! >;
 //!
@@ -102,5 +102,6 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The git commit it was built from (12 hex digits), or `unknown` outside a git checkout.
 pub const COMMIT: &str = env!("PAYAUTH_COMMIT");
 pub use proxy::client::UpstreamClient;
+pub use proxy::pool::{UpstreamBody, UpstreamError};
 pub use proxy::tls::TlsFiles;
 pub use secret::Secret;

@@ -1,5 +1,5 @@
-//! The upstream client: hyper-util's pooled client over rustls, swappable when certificate files
-//! change.
+//! The upstream client: pooled HTTP/1.1 connections over rustls ([`super::pool`]), swappable when
+//! certificate files change.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -9,17 +9,12 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::Service;
 
+use super::pool::{Pool, UpstreamBody, UpstreamError, UpstreamFuture};
 use super::tls::TlsFiles;
 use crate::sync::lock;
-
-type LegacyClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A pooled HTTP/1.1 client for one gateway, `http://` or `https://`: the client the sidecar
 /// uses, for embedders too. TLS is rustls, trusting the webpki roots, plus a CA file if given,
@@ -54,7 +49,10 @@ type LegacyClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 ///
 /// Clones share the pool. [`UpstreamClient::fork`] makes a client with a pool of its own (the
 /// sidecar gives each worker thread one, so that a connection is only ever driven by the thread
-/// that uses it). [`UpstreamClient::reload`] swaps in clients built from the current certificate
+/// that uses it). A connection is reused only after its last answer was read to the end, a
+/// request goes to a second connection only when the first handed it back unsent, and at most
+/// 256 connections per pool stay idle, each for at most 60 s (see [`UpstreamError::is_connect`]
+/// for what a failure says about the request). [`UpstreamClient::reload`] swaps in clients built from the current certificate
 /// files, for this client and every fork of it; calls already under way finish on the old ones.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
@@ -65,7 +63,7 @@ pub struct UpstreamClient {
 
 #[derive(Debug)]
 struct Member {
-    current: ArcSwap<LegacyClient>,
+    current: ArcSwap<Pool>,
     family: Arc<Mutex<Family>>,
 }
 
@@ -148,7 +146,7 @@ struct Connect {
     source: Option<std::net::IpAddr>,
 }
 
-fn build(config: &Arc<rustls::ClientConfig>, connect: Connect) -> LegacyClient {
+fn build(config: &Arc<rustls::ClientConfig>, connect: Connect) -> Pool {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(connect.timeout));
@@ -159,24 +157,19 @@ fn build(config: &Arc<rustls::ClientConfig>, connect: Connect) -> LegacyClient {
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        // One write(2) per request rather than writev(2) of head and body.
-        .http1_writev(false)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(https)
+    Pool::new(https)
 }
 
 impl Service<Request<Full<Bytes>>> for UpstreamClient {
-    type Response = Response<Incoming>;
-    type Error = hyper_util::client::legacy::Error;
-    type Future = ResponseFuture;
+    type Response = Response<UpstreamBody>;
+    type Error = UpstreamError;
+    type Future = UpstreamFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
-        self.member.current.load().request(request)
+        Box::pin(self.member.current.load_full().send(request))
     }
 }

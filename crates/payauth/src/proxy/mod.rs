@@ -4,6 +4,7 @@
 pub mod client;
 #[cfg(feature = "sidecar")]
 pub mod front;
+pub mod pool;
 #[cfg(feature = "sidecar")]
 pub mod reload;
 pub mod tls;
@@ -29,15 +30,16 @@ mod serving {
     use tokio::net::TcpListener;
     use tokio::sync::watch;
 
+    use super::pool::UpstreamBody;
     use super::SharedFront;
     use crate::body::ResponseBody;
     use crate::error::BoxError;
 
     /// The body of every response the sidecar sends.
-    pub type ProxyBody = ResponseBody<Incoming>;
+    pub type ProxyBody = ResponseBody<UpstreamBody>;
 
     /// A gateway's front as a worker serves it.
-    pub type GatewayFront = SharedFront<Incoming, Incoming>;
+    pub type GatewayFront = SharedFront<Incoming, UpstreamBody>;
 
     /// Serves a gateway's front on `listener` with [`serve`]; its calls take the front by
     /// reference (nothing cloned per request but the gateway service the call needs).
