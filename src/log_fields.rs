@@ -191,6 +191,18 @@ impl Visit for PlainVisitor<'_> {
         }
     }
 
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if plain_name(field.name()) && value.is_finite() {
+            // Shortest round-trip digits, as `{:?}` writes them (property-tested against it),
+            // without core's slower formatting machinery: the access line has two of these.
+            self.field(field.name(), |w| {
+                w.write_str(ryu::Buffer::new().format_finite(value))
+            });
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.record_integer(field, value);
     }

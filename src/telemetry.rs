@@ -205,9 +205,14 @@ mod tests {
             n: u64,
             i: i64,
             flag: bool,
+            bits: u64,
+            nanos in 0u64..100_000_000_000,
         ) {
+            // Any f64 at all (NaN, infinities and subnormals among them), and durations in ms.
+            let float = f64::from_bits(bits);
+            let ms = std::time::Duration::from_nanos(nanos).as_secs_f64() * 1000.0;
             let events = || {
-                tracing::info!(text = text.as_str(), n, i, flag, "m");
+                tracing::info!(text = text.as_str(), n, i, flag, float, ms, "m");
                 tracing::info!(r#type = text.as_str(), log.target = "x", message = text.as_str());
             };
             let plain = written_with(PlainFields, events);

@@ -15,10 +15,10 @@ use tower::{Service, ServiceExt};
 use crate::body::{content_length, read_bounded, Inspected};
 use crate::error::{BoxError, Error, ErrorCode};
 
-/// Response extension set by the layers on every answer that came from the gateway (for the
-/// access log): whether it answers a replay (the call was sent again once, after the gateway
-/// refused it unprocessed), and how long the gateway took over all attempts. One extension
-/// rather than two: each one inserted costs allocations on every call.
+/// How the layers got an answer from the gateway (for the access log), read with
+/// [`crate::body::ResponseBody::forwarded`]: whether it answers a replay (the call was sent again
+/// once, after the gateway refused it unprocessed), and how long the gateway took over all
+/// attempts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Forwarded {
     /// The app got the gateway's answer to a replay.
@@ -26,11 +26,6 @@ pub struct Forwarded {
     /// The time the gateway took to answer, over the call and its replay.
     pub upstream: std::time::Duration,
 }
-
-/// Response extension set by the layers on answers payauth gave itself (the app's own
-/// Authenticate or `getSessionId`), for the access log.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AnsweredLocally;
 
 /// The future of a layer's call: boxed, one allocation per request (measured by
 /// `benches/layer.rs`: the whole layer adds under 2 µs, noise next to a gateway round trip).

@@ -31,12 +31,9 @@ where
     let settings = &core.settings;
     let mut replayed = false;
     let mut upstream = Duration::ZERO;
-    let answer = |head, body, replayed, upstream| {
-        let mut response = Response::from_parts(head, body);
-        response
-            .extensions_mut()
-            .insert(Forwarded { replayed, upstream });
-        Ok((response, Outcome::Forwarded))
+    let answer = |head, body: ResponseBody<ResB>, replayed, upstream| {
+        let body = body.from_gateway(Forwarded { replayed, upstream });
+        Ok((Response::from_parts(head, body), Outcome::Forwarded))
     };
     loop {
         let outgoing = kind.outgoing(call, &credential)?;

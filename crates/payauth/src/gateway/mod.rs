@@ -341,9 +341,8 @@ pub(crate) fn local_answer<ResB>(
     body: Bytes,
     content_type: &'static str,
 ) -> Response<ResponseBody<ResB>> {
-    let mut response = Response::new(ResponseBody::full(body));
+    let mut response = Response::new(ResponseBody::full(body).from_payauth());
     *response.status_mut() = StatusCode::OK;
-    response.extensions_mut().insert(forward::AnsweredLocally);
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -53,7 +53,7 @@ use tracing::Instrument;
 
 use crate::body::ResponseBody;
 use crate::error::{BoxError, Error, ErrorCode};
-use crate::forward::{AnsweredLocally, BoxFuture, Forwarded};
+use crate::forward::BoxFuture;
 use crate::metrics::{GatewayMetrics, Outcome};
 
 /// How much of an oversized request body is read and discarded after its 413 is sent, so that
@@ -299,7 +299,7 @@ impl<S> FrontService<S> {
             let (mut response, outcome) = match result {
                 Ok(mut response) => {
                     remove_hop_by_hop(response.headers_mut());
-                    let local = response.extensions().get::<AnsweredLocally>().is_some();
+                    let local = response.body().answered_locally();
                     (response, if local { "local" } else { "forwarded" })
                 }
                 Err(error) => {
@@ -338,8 +338,13 @@ struct Served<'a> {
 
 impl FrontState {
     /// The call's access line (`payauth::access`): one per call, after its answer's head.
-    fn access_line<B>(&self, call: &Served<'_>, response: &Response<B>, outcome: &str) {
-        let forwarded = response.extensions().get::<Forwarded>();
+    fn access_line<B>(
+        &self,
+        call: &Served<'_>,
+        response: &Response<ResponseBody<B>>,
+        outcome: &str,
+    ) {
+        let forwarded = response.body().forwarded();
         let replayed = forwarded.is_some_and(|f| f.replayed);
         let upstream_ms = forwarded.map(|f| f.upstream.as_secs_f64() * 1000.0);
         tracing::info!(
