@@ -70,7 +70,10 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    let collect = collect_limited(body, limit, content_length(headers));
+    // The body's own exact size (hyper's for a Content-Length body, the front's buffered one)
+    // saves looking the header up.
+    let declared = body.size_hint().exact().or_else(|| content_length(headers));
+    let collect = collect_limited(body, limit, declared);
     let bad = |message: String| {
         crate::Error::new(
             crate::error::ErrorCode::BadRequest,

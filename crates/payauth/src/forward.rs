@@ -192,7 +192,11 @@ where
             failure
         })?;
         let (head, body) = response.into_parts();
-        let body = read_bounded(body, inspect_limit, content_length(&head.headers))
+        let declared = body
+            .size_hint()
+            .exact()
+            .or_else(|| content_length(&head.headers));
+        let body = read_bounded(body, inspect_limit, declared)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %Causes(e.as_ref()), "the gateway's answer was cut off");

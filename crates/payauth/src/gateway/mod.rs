@@ -320,14 +320,12 @@ impl Core {
 /// The outgoing call: the app's method, URI and headers (minus its framing, which the new body
 /// sets) with `body`.
 pub(crate) fn outgoing(parts: &http::request::Parts, body: Bytes) -> Request<Full<Bytes>> {
-    // Sized for the header a gateway kind adds (Number's SessKey), so adding it does not grow
-    // the map again.
-    let mut headers = http::HeaderMap::with_capacity(parts.headers.len() + 1);
-    for (name, value) in &parts.headers {
-        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
-            headers.append(name.clone(), value.clone());
-        }
-    }
+    // A copy of the map as it is (no header hashed again), less the framing. Removing the
+    // Content-Length a call with a body has leaves room for the header a kind adds (Number's
+    // SessKey) without growing the copy.
+    let mut headers = parts.headers.clone();
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::TRANSFER_ENCODING);
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
