@@ -543,26 +543,47 @@ fn drop_unusable_ids(headers: &mut http::HeaderMap) -> (Option<HeaderValue>, Opt
 }
 
 /// Drops the hop-by-hop headers: the fixed ones, and those the `Connection` header names
-/// (RFC 9110 §7.6.1). Most messages have none: one pass over the names present finds that out,
-/// cheaper than a hashed lookup per hop-by-hop name.
+/// (RFC 9110 §7.6.1). One pass over the names present finds which are there (most messages have
+/// none, and a gateway's answer often only `Connection: keep-alive`), and only those are removed:
+/// a hashed removal per name that is not there would cost more than the pass.
 fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(at) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << at;
+        }
+    }
+    if present == 0 {
         return;
     }
     // Collected first: the names are read from a header about to be removed. A token that is
-    // no header name (`close`, blanks, junk) names nothing to remove.
+    // no header name (`close`, blanks, junk), a fixed one (removed below if there) or a header
+    // that is not there names nothing more to remove.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|token| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|hop| hop.as_str().eq_ignore_ascii_case(token))
+        })
+        .filter(|token| {
+            headers
+                .keys()
+                .any(|name| name.as_str().eq_ignore_ascii_case(token))
+        })
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (at, name) in HOP_BY_HOP.into_iter().enumerate() {
+        if present & (1 << at) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -624,6 +645,71 @@ fn drain<B: AppBody>(mut body: B) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
+
+    /// RFC 9110 §7.6.1 read plainly: every fixed hop-by-hop header goes, and every header a
+    /// `Connection` token names.
+    fn hop_by_hop_removed_plainly(headers: &mut http::HeaderMap) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named.into_iter().chain(HOP_BY_HOP) {
+            headers.remove(name);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn hop_by_hop_removal_is_the_plain_rule(
+            present in proptest::collection::vec(0usize..12, 0..10),
+            connections in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::prop_oneof![
+                        (0usize..12).prop_map(|i| NAMES[i].to_owned()),
+                        (0usize..12).prop_map(|i| format!(" {} ", NAMES[i].to_ascii_uppercase())),
+                        proptest::strategy::Just("close".to_owned()),
+                        "[ -~]{0,8}",
+                    ],
+                    0..4,
+                ),
+                0..3,
+            ),
+        ) {
+            let mut headers = http::HeaderMap::new();
+            for i in present {
+                headers.append(HeaderName::from_static(NAMES[i]), HeaderValue::from_static("v"));
+            }
+            for tokens in connections {
+                if let Ok(value) = HeaderValue::from_str(&tokens.join(",")) {
+                    headers.append(header::CONNECTION, value);
+                }
+            }
+            let mut expected = headers.clone();
+            hop_by_hop_removed_plainly(&mut expected);
+            remove_hop_by_hop(&mut headers);
+            proptest::prop_assert_eq!(headers, expected);
+        }
+    }
+
+    /// The fixed hop-by-hop names and some of the app's, lower case.
+    const NAMES: [&str; 12] = [
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "x-app",
+        "x-secret",
+        "content-type",
+        "close",
+    ];
 
     proptest::proptest! {
         #[test]
