@@ -51,11 +51,24 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 type Sender = SendRequest<Full<Bytes>>;
 
 /// Where a connection goes: its scheme and authority.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Origin {
     scheme: Scheme,
     authority: Authority,
 }
+
+/// Origins are the same when they are written the same, byte for byte: `Authority`'s own
+/// comparison ignores ASCII case one byte at a time, twice per call here, while a client's
+/// URIs are all made from its one configured upstream. Two spellings of one host only mean two
+/// sets of connections to it.
+impl PartialEq for Origin {
+    fn eq(&self, other: &Self) -> bool {
+        self.authority.as_str() == other.authority.as_str()
+            && self.scheme.as_str() == other.scheme.as_str()
+    }
+}
+
+impl Eq for Origin {}
 
 impl Origin {
     fn of(uri: &Uri) -> Option<Self> {
@@ -87,7 +100,8 @@ struct Idle {
 
 #[derive(Default)]
 struct Held {
-    /// Most recently used last.
+    /// Oldest first: connections are pushed when they go idle and taken from anywhere, so the
+    /// list stays in the order of `since` and the stale ones are a prefix.
     idle: Vec<Idle>,
     /// The `Host` header of the last origin called (a client calls one gateway).
     host: Option<(Origin, HeaderValue)>,
@@ -177,15 +191,24 @@ impl Pool {
         Ok(value)
     }
 
-    /// The most recently used idle connection to `origin` that is open and not too old; the
-    /// closed and the stale are dropped on the way.
+    /// The most recently used idle connection to `origin` that is open and not too old. The
+    /// stale (a prefix of the list) are dropped first; a closed one found on the way is dropped
+    /// and the search goes on. Closed ones elsewhere wait for their turn or their timeout: they
+    /// hold no socket, and the list is bounded.
     fn take(&self, origin: &Origin) -> Option<Sender> {
         let mut held = lock(&self.held);
         let now = Instant::now();
-        held.idle
-            .retain(|idle| !idle.sender.is_closed() && now - idle.since < IDLE_TIMEOUT);
-        let at = held.idle.iter().rposition(|idle| idle.origin == *origin)?;
-        Some(held.idle.remove(at).sender)
+        let stale = held
+            .idle
+            .partition_point(|idle| now.saturating_duration_since(idle.since) >= IDLE_TIMEOUT);
+        held.idle.drain(..stale);
+        while let Some(at) = held.idle.iter().rposition(|idle| idle.origin == *origin) {
+            let idle = held.idle.remove(at);
+            if !idle.sender.is_closed() {
+                return Some(idle.sender);
+            }
+        }
+        None
     }
 
     /// A connection whose answer was read to the end, back in the idle list.
