@@ -4,7 +4,7 @@
 //! `benches/layer.rs` measures the sidecar's format with it.
 
 use std::cell::Cell;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -98,36 +98,99 @@ pub(crate) struct PlainFields;
 impl<'writer> FormatFields<'writer> for PlainFields {
     fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
         let mut visitor = PlainVisitor {
-            writer,
+            out: Staged::new(writer),
             is_empty: true,
             result: Ok(()),
         };
         fields.record(&mut visitor);
-        visitor.result
+        visitor.result.and_then(|()| visitor.out.flush())
+    }
+}
+
+/// How many bytes [`Staged`] gathers before it writes them on.
+const STAGED: usize = 256;
+
+/// Text on its way to a [`Writer`], gathered on the stack and written on in one piece when the
+/// fields are done (or the room runs out). Every write through a `Writer` is a few dynamic
+/// calls, and a span's fields go into a new `String` that would otherwise grow, and move,
+/// field by field.
+struct Staged<'a> {
+    writer: Writer<'a>,
+    bytes: [u8; STAGED],
+    len: usize,
+}
+
+impl<'a> Staged<'a> {
+    fn new(writer: Writer<'a>) -> Self {
+        Self {
+            writer,
+            bytes: [0; STAGED],
+            len: 0,
+        }
+    }
+
+    /// Writes what is gathered on to the writer.
+    fn flush(&mut self) -> fmt::Result {
+        if self.len == 0 {
+            return Ok(());
+        }
+        // Only whole `str`s are gathered, so the bytes are always UTF-8 (the check is cheap on
+        // ASCII, and keeps the crate free of `unsafe`).
+        let text = std::str::from_utf8(&self.bytes[..self.len]).map_err(|_| fmt::Error)?;
+        self.len = 0;
+        self.writer.write_str(text)
+    }
+
+    /// The writer itself, with everything gathered so far written to it first.
+    fn writer(&mut self) -> Result<&mut Writer<'a>, fmt::Error> {
+        self.flush()?;
+        Ok(&mut self.writer)
+    }
+}
+
+impl fmt::Write for Staged<'_> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        if STAGED - self.len < text.len() {
+            self.flush()?;
+            if STAGED < text.len() {
+                return self.writer.write_str(text);
+            }
+        }
+        let end = self.len + text.len();
+        self.bytes[self.len..end].copy_from_slice(text.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+
+    fn write_char(&mut self, c: char) -> fmt::Result {
+        self.write_str(c.encode_utf8(&mut [0; 4]))
     }
 }
 
 struct PlainVisitor<'a> {
-    writer: Writer<'a>,
+    out: Staged<'a>,
     is_empty: bool,
     result: fmt::Result,
 }
 
 impl PlainVisitor<'_> {
     /// Writes ` name=` and then the value `write` writes.
-    fn field(&mut self, name: &str, write: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+    fn field(&mut self, name: &str, write: impl FnOnce(&mut Staged<'_>) -> fmt::Result) {
         if self.result.is_err() {
             return;
         }
-        if !self.is_empty {
-            self.result = self.writer.write_char(' ');
+        let out = &mut self.out;
+        self.result = if self.is_empty {
+            Ok(())
+        } else {
+            out.write_char(' ')
         }
-        self.is_empty = false;
-        self.result = self.result.and_then(|()| {
-            self.writer.write_str(name)?;
-            self.writer.write_char('=')?;
-            write(&mut self.writer)
+        .and_then(|()| {
+            out.write_str(name)?;
+            out.write_char('=')?;
+            write(out)
         });
+        self.is_empty = false;
     }
 
     /// An integer in decimal, as `{:?}` writes it.
@@ -143,9 +206,11 @@ impl PlainVisitor<'_> {
 
     /// Lets the default visitor write one field, then carries on after it.
     fn default_visitor(&mut self, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
-        let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
-        record(&mut visitor);
-        self.result = visitor.finish();
+        self.result = self.out.writer().and_then(|writer| {
+            let mut visitor = DefaultVisitor::new(writer.by_ref(), self.is_empty);
+            record(&mut visitor);
+            visitor.finish()
+        });
         self.is_empty = false;
     }
 }
@@ -185,18 +250,6 @@ impl Visit for PlainVisitor<'_> {
         if plain_name(field.name()) {
             self.field(field.name(), |w| {
                 w.write_str(if value { "true" } else { "false" })
-            });
-        } else {
-            self.record_debug(field, &value);
-        }
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        if plain_name(field.name()) && value.is_finite() {
-            // Shortest round-trip digits, as `{:?}` writes them (property-tested against it),
-            // without core's slower formatting machinery: the access line has two of these.
-            self.field(field.name(), |w| {
-                w.write_str(ryu::Buffer::new().format_finite(value))
             });
         } else {
             self.record_debug(field, &value);

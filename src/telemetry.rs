@@ -221,6 +221,44 @@ mod tests {
         }
     }
 
+    /// Floats where `{:?}` changes notation (1e-4 and 1e16), one step either side of each, where
+    /// other shortest-digit writers change theirs (1e-5, 1e21), and the ends of the range.
+    #[test]
+    fn floats_where_the_notation_changes_are_written_as_the_default_writes_them() {
+        let mut floats = vec![
+            0.0,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            5e-324,
+            1e-7,
+            1e-5,
+            1.5e-5,
+            1e21,
+            1e22,
+            f64::NAN,
+            f64::INFINITY,
+        ];
+        for edge in [1e-4_f64, 1e16] {
+            floats.extend([
+                edge,
+                f64::from_bits(edge.to_bits() - 1),
+                f64::from_bits(edge.to_bits() + 1),
+            ]);
+        }
+        let negated: Vec<f64> = floats.iter().map(|f| -f).collect();
+        floats.extend(negated);
+        let events = || {
+            for &float in &floats {
+                tracing::info!(float);
+            }
+        };
+        let plain = written_with(PlainFields, events);
+        let default = written_with(tracing_subscriber::fmt::format::DefaultFields::new(), events);
+        assert!(default.contains("float=1e-5"), "{default}");
+        assert!(default.contains("float=0.0001\n"), "{default}");
+        assert_eq!(plain, default);
+    }
+
     #[test]
     fn plain_fields_write_exactly_what_the_default_writes() {
         let default = written(tracing_subscriber::fmt::format::DefaultFields::new());
