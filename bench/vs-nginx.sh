@@ -346,7 +346,9 @@ if [ -n "$CALLGRIND" ]; then
         dump=$(ls "$WORK"/callgrind."$pid".* | tail -1)
         echo "$proxy $requests $dump" >>"$WORK/callgrind.txt"
         # To read further with callgrind_annotate: CALLGRIND_KEEP=DIR keeps the dumps.
-        [ -n "${CALLGRIND_KEEP:-}" ] && cp "$dump" "$CALLGRIND_KEEP/callgrind.$proxy"
+        if [ -n "${CALLGRIND_KEEP:-}" ]; then
+            mkdir -p "$CALLGRIND_KEEP" && cp "$dump" "$CALLGRIND_KEEP/callgrind.$proxy"
+        fi
     done
     python3 - "$WORK/callgrind.txt" <<'EOF'
 import re, subprocess, sys

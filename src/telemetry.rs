@@ -207,12 +207,16 @@ mod tests {
             flag: bool,
             bits: u64,
             nanos in 0u64..100_000_000_000,
+            micros in 0u64..2_000_000_000_000,
         ) {
             // Any f64 at all (NaN, infinities and subnormals among them), and durations in ms.
             let float = f64::from_bits(bits);
             let ms = std::time::Duration::from_nanos(nanos).as_secs_f64() * 1000.0;
+            // Milliseconds to the microsecond, as the access line has them, on both sides of
+            // the 10^9 where the short way stops.
+            let us = micros as f64 / 1000.0;
             let events = || {
-                tracing::info!(text = text.as_str(), n, i, flag, float, ms, "m");
+                tracing::info!(text = text.as_str(), n, i, flag, float, ms, us, "m");
                 tracing::info!(r#type = text.as_str(), log.target = "x", message = text.as_str());
             };
             let plain = written_with(PlainFields, events);
@@ -235,6 +239,15 @@ mod tests {
             1.5e-5,
             1e21,
             1e22,
+            0.001,
+            0.0005,
+            0.0999,
+            1.5,
+            2.0,
+            12.25,
+            999_999_999.999,
+            1e9,
+            1e9 + 0.001,
             f64::NAN,
             f64::INFINITY,
         ];

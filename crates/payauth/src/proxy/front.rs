@@ -327,6 +327,12 @@ impl<S> FrontService<S> {
     }
 }
 
+/// A duration in milliseconds to the microsecond, as the access line gives its times (the text
+/// format writes such numbers without core's float formatting).
+fn millis(duration: Duration) -> f64 {
+    duration.as_micros() as f64 / 1000.0
+}
+
 /// What the access line says of a call besides its answer.
 struct Served<'a> {
     method: &'a http::Method,
@@ -346,7 +352,7 @@ impl FrontState {
     ) {
         let forwarded = response.body().forwarded();
         let replayed = forwarded.is_some_and(|f| f.replayed);
-        let upstream_ms = forwarded.map(|f| f.upstream.as_secs_f64() * 1000.0);
+        let upstream_ms = forwarded.map(|f| millis(f.upstream));
         tracing::info!(
             target: "payauth::access",
             gateway = %self.name,
@@ -356,7 +362,7 @@ impl FrontState {
             outcome,
             replayed,
             upstream_ms,
-            duration_ms = call.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = millis(call.started.elapsed()),
             request_id = call.request_id.to_str().unwrap_or(""),
             trace_id = call.traceparent.and_then(trace_id),
         );
