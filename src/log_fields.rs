@@ -141,6 +141,17 @@ impl<'a> Staged<'a> {
         self.writer.write_str(text)
     }
 
+    /// One ASCII character (a separator or a quote), without a call through `fmt::Write`.
+    fn ascii(&mut self, c: u8) -> fmt::Result {
+        debug_assert!(c.is_ascii());
+        if self.len == STAGED {
+            self.flush()?;
+        }
+        self.bytes[self.len] = c;
+        self.len += 1;
+        Ok(())
+    }
+
     /// The writer itself, with everything gathered so far written to it first.
     fn writer(&mut self) -> Result<&mut Writer<'a>, fmt::Error> {
         self.flush()?;
@@ -183,11 +194,11 @@ impl PlainVisitor<'_> {
         self.result = if self.is_empty {
             Ok(())
         } else {
-            out.write_char(' ')
+            out.ascii(b' ')
         }
         .and_then(|()| {
             out.write_str(name)?;
-            out.write_char('=')?;
+            out.ascii(b'=')?;
             write(out)
         });
         self.is_empty = false;
@@ -277,9 +288,9 @@ impl Visit for PlainVisitor<'_> {
         } else if plain_name(name) && quotes_only(value) {
             // What `{:?}` writes, without its per-character escaping.
             self.field(name, |w| {
-                w.write_char('"')?;
+                w.ascii(b'"')?;
                 w.write_str(value)?;
-                w.write_char('"')
+                w.ascii(b'"')
             });
         } else {
             self.record_debug(field, &value);
