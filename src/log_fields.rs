@@ -243,27 +243,25 @@ fn thousandths(value: f64) -> Option<u64> {
 }
 
 /// Writes `n` thousandths as `{:?}` writes their `f64`: `12.5`, `0.007`, `3.0`.
-fn write_thousandths(w: &mut impl fmt::Write, n: u64) -> fmt::Result {
+fn write_thousandths(w: &mut Staged<'_>, n: u64) -> fmt::Result {
     w.write_str(itoa::Buffer::new().format(n / 1000))?;
+    w.ascii(b'.')?;
     let fraction = n % 1000;
     if fraction == 0 {
-        return w.write_str(".0");
+        return w.ascii(b'0');
     }
-    let digits = [
-        b'.',
-        b'0' + (fraction / 100) as u8,
-        b'0' + (fraction / 10 % 10) as u8,
-        b'0' + (fraction % 10) as u8,
-    ];
-    let used = if fraction % 10 != 0 {
-        4
-    } else if fraction % 100 != 0 {
+    // Three digits, the trailing zeros left out.
+    let digits = [fraction / 100, fraction / 10 % 10, fraction % 10];
+    let used = if !fraction.is_multiple_of(10) {
         3
-    } else {
+    } else if !fraction.is_multiple_of(100) {
         2
+    } else {
+        1
     };
-    // ASCII digits and a point.
-    w.write_str(std::str::from_utf8(&digits[..used]).map_err(|_| fmt::Error)?)
+    digits[..used]
+        .iter()
+        .try_for_each(|&digit| w.ascii(b'0' + digit as u8))
 }
 
 /// Whether a field of this name is written as `name=value` (not a message, an `r#` name or a
