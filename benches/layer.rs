@@ -44,7 +44,7 @@ const ALLOCATION_BUDGET: [(&str, f64); 5] = [
     ("number_rest", 8.0),
     ("number_rest_signed", 8.0),
     ("front_number_rest_signed", 12.0),
-    ("front_number_rest_signed_logged", 17.0),
+    ("front_number_rest_signed_logged", 14.0),
 ];
 const ALLOCATION_SLACK: f64 = 2.0;
 
