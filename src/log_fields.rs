@@ -307,9 +307,9 @@ impl Visit for PlainVisitor<'_> {
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         match thousandths(value) {
-            Some(n) if plain_name(field.name()) => self.field(field.name(), |w| {
-                write_thousandths(w, n)
-            }),
+            Some(n) if plain_name(field.name()) => {
+                self.field(field.name(), |w| write_thousandths(w, n))
+            }
             _ => self.record_debug(field, &value),
         }
     }

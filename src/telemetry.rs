@@ -266,7 +266,10 @@ mod tests {
             }
         };
         let plain = written_with(PlainFields, events);
-        let default = written_with(tracing_subscriber::fmt::format::DefaultFields::new(), events);
+        let default = written_with(
+            tracing_subscriber::fmt::format::DefaultFields::new(),
+            events,
+        );
         assert!(default.contains("float=1e-5"), "{default}");
         assert!(default.contains("float=0.0001\n"), "{default}");
         assert_eq!(plain, default);
