@@ -275,6 +275,35 @@ mod tests {
         assert_eq!(plain, default);
     }
 
+    /// Fields past the staging buffer's 256 bytes: one value longer than it, and many short
+    /// fields that fill it several times, with an escaped one and a message in between.
+    #[test]
+    fn fields_longer_than_the_staging_buffer_are_written_as_the_default_writes_them() {
+        let long = "p".repeat(300);
+        let events = || {
+            tracing::info!(path = long.as_str(), after = 1_u64);
+            tracing::info!(
+                a = "0123456789012345678901234567890123456789",
+                b = "0123456789012345678901234567890123456789",
+                c = "0123456789012345678901234567890123456789",
+                d = "0123456789012345678901234567890123456789",
+                e = "0123456789012345678901234567890123456789",
+                f = "quote \" inside",
+                g = "0123456789012345678901234567890123456789",
+                h = 1.25_f64,
+                "and a message"
+            );
+        };
+        let plain = written_with(PlainFields, events);
+        let default = written_with(
+            tracing_subscriber::fmt::format::DefaultFields::new(),
+            events,
+        );
+        assert!(default.contains(&long), "{default}");
+        assert!(default.len() > 600, "{default}");
+        assert_eq!(plain, default);
+    }
+
     #[test]
     fn plain_fields_write_exactly_what_the_default_writes() {
         let default = written(tracing_subscriber::fmt::format::DefaultFields::new());
